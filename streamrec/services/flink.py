@@ -1,0 +1,165 @@
+"""A local standalone Flink session cluster from the distribution inside the `apache-flink` wheel.
+
+`bin/start-cluster.sh` with our own config directory (FLINK_CONF_DIR), so `flink run -py` behaves as on a user's
+cluster. Logs and pid files live under `<state>/flink`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from streamrec.services.proc import ServiceError, find_pids, port_open, stop_pid, wait_until
+from streamrec.services.settings import ServicesConf
+
+
+def flink_home() -> Path:
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise ServiceError("apache-flink is not installed in this Python environment (run `make setup`)")
+    home = Path(spec.origin).parent
+    if not (home / "bin" / "flink").exists():
+        raise ServiceError(f"no Flink distribution under {home}")
+    return home
+
+
+class FlinkService:
+    name = "flink"
+
+    def __init__(self, conf: ServicesConf) -> None:
+        self.conf = conf
+        self.f = conf.flink
+        self.home = conf.state_path / "flink"
+        self.conf_dir = self.home / "conf"
+        self.log_dir = self.home / "log"
+        self.pid_dir = self.home / "pid"
+        self.marker = f"-Dlog.file={self.log_dir}/"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.f.rest_address}:{self.f.rest_port}"
+
+    def config_yaml(self) -> dict[str, object]:
+        f = self.f
+        java_home = self.conf.java_home or os.environ.get("JAVA_HOME", "")
+        cfg: dict[str, object] = {
+            "jobmanager.rpc.address": "localhost",
+            "jobmanager.rpc.port": 6123,
+            "jobmanager.bind-host": "127.0.0.1",
+            "taskmanager.bind-host": "127.0.0.1",
+            "taskmanager.host": "127.0.0.1",
+            "jobmanager.memory.process.size": f.jobmanager_memory,
+            "taskmanager.memory.process.size": f.taskmanager_memory,
+            "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
+            "parallelism.default": 1,
+            "rest.address": f.rest_address,
+            "rest.bind-address": f.rest_address,
+            "rest.port": f.rest_port,
+            "env.pid.dir": str(self.pid_dir),
+            "env.log.dir": str(self.log_dir),
+            "python.executable": sys.executable,
+            "python.client.executable": sys.executable,
+        }
+        if java_home:
+            cfg["env.java.home"] = java_home
+        return cfg
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FLINK_CONF_DIR"] = str(self.conf_dir)
+        env["FLINK_LOG_DIR"] = str(self.log_dir)
+        env.setdefault("FLINK_HOME", str(flink_home()))
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        return env
+
+    def _prepare(self) -> None:
+        import yaml
+
+        src = flink_home() / "conf"
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(src):
+            if name.startswith(("log4j", "logback")):
+                shutil.copy(src / name, self.conf_dir / name)
+        (self.conf_dir / "masters").write_text(f"localhost:{self.f.rest_port}\n")
+        (self.conf_dir / "workers").write_text("localhost\n")
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(self.config_yaml(), sort_keys=False))
+
+    def overview(self) -> dict[str, object] | None:
+        if not port_open(self.f.rest_address, self.f.rest_port):
+            return None
+        try:
+            with urllib.request.urlopen(self.rest_url + "/overview", timeout=3) as r:
+                data: dict[str, object] = json.load(r)
+                return data
+        except (OSError, ValueError):
+            return None
+
+    def healthy(self) -> bool:
+        ov = self.overview()
+        return bool(ov and int(str(ov.get("taskmanagers", 0))) >= 1)
+
+    def pids(self) -> list[int]:
+        return find_pids(self.marker)
+
+    def status(self) -> str:
+        pids = self.pids()
+        if pids and self.healthy():
+            return f"running (pids {pids}, {self.rest_url})"
+        if pids:
+            return f"starting or unhealthy (pids {pids})"
+        if self.healthy():
+            return f"answering on {self.rest_url} but not started by us"
+        return "stopped"
+
+    def _script(self, name: str) -> None:
+        proc = subprocess.run(["bash", str(flink_home() / "bin" / name)], env=self.env(), capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            raise ServiceError(f"{name} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+    def up(self) -> str:
+        pids = self.pids()
+        if pids:
+            try:
+                wait_until(self.healthy, 30, "Flink cluster")
+                return f"already running (pids {pids})"
+            except ServiceError:
+                self.down()
+        if port_open(self.f.rest_address, self.f.rest_port):
+            raise ServiceError(f"port {self.f.rest_port} is taken by a process this state dir did not start; "
+                               "stop it, or set STREAMREC_FLINK_REST_PORT")
+        self._prepare()
+        self._script("start-cluster.sh")
+        wait_until(self.healthy, self.f.start_timeout_s, "Flink cluster",
+                   alive=lambda: bool(self.pids()), log_file=self._jm_log())
+        return f"started (pids {self.pids()}, {self.rest_url})"
+
+    def _jm_log(self) -> Path | None:
+        logs = sorted(self.log_dir.glob("*standalonesession*.log"))
+        return logs[-1] if logs else None
+
+    def down(self) -> str:
+        if not self.pids():
+            return "not running"
+        if self.conf_dir.exists():
+            try:
+                self._script("stop-cluster.sh")
+            except (ServiceError, subprocess.TimeoutExpired):
+                pass
+        stray = self.pids()
+        for p in stray:
+            stop_pid(p)
+        return "stopped"
+
+    def run_argv(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        """argv and environment for `bin/flink <args>` against this cluster."""
+        return ["bash", str(flink_home() / "bin" / "flink"), *args], self.env()

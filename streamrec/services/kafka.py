@@ -1,0 +1,199 @@
+"""A local single-node Apache Kafka broker in KRaft mode (broker + controller), from Maven Central jars."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from pathlib import Path
+
+from streamrec.services import maven
+from streamrec.services.proc import (
+    ServiceError,
+    find_pids,
+    port_open,
+    read_pid,
+    spawn,
+    stop_pid,
+    wait_until,
+)
+from streamrec.services.settings import ServicesConf
+
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+
+LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.org.name = org.apache.kafka
+logger.org.level = warn
+logger.state.name = state.change.logger
+logger.state.level = warn
+"""
+
+
+class KafkaService:
+    name = "kafka"
+
+    def __init__(self, conf: ServicesConf) -> None:
+        self.conf = conf
+        self.k = conf.kafka
+        self.home = conf.state_path / "kafka"
+        self.pid_file = self.home / "kafka.pid"
+        self.log_file = self.home / "logs" / "kafka.out"
+        # Marks our JVM's command line, so `down` finds strays of this state dir and nothing else.
+        self.marker = f"-Dstreamrec.service=kafka:{self.home}"
+
+    # -- config ---------------------------------------------------------------------------------------------
+    def server_properties(self) -> str:
+        k = self.k
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{k.host}:{k.controller_port}",
+            "listeners": f"PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{k.host}:{k.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.home / "data"),
+            "num.partitions": str(k.num_partitions),
+            "auto.create.topics.enable": "false",
+            "delete.topic.enable": "true",
+            # One node: every internal topic with replication 1, few partitions (fast first use).
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "min.insync.replicas": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "transaction.max.timeout.ms": str(k.transaction_max_timeout_ms),
+            "log.retention.hours": "24",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        return "".join(f"{key}={val}\n" for key, val in props.items())
+
+    def _jvm(self, main: str, *args: str) -> list[str]:
+        jars = maven.fetch(self.conf.state_path, "kafka")
+        return [
+            self.conf.java, f"-Xmx{self.k.heap}", f"-Xms{self.k.heap}", "-XX:+UseG1GC",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.home / 'conf' / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.home / 'logs'}", self.marker,
+            "-cp", str(jars / "*"), main, *args,
+        ]
+
+    def _prepare(self) -> Path:
+        (self.home / "conf").mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        props = self.home / "conf" / "server.properties"
+        props.write_text(self.server_properties())
+        (self.home / "conf" / "log4j2.properties").write_text(
+            LOG4J2.format(log=self.home / "logs" / "server.log"))
+        if not (self.home / "data" / "meta.properties").exists():
+            import subprocess
+
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            proc = subprocess.run(self._jvm(STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props)),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ServiceError(f"Kafka storage format failed:\n{proc.stdout}\n{proc.stderr}")
+        return props
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file, self.marker)
+
+    def healthy(self) -> bool:
+        """The broker answers a metadata request (not merely an open port)."""
+        if not port_open(self.k.host, self.k.port):
+            return False
+        from kafka import KafkaAdminClient
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=f"{self.k.host}:{self.k.port}", request_timeout_ms=5000,
+                                     client_id="streamrec-health")
+        except Exception:
+            return False
+        try:
+            return bool(admin.describe_cluster().get("brokers"))
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                admin.close()
+
+    def status(self) -> str:
+        pid = self.pid()
+        if pid and self.healthy():
+            return f"running (pid {pid}, {self.k.host}:{self.k.port})"
+        if pid:
+            return f"starting or unhealthy (pid {pid})"
+        if self.healthy():
+            return f"answering on {self.k.host}:{self.k.port} but not started by us"
+        return "stopped"
+
+    def up(self) -> str:
+        pid = self.pid()
+        if pid and self.healthy():
+            self.create_topics()
+            return f"already running (pid {pid})"
+        if pid:  # half-started or hung: wait a little, then restart it
+            try:
+                wait_until(self.healthy, 20, "Kafka", alive=lambda: self.pid() is not None)
+                self.create_topics()
+                return f"already running (pid {pid})"
+            except ServiceError:
+                stop_pid(pid)
+        if port_open(self.k.host, self.k.port) or port_open(self.k.host, self.k.controller_port):
+            raise ServiceError(
+                f"port {self.k.port} or {self.k.controller_port} on {self.k.host} is taken by a process this state "
+                "dir did not start; stop it, or set STREAMREC_KAFKA_PORT / STREAMREC_KAFKA_CONTROLLER_PORT")
+        props = self._prepare()
+        new_pid = spawn(self._jvm(MAIN_CLASS, str(props)), self.log_file, self.pid_file)
+        wait_until(self.healthy, self.k.start_timeout_s, "Kafka", alive=lambda: self.pid() is not None,
+                   log_file=self.home / "logs" / "server.log")
+        self.create_topics()
+        return f"started (pid {new_pid}, {self.k.host}:{self.k.port})"
+
+    def down(self) -> str:
+        pids = set(find_pids(self.marker))
+        pid = self.pid()
+        if pid:
+            pids.add(pid)
+        for p in sorted(pids):
+            stop_pid(p)
+        self.pid_file.unlink(missing_ok=True)
+        return f"stopped {len(pids)} process(es)" if pids else "not running"
+
+    def create_topics(self) -> None:
+        ensure_topics(f"{self.k.host}:{self.k.port}", self.k.topics, self.k.num_partitions)
+
+
+def ensure_topics(bootstrap: str, names: tuple[str, ...] | list[str], partitions: int) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    if not names:
+        return
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
+    try:
+        existing = set(admin.list_topics())
+        todo = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        if todo:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(todo)
+    finally:
+        admin.close()

@@ -1,0 +1,92 @@
+"""Service endpoints and local-service settings, from `conf/services.yaml` (+ STREAMREC_* env overrides)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamrec import config
+
+
+@dataclass(frozen=True)
+class KafkaConf:
+    managed: bool = True  # start/stop a local broker
+    bootstrap: str = "127.0.0.1:9092"  # clients' bootstrap servers
+    host: str = "127.0.0.1"  # local broker bind address
+    port: int = 9092  # PLAINTEXT listener
+    controller_port: int = 9093  # KRaft controller listener
+    heap: str = "512m"  # -Xmx of the local broker
+    start_timeout_s: int = 90  # how long `up` waits for the broker to answer
+    num_partitions: int = 2  # partitions of topics created by `up`
+    topics: tuple[str, ...] = ()  # topics created by `up`
+    transaction_max_timeout_ms: int = 900000  # broker's transaction.max.timeout.ms
+
+
+@dataclass(frozen=True)
+class CassandraConf:
+    managed: bool = True  # start/stop a local node
+    hosts: str = "127.0.0.1"  # comma-separated contact points
+    host: str = "127.0.0.1"  # local node bind address
+    native_port: int = 9042  # CQL port
+    storage_port: int = 7000  # inter-node port (bound even on one node)
+    heap: str = "1G"  # -Xmx and -Xms of the local node
+    start_timeout_s: int = 180  # how long `up` waits for CQL to answer
+    keyspace: str = "streamrec"  # keyspace the job writes
+    schema_file: str = "conf/cassandra-schema.cql"  # CQL applied by `up`, {keyspace} substituted
+
+    @property
+    def contact_points(self) -> list[str]:
+        return [h.strip() for h in self.hosts.split(",") if h.strip()]
+
+
+@dataclass(frozen=True)
+class FlinkConf:
+    managed: bool = True  # `up --flink` starts a local standalone session cluster
+    rest_address: str = "127.0.0.1"  # JobManager REST address
+    rest_port: int = 8081  # JobManager REST port
+    taskmanager_slots: int = 2  # slots of the one local TaskManager
+    taskmanager_memory: str = "2048m"  # taskmanager.memory.process.size
+    jobmanager_memory: str = "1024m"  # jobmanager.memory.process.size
+    start_timeout_s: int = 60  # how long `up --flink` waits for the REST API
+
+
+@dataclass(frozen=True)
+class ServicesConf:
+    state_dir: str = ".state"  # jars, logs and data of local services (relative to the repo root)
+    java_home: str = ""  # Java 17 home; empty: $JAVA_HOME, else `java` on PATH
+    kafka: KafkaConf = KafkaConf()
+    cassandra: CassandraConf = CassandraConf()
+    flink: FlinkConf = FlinkConf()
+
+    @property
+    def state_path(self) -> Path:
+        p = Path(self.state_dir)
+        return p if p.is_absolute() else config.REPO_ROOT / p
+
+    @property
+    def java(self) -> str:
+        """Path of the `java` executable to run the services with."""
+        home = self.java_home or os.environ.get("JAVA_HOME", "")
+        if home:
+            return str(Path(home) / "bin" / "java")
+        found = shutil.which("java")
+        if not found:
+            raise RuntimeError("no Java found: install Java 17 or set STREAMREC_JAVA_HOME")
+        return found
+
+
+@functools.cache
+def services() -> ServicesConf:
+    """The services config (cached: env overrides are read once per process)."""
+    return config.load(ServicesConf, config.CONF_DIR / "services.yaml")
+
+
+def kafka_bootstrap() -> str:
+    return services().kafka.bootstrap
+
+
+def cassandra_hosts() -> list[str]:
+    return services().cassandra.contact_points
