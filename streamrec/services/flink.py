@@ -29,6 +29,18 @@ def flink_home() -> Path:
     return home
 
 
+def _flatten(d: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested YAML keys to Flink's dotted form (a config must not hold both forms of one key)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 class FlinkService:
     name = "flink"
 
@@ -50,7 +62,7 @@ class FlinkService:
         java_home = self.conf.java_home or os.environ.get("JAVA_HOME", "")
         cfg: dict[str, object] = {
             "jobmanager.rpc.address": "localhost",
-            "jobmanager.rpc.port": 6123,
+            "jobmanager.rpc.port": f.rpc_port,
             "jobmanager.bind-host": "127.0.0.1",
             "taskmanager.bind-host": "127.0.0.1",
             "taskmanager.host": "127.0.0.1",
@@ -75,6 +87,9 @@ class FlinkService:
         env["FLINK_CONF_DIR"] = str(self.conf_dir)
         env["FLINK_LOG_DIR"] = str(self.log_dir)
         env.setdefault("FLINK_HOME", str(flink_home()))
+        from jobs.runtime import export_pythonpath
+
+        export_pythonpath(env)  # the TaskManager's embedded Python (thread mode) must see the venv
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         return env
@@ -91,7 +106,10 @@ class FlinkService:
                 shutil.copy(src / name, self.conf_dir / name)
         (self.conf_dir / "masters").write_text(f"localhost:{self.f.rest_port}\n")
         (self.conf_dir / "workers").write_text("localhost\n")
-        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(self.config_yaml(), sort_keys=False))
+        # The shipped config carries the JVM flags Flink needs on Java 17 (env.java.opts.all); keep it, override ours.
+        shipped = _flatten(yaml.safe_load((src / "config.yaml").read_text()) or {})
+        merged = {**shipped, **self.config_yaml()}
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
 
     def overview(self) -> dict[str, object] | None:
         if not port_open(self.f.rest_address, self.f.rest_port):

@@ -47,6 +47,7 @@ class FlinkConf:
     managed: bool = True  # `up --flink` starts a local standalone session cluster
     rest_address: str = "127.0.0.1"  # JobManager REST address
     rest_port: int = 8081  # JobManager REST port
+    rpc_port: int = 6123  # JobManager RPC port
     taskmanager_slots: int = 2  # slots of the one local TaskManager
     taskmanager_memory: str = "2048m"  # taskmanager.memory.process.size
     jobmanager_memory: str = "1024m"  # jobmanager.memory.process.size

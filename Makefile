@@ -1,0 +1,56 @@
+# streamrec: the single entry point. `make demo` and `make test` each do all the set-up they need on a fresh clone.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pytest options, e.g. `make test PYTEST_ARGS="-x -k kafka"`
+PYTEST_ARGS ?=
+
+.PHONY: help setup services-up services-down services-status demo test test-unit test-integration bench lint clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
+	@command -v java >/dev/null || { echo "need Java 17 (Debian: apt-get install -y openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "installing Maven (Debian package)"; apt-get update -qq && apt-get install -y -qq maven; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv (Python deps incl. torch, PyFlink) and fetch the JVM artefacts from Maven Central
+	$(BIN)/streamrec services fetch
+
+services-up: setup ## start local Kafka, Cassandra and a standalone Flink cluster (a second call is a no-op)
+	$(BIN)/streamrec services up --flink
+
+services-down: ## stop every local service (no JVM left behind)
+	@if [ -x $(BIN)/streamrec ]; then $(BIN)/streamrec services down; else echo "nothing set up"; fi
+
+services-status: ## what runs
+	$(BIN)/streamrec services status
+
+demo: setup ## services up, run the pipeline on simulated events, show its output
+	$(BIN)/streamrec demo
+
+test: setup ## unit + integration tests against real Kafka, Cassandra and Flink
+	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## unit tests only (no services)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup ## integration tests only (starts the services it needs)
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+bench: setup ## benchmarks (bench/results/)
+	$(BIN)/streamrec bench
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check streamrec operators model_export jobs tests
+	$(BIN)/mypy
+
+clean: services-down ## stop services, remove state (jars, data, logs) and the venv
+	rm -rf .state $(VENV)

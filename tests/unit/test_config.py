@@ -1,0 +1,67 @@
+"""The config loader: YAML into frozen dataclasses, env overrides, clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from streamrec import config
+
+
+@dataclass(frozen=True)
+class Inner:
+    port: int = 1
+    ratio: float = 0.5
+    on: bool = False
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    tags: tuple[str, ...] = ()
+    inner: Inner = field(default_factory=Inner)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_and_env_override(tmp_path: Path) -> None:
+    p = write(tmp_path, "name: a\ntags: [t1, t2]\ninner:\n  port: 5\n")
+    c = config.load(Outer, p, env={"STREAMREC_INNER_PORT": "7", "STREAMREC_INNER_ON": "true"})
+    assert c == Outer(name="a", tags=("t1", "t2"), inner=Inner(port=7, ratio=0.5, on=True))
+
+
+def test_env_override_of_section_absent_from_yaml(tmp_path: Path) -> None:
+    c = config.load(Outer, write(tmp_path, "name: a\n"), env={"STREAMREC_INNER_RATIO": "0.25"})
+    assert c.inner == Inner(ratio=0.25)
+
+
+@pytest.mark.parametrize(("text", "env", "match"), [
+    ("nmae: a\n", {}, "unknown key"),
+    ("inner:\n  port: five\n", {}, "expected an integer"),
+    ("inner: 3\n", {}, "expected a mapping"),
+    ("name: a\n", {"STREAMREC_INNER_ON": "maybe"}, "not a boolean"),
+    ("- a\n", {}, "top level must be a mapping"),
+    ("name: [\n", {}, "invalid YAML"),
+])
+def test_errors_name_the_problem(tmp_path: Path, text: str, env: dict[str, str], match: str) -> None:
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(Outer, write(tmp_path, text), env=env)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(Outer, "/nonexistent/c.yaml", env={})
+
+
+def test_shipped_services_config_loads() -> None:
+    from streamrec.services.settings import ServicesConf
+
+    c = config.load(ServicesConf, config.CONF_DIR / "services.yaml", env={})
+    assert c.kafka.bootstrap == f"{c.kafka.host}:{c.kafka.port}"
+    assert "events" in c.kafka.topics

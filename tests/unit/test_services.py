@@ -1,0 +1,77 @@
+"""Service management logic that needs no running service."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from streamrec import config
+from streamrec.services.cassandra import CassandraService, jvm_options, schema_statements
+from streamrec.services.flink import _flatten
+from streamrec.services.kafka import KafkaService
+from streamrec.services.proc import ServiceError, read_pid, spawn, stop_pid, wait_until
+from streamrec.services.settings import ServicesConf
+
+
+def conf_with(**env: str) -> ServicesConf:
+    return config.load(ServicesConf, config.CONF_DIR / "services.yaml", env=env)
+
+
+def test_stale_pid_file_is_ignored_and_removed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pid_file.write_text(str(dead.pid))
+    assert read_pid(pid_file, "anything") is None
+    assert not pid_file.exists()
+    pid_file.write_text(str(os.getpid()))  # alive, but not the service's command line
+    assert read_pid(pid_file, "streamrec.service=nope") is None
+
+
+def test_spawn_detached_then_stop(tmp_path: Path) -> None:
+    pid = spawn(["sh", "-c", "sleep 60 # marker-xyz"],
+                tmp_path / "out.log", tmp_path / "p.pid")
+    assert read_pid(tmp_path / "p.pid", "marker-xyz") == pid
+    stop_pid(pid, timeout_s=5)
+    assert read_pid(tmp_path / "p.pid", "marker-xyz") is None
+
+
+def test_wait_until_reports_death_with_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("line1\nFATAL: port in use\n")
+    with pytest.raises(ServiceError, match="port in use"):
+        wait_until(lambda: False, 5, "svc", alive=lambda: False, log_file=log)
+
+
+def test_kafka_properties_follow_config() -> None:
+    svc = KafkaService(conf_with(STREAMREC_KAFKA_PORT="19999", STREAMREC_KAFKA_CONTROLLER_PORT="19998"))
+    props = dict(line.split("=", 1) for line in svc.server_properties().splitlines())
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19999,CONTROLLER://127.0.0.1:19998"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19998"
+    assert props["process.roles"] == "broker,controller"
+    assert props["transaction.state.log.replication.factor"] == "1"
+
+
+def test_cassandra_yaml_and_jvm_flags() -> None:
+    svc = CassandraService(conf_with(STREAMREC_CASSANDRA_NATIVE_PORT="19042", STREAMREC_STATE_DIR="/tmp/sx"))
+    y = svc.cassandra_yaml()
+    assert y["native_transport_port"] == 19042
+    assert y["commitlog_directory"].startswith("/tmp/sx/cassandra")
+    flags = jvm_options()
+    assert "--add-opens=java.base/java.util=ALL-UNNAMED" in flags
+    assert not any(f.startswith("#") for f in flags)
+
+
+def test_schema_statements_substitute_keyspace() -> None:
+    stmts = schema_statements(conf_with().cassandra, keyspace="ks_x")
+    assert stmts[0].startswith("CREATE KEYSPACE IF NOT EXISTS ks_x")
+    assert any("ks_x.recommendations_by_user" in s for s in stmts)
+    assert any("ks_x.fraud_flags" in s for s in stmts)
+    assert not any("{keyspace}" in s or "--" in s for s in stmts)
+
+
+def test_flink_config_flattening() -> None:
+    assert _flatten({"env": {"java": {"opts": {"all": "-X"}}}, "a": 1}) == {"env.java.opts.all": "-X", "a": 1}
