@@ -15,6 +15,8 @@ from collections.abc import Sequence
 # (torch, pyflink) so `streamrec --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "streamrec.services.cli",
+    "model_export.cli",
+    "streamrec.data.cli",
 )
 
 
@@ -41,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

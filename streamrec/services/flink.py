@@ -6,6 +6,7 @@ cluster. Logs and pid files live under `<state>/flink`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -169,10 +170,8 @@ class FlinkService:
         if not self.pids():
             return "not running"
         if self.conf_dir.exists():
-            try:
+            with contextlib.suppress(ServiceError, subprocess.TimeoutExpired):
                 self._script("stop-cluster.sh")
-            except (ServiceError, subprocess.TimeoutExpired):
-                pass
         stray = self.pids()
         for p in stray:
             stop_pid(p)
