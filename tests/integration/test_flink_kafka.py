@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_kafka import consume_all, produce
-
 from streamrec.config import REPO_ROOT
+from tests.integration.test_kafka import consume_all, produce
 
 N = 10_000
 
