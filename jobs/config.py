@@ -1,0 +1,92 @@
+"""The stream job's configuration (`conf/local.yaml`): frozen dataclasses, env overrides STREAMREC_JOB_*."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamrec import config
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str = "events"  # behaviour events in
+    items: str = "items"  # item metadata in
+    recommendations: str = "recommendations"  # top-K lists out
+    fraud_flags: str = "fraud-flags"  # fraud flags out
+    dead_letters: str = "dead-letters"  # rejected input out
+    deletions: str = "deletions"  # erasure records out
+
+
+@dataclass(frozen=True)
+class Watermark:
+    out_of_orderness_ms: int = 5000  # bounded out-of-orderness of event time
+    idleness_ms: int = 10000  # idle partitions stop holding the watermark after this
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    interval_ms: int = 5000  # checkpoint interval
+    mode: str = "EXACTLY_ONCE"  # EXACTLY_ONCE | AT_LEAST_ONCE
+    dir: str = ".state/checkpoints"  # checkpoint storage directory
+    min_pause_ms: int = 1000  # minimum pause between checkpoints
+    timeout_ms: int = 120000  # checkpoint timeout
+    retain_on_cancel: bool = True  # keep the latest checkpoint when the job stops
+
+
+@dataclass(frozen=True)
+class Restart:
+    attempts: int = 3  # fixed-delay restart attempts
+    delay_ms: int = 2000  # delay between attempts
+
+
+@dataclass(frozen=True)
+class StateConf:
+    backend: str = "hashmap"  # hashmap | rocksdb
+    ttl_days: float = 30.0  # Flink state TTL (processing time) backstop
+
+
+@dataclass(frozen=True)
+class KafkaSinkConf:
+    delivery: str = "EXACTLY_ONCE"  # NONE | AT_LEAST_ONCE | EXACTLY_ONCE
+    transactional_id_prefix: str = "streamrec"  # unique per job on a cluster
+    transaction_timeout_ms: int = 600000  # <= broker transaction.max.timeout.ms
+
+
+@dataclass(frozen=True)
+class CassandraSinkConf:
+    enabled: bool = True  # write to Cassandra at all
+    max_in_flight: int = 128  # bounded async writes (backpressure beyond)
+    retries: int = 6  # retries per write before failing the job
+    backoff_ms: int = 100  # first retry delay, doubling
+    consistency: str = "LOCAL_QUORUM"  # write consistency level
+    request_timeout_s: float = 10.0  # per-write timeout
+
+
+@dataclass(frozen=True)
+class JobConf:
+    job_name: str = "streamrec"  # Flink job name
+    parallelism: int = 1  # operator parallelism
+    execution_mode: str = "thread"  # python.execution-mode
+    model_dir: str = "artifacts/model"  # model artefact directory
+    use_int8: bool = False  # score with the int8 model
+    scorer_threads: int = 1  # onnxruntime intra-op threads
+    consumer_group: str = "streamrec-job"  # Kafka consumer group
+    start_from: str = "earliest"  # earliest | latest | committed
+    bounded: bool = False  # stop at the end of the input present at start
+    topics: Topics = field(default_factory=Topics)
+    watermark: Watermark = field(default_factory=Watermark)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    restart: Restart = field(default_factory=Restart)
+    state: StateConf = field(default_factory=StateConf)
+    kafka_sink: KafkaSinkConf = field(default_factory=KafkaSinkConf)
+    cassandra_sink: CassandraSinkConf = field(default_factory=CassandraSinkConf)
+
+    def path(self, p: str) -> Path:
+        """A config path made absolute against the repo root."""
+        q = Path(p)
+        return q if q.is_absolute() else config.REPO_ROOT / q
+
+
+def load_job_conf(path: str | Path = "local.yaml") -> JobConf:
+    return config.load(JobConf, path, prefix="STREAMREC_JOB")
