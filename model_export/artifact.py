@@ -1,0 +1,306 @@
+"""The self-describing model artefact directory, and `load_artifact(dir)` for its consumers (the stream
+operators).
+
+Layout:
+  model.onnx / model.int8.onnx   serving graph (fp32 / dynamic int8), signature in config.json
+  vocab.json                     external item id <-> index, pad and unknown indices
+  config.json                    model config, input/output names + shapes, blend/KNN settings, version,
+                                 training-data fingerprint
+  item_categories.json           categories per index (only when item metadata was available)
+  knn_neighbours.npy / knn_similarities.npy   (N, M) item-KNN neighbour lists (CF candidate source)
+  item_embeddings.npy / item_bias.npy         (N, d) / (N,) tied output embeddings (diversity re-ranking)
+  popular.npy / popular_counts.npy            most popular item indices (training counts), best first
+  metrics.json                   offline metrics at training time
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_export.config import ModelConfig, config_from_dict
+from model_export.dataset import EVENT_TYPES, Vocab, event_type_index
+from model_export.onnx_io import OnnxScorer, weights_hash
+
+FORMAT = 1  # bump when the layout changes incompatibly
+
+
+class ArtifactError(ValueError):
+    """A model directory that is missing files or does not match its own description."""
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """Everything the stream needs to score with a trained model; numpy arrays, no torch."""
+
+    path: Path  # the directory
+    version: str  # derived from the fp32 weights' hash
+    config: ModelConfig  # hyperparameters it was trained with
+    vocab: Vocab  # item id <-> index
+    max_len: int  # longest input sequence the graph accepts
+    top_k: int  # K of the topk outputs
+    event_types: tuple[str, ...]  # event type names; index i+1 in `event_type` inputs (0 = pad)
+    inputs: tuple[dict[str, Any], ...]  # name / dtype / shape of each graph input
+    outputs: tuple[dict[str, Any], ...]  # name / dtype / shape of each graph output
+    blend: dict[str, Any]  # in-graph blend settings (weight, eps, knn window, decay)
+    fingerprint: str  # sha256 of the training event stream
+    item_categories: tuple[tuple[str, ...], ...] | None  # per index, when known
+    knn_neighbours: np.ndarray  # (N, M) int64 neighbour indices, best first
+    knn_similarities: np.ndarray  # (N, M) float32 cosine similarities
+    item_embeddings: np.ndarray  # (N, d) float32
+    item_bias: np.ndarray  # (N,) float32 (zeros if the model has none)
+    popular: np.ndarray  # (P,) int64 item indices by training count, best first
+    popular_counts: np.ndarray  # (P,) float64 their training counts
+    metrics: dict[str, Any]  # offline metrics at training time
+
+    @property
+    def n_items(self) -> int:
+        return self.vocab.n_items
+
+    @property
+    def pad_index(self) -> int:
+        return self.vocab.pad
+
+    @property
+    def unknown_index(self) -> int:
+        return self.vocab.unk
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.onnx"
+
+    @property
+    def int8_path(self) -> Path:
+        return self.path / "model.int8.onnx"
+
+    def item_index(self, item_id: object) -> int:
+        """Index of an external item id; the unknown index if the model has never seen it."""
+        return self._imap().get(str(item_id), self.vocab.unk)
+
+    def item_id(self, index: int) -> str:
+        if not 0 <= index < self.vocab.n_items:
+            raise IndexError(f"item index {index} outside 0..{self.vocab.n_items - 1}")
+        return self.vocab.item_ids[index]
+
+    def _imap(self) -> dict[str, int]:
+        cache = self.__dict__.get("_imap_cache")
+        if cache is None:
+            cache = self.vocab.index_map()
+            object.__setattr__(self, "_imap_cache", cache)
+        return cache
+
+    def event_type_index(self, event_type: str) -> int:
+        return event_type_index(event_type)
+
+    def make_inputs(
+        self, histories: Sequence[Sequence[tuple[object, str, int]]], exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Graph inputs for a batch of users from their (item_id, event_type, ts_ms) events, oldest first.
+
+        Keeps the last `max_len` events, left-pads, maps unseen items to the unknown index; `exclude` marks the
+        items in the given history (what the user has already interacted with).
+        """
+        b, n = len(histories), self.vocab.n_items
+        items = np.full((b, self.max_len), self.vocab.pad, dtype=np.int64)
+        types = np.zeros((b, self.max_len), dtype=np.int64)
+        ts = np.zeros((b, self.max_len), dtype=np.int64)
+        exclude = np.zeros((b, n), dtype=bool)
+        for r, hist in enumerate(histories):
+            idx = [self.item_index(i) for i, _, _ in hist]
+            if exclude_seen:
+                exclude[r, [i for i in idx if i < n]] = True
+            tail = list(hist)[-self.max_len :]
+            k = len(tail)
+            if k:
+                items[r, -k:] = idx[-k:]
+                types[r, -k:] = [event_type_index(t) for _, t, _ in tail]
+                ts[r, -k:] = [int(t) for _, _, t in tail]
+        return items, types, ts, exclude
+
+    def scorer(self, int8: bool = False, threads: int = 1) -> OnnxScorer:
+        """An onnxruntime session over model.onnx (or model.int8.onnx)."""
+        return OnnxScorer(self.int8_path if int8 else self.model_path, threads=threads)
+
+
+def _io_spec(n_items: int, dim: int, top_k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    ins: list[dict[str, Any]] = [
+        {
+            "name": "item_idx",
+            "dtype": "int64",
+            "shape": ["batch", "seq"],
+            "doc": "recent item indices, oldest first, left-padded with pad_index; seq <= max_len",
+        },
+        {
+            "name": "event_type",
+            "dtype": "int64",
+            "shape": ["batch", "seq"],
+            "doc": "1 + index in event_types; 0 at padding",
+        },
+        {
+            "name": "ts_ms",
+            "dtype": "int64",
+            "shape": ["batch", "seq"],
+            "doc": "event time (ms); 0 at padding",
+        },
+        {"name": "exclude", "dtype": "bool", "shape": ["batch", n_items], "doc": "items never to recommend"},
+    ]
+    outs: list[dict[str, Any]] = [
+        {"name": "topk_items", "dtype": "int64", "shape": ["batch", top_k], "doc": "best first"},
+        {
+            "name": "topk_scores",
+            "dtype": "float32",
+            "shape": ["batch", top_k],
+            "doc": "blended log-scores; -inf only if fewer than K items are allowed",
+        },
+        {
+            "name": "user_vector",
+            "dtype": "float32",
+            "shape": ["batch", dim],
+            "doc": "last position's hidden state; logits = user_vector @ item_embeddings.T + item_bias",
+        },
+        {
+            "name": "next_item_logprob",
+            "dtype": "float32",
+            "shape": ["batch", "seq-1"],
+            "doc": "SASRec log P(item[t+1] | items[..t]); 0 where undefined (no earlier event, unknown item)",
+        },
+        {
+            "name": "scores",
+            "dtype": "float32",
+            "shape": ["batch", n_items],
+            "doc": "full blended scores, excluded items at -inf",
+        },
+    ]
+    return ins, outs
+
+
+def write_artifact(
+    out: Path,
+    *,
+    config: ModelConfig,
+    config_dict: dict[str, Any],
+    vocab: Vocab,
+    dim: int,
+    blend: dict[str, Any],
+    fingerprint: str,
+    data_stats: dict[str, Any],
+    item_categories: list[tuple[str, ...]] | None,
+    knn_idx: np.ndarray,
+    knn_sim: np.ndarray,
+    item_embeddings: np.ndarray,
+    item_bias: np.ndarray,
+    popularity: np.ndarray,
+    metrics: dict[str, Any],
+) -> str:
+    """Write everything except the .onnx files (already in `out`); returns the version string."""
+    if not (out / "model.onnx").exists() or not (out / "model.int8.onnx").exists():
+        raise ArtifactError(f"{out}: export model.onnx and model.int8.onnx first")
+    version = "sasrec-" + weights_hash(out / "model.onnx")[:16]
+    top_k = min(config.export.top_k, vocab.n_items)
+    ins, outs = _io_spec(vocab.n_items, dim, top_k)
+    order = np.argsort(-popularity, kind="stable")[: config.export.popular]
+    doc = {
+        "format": FORMAT,
+        "version": version,
+        "model_config": config_dict,
+        "n_items": vocab.n_items,
+        "pad_index": vocab.pad,
+        "unknown_index": vocab.unk,
+        "max_len": config.sasrec.max_len,
+        "top_k": top_k,
+        "dim": dim,
+        "event_types": list(EVENT_TYPES),
+        "inputs": ins,
+        "outputs": outs,
+        "blend": blend,
+        "training_data": {"sha256": fingerprint, **data_stats},
+        "time_gap_thresholds_ms": [1000 * (2**k - 1) for k in range(1, max(config.sasrec.time_buckets - 1, 1))],
+    }
+    (out / "config.json").write_text(json.dumps(doc, indent=2))
+    (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
+    if item_categories is not None:
+        (out / "item_categories.json").write_text(json.dumps([list(c) for c in item_categories]))
+    np.save(out / "knn_neighbours.npy", knn_idx.astype(np.int64))
+    np.save(out / "knn_similarities.npy", knn_sim.astype(np.float32))
+    np.save(out / "item_embeddings.npy", item_embeddings.astype(np.float32))
+    np.save(out / "item_bias.npy", item_bias.astype(np.float32))
+    np.save(out / "popular.npy", order.astype(np.int64))
+    np.save(out / "popular_counts.npy", popularity[order].astype(np.float64))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "version").write_text(version + "\n")
+    return version
+
+
+def _need(d: Path, name: str) -> Path:
+    p = d / name
+    if not p.exists():
+        raise ArtifactError(f"{d}: missing {name} (not a model directory written by `streamrec train`?)")
+    return p
+
+
+def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
+    """Load and check a model directory; `verify` recomputes the weights' hash and checks the version."""
+    d = Path(path)
+    if not d.is_dir():
+        raise ArtifactError(f"model directory not found: {d}")
+    try:
+        doc = json.loads(_need(d, "config.json").read_text())
+        vocab = Vocab.from_json(json.loads(_need(d, "vocab.json").read_text()))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{d}: invalid JSON: {e}") from e
+    if doc.get("format") != FORMAT:
+        raise ArtifactError(f"{d}: artefact format {doc.get('format')!r}, this code reads {FORMAT}")
+    if doc["n_items"] != vocab.n_items:
+        raise ArtifactError(f"{d}: config.json says {doc['n_items']} items, vocab.json has {vocab.n_items}")
+    _need(d, "model.onnx")
+    _need(d, "model.int8.onnx")
+    if verify:
+        got = "sasrec-" + weights_hash(d / "model.onnx")[:16]
+        if got != doc["version"]:
+            raise ArtifactError(f"{d}: model.onnx weights hash {got} does not match version {doc['version']}")
+    cats = None
+    if (d / "item_categories.json").exists():
+        cats = tuple(tuple(c) for c in json.loads((d / "item_categories.json").read_text()))
+        if len(cats) != vocab.n_items:
+            raise ArtifactError(f"{d}: item_categories.json has {len(cats)} rows for {vocab.n_items} items")
+    arrays = {
+        n: np.load(_need(d, f"{n}.npy"))
+        for n in (
+            "knn_neighbours",
+            "knn_similarities",
+            "item_embeddings",
+            "item_bias",
+            "popular",
+            "popular_counts",
+        )
+    }
+    for n in ("knn_neighbours", "knn_similarities", "item_embeddings", "item_bias"):
+        if arrays[n].shape[0] != vocab.n_items:
+            raise ArtifactError(f"{d}: {n}.npy has {arrays[n].shape[0]} rows for {vocab.n_items} items")
+    metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
+    return ModelArtifact(
+        path=d,
+        version=doc["version"],
+        config=config_from_dict(doc["model_config"]),
+        vocab=vocab,
+        max_len=int(doc["max_len"]),
+        top_k=int(doc["top_k"]),
+        event_types=tuple(doc["event_types"]),
+        inputs=tuple(doc["inputs"]),
+        outputs=tuple(doc["outputs"]),
+        blend=dict(doc["blend"]),
+        fingerprint=doc["training_data"]["sha256"],
+        item_categories=cats,
+        knn_neighbours=arrays["knn_neighbours"],
+        knn_similarities=arrays["knn_similarities"],
+        item_embeddings=arrays["item_embeddings"],
+        item_bias=arrays["item_bias"],
+        popular=arrays["popular"],
+        popular_counts=arrays["popular_counts"],
+        metrics=metrics,
+    )

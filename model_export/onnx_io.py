@@ -1,0 +1,61 @@
+"""Torch-free helpers over exported ONNX files, safe to import on the serving path (Flink workers)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The serving graph's signature (model_export.sasrec.ServingGraph); fixed, whatever the config.
+INPUT_NAMES = ("item_idx", "event_type", "ts_ms", "exclude")
+OUTPUT_NAMES = ("topk_items", "topk_scores", "user_vector", "next_item_logprob", "scores")
+
+
+def weights_hash(path: str | Path) -> str:
+    """sha256 over the initializers (name, dtype, shape, bytes) in name order; changes iff weights do."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    h = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda t: t.name):
+        arr = numpy_helper.to_array(init)
+        h.update(f"{init.name}|{arr.dtype}|{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+class OnnxScorer:
+    """An onnxruntime session over the serving graph: numpy in, dict of named numpy outputs out."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        if self.input_names != INPUT_NAMES or self.output_names != OUTPUT_NAMES:
+            raise ValueError(f"{path}: unexpected graph signature {self.input_names} -> {self.output_names}")
+
+    def run(
+        self,
+        item_idx: np.ndarray,
+        event_type: np.ndarray,
+        ts_ms: np.ndarray,
+        exclude: np.ndarray,
+        outputs: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        feeds = {
+            "item_idx": np.ascontiguousarray(item_idx, dtype=np.int64),
+            "event_type": np.ascontiguousarray(event_type, dtype=np.int64),
+            "ts_ms": np.ascontiguousarray(ts_ms, dtype=np.int64),
+            "exclude": np.ascontiguousarray(exclude, dtype=bool),
+        }
+        names = list(outputs or self.output_names)
+        return dict(zip(names, self.session.run(names, feeds), strict=True))
