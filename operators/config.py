@@ -1,0 +1,119 @@
+"""Operator thresholds (`conf/operators.yaml`): frozen dataclasses, loaded with `streamrec.config.load`.
+
+Every scalar can be overridden from the environment: `STREAMREC_<SECTION>_<FIELD>`, e.g.
+`STREAMREC_DEBOUNCE_INTERVAL_MS=0`. Times are event-time milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StateConf:
+    history_len: int = 50  # recent events kept per user (the model input; also surprise/velocity windows)
+    ttl_ms: int = 30 * 86_400_000  # state older than this (event time) counts as a new user
+    dedup_window_ms: int = 86_400_000  # keep event-id hashes at least this long...
+    dedup_max_ids: int = 1000  # ...but never more than this many (bounds bot state)
+    top_categories: int = 8  # decayed category interests kept per user
+    interest_half_life_ms: int = 7 * 86_400_000  # half-life of category interest weights
+    event_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 3.0, "purchase": 5.0, "rating": 2.0}
+    )  # interest added per event type
+
+
+@dataclass(frozen=True)
+class RecsConf:
+    k: int = 10  # recommendations per list
+    candidates: int = 50  # model top candidates the re-ranker chooses from (<= artefact top_k)
+    min_history: int = 2  # fewer known-item events than this: cold-start fallback instead of the model
+    exclude_consumed: bool = True  # never recommend items already in the user's kept history
+    mmr_lambda: float = 0.7  # MMR relevance weight (1 = no diversity re-rank)
+    unavailable_items: tuple[str, ...] = ()  # item ids never to recommend (business filter)
+    allow_categories: tuple[str, ...] = ()  # if non-empty, only items with one of these categories
+    deny_categories: tuple[str, ...] = ()  # items with any of these categories are never recommended
+    knn_per_item: int = 20  # neighbours per history item used by the cold-start fallback
+    knn_recent: int = 5  # most recent known items the fallback expands
+    category_boost: float = 0.5  # fallback: weight of the user's category interests on popular items
+
+
+@dataclass(frozen=True)
+class DebounceConf:
+    interval_ms: int = 60_000  # at most one recommendation update per user per interval (event time)
+    strong_events: tuple[str, ...] = ("purchase", "cart")  # these bypass the debounce
+
+
+@dataclass(frozen=True)
+class UserFraudConf:
+    enabled: bool = True  # run the user-level detectors
+    cooldown_ms: int = 86_400_000  # a detector re-flags a user at most once per this interval
+    quarantine_ms: int = 7 * 86_400_000  # a flagged user's events stop feeding item counts for this long
+    velocity_window_ms: int = 60_000  # velocity: window length
+    velocity_max_events: int = 20  # velocity: this many engagement events in the window is a burst
+    velocity_event_types: tuple[str, ...] = ("view", "click", "cart", "purchase")  # counted (not ratings)
+    regular_min_gaps: int = 15  # regularity: consecutive gaps inspected (and needed)
+    regular_max_cv: float = 0.05  # regularity: coefficient of variation of the gaps below this is machine-like
+    regular_min_gap_ms: int = 100  # regularity: median gap below this is ignored (timestamp ties, batches)
+    regular_max_gap_ms: int = 600_000  # regularity: median gap above this is ignored (e.g. daily jobs)
+    surprise_min_events: int = 20  # surprise: known-item transitions needed before judging
+    surprise_factor: float = 1.15  # surprise: flag if mean log P(next item) < factor * log(1/n_items)
+    rating_min: int = 8  # rating anomaly: ratings in the kept history needed
+    rating_window_ms: int = 3_600_000  # rating anomaly: ratings within this window count
+    rating_extreme_share: float = 0.8  # rating anomaly: share of extreme ratings (<= low or >= high)
+    rating_low: float = 1.0  # ratings at or below are extreme
+    rating_high: float = 5.0  # ratings at or above are extreme
+    flag_threshold: float = 0.5  # a detector's score at or above this raises a flag
+
+
+@dataclass(frozen=True)
+class ItemFraudConf:
+    enabled: bool = True  # run the item-level detectors
+    young_account_ms: int = 3 * 86_400_000  # an account younger than this (since its first event) is young
+    window_ms: int = 6 * 3_600_000  # recent-contribution window per item
+    max_recent: int = 256  # most recent clicks, and ratings, kept per item (bounds item state)
+    baseline_half_life_ms: int = 7 * 86_400_000  # half-life of the item's baseline event rate
+    baseline_ratio: float = 5.0  # burst: window count must exceed this many times the baseline expectation
+    farm_min_accounts: int = 5  # click farm: distinct young accounts clicking the item in the window
+    farm_min_clicks: int = 30  # click farm: clicks from young accounts in the window
+    farm_min_repeat: float = 3.0  # click farm: mean clicks per young account (genuine users click ~once)
+    farm_member_min_clicks: int = 2  # an account with this many window clicks on the item is a member
+    shill_window_ms: int = 48 * 3_600_000  # shilling: window for extreme ratings
+    shill_min_accounts: int = 5  # shilling: distinct young accounts giving extreme ratings in the window
+    shill_min_share: float = 0.6  # shilling: share of window ratings that are extreme from young accounts
+    shill_min_deviation: float = 1.2  # shilling: |extreme rating - item's mean before the window|
+    rating_prior_mean: float = 3.5  # prior of an item's mean rating (items with few earlier ratings)
+    rating_prior_weight: float = 3.0  # weight of that prior, in ratings
+    rating_low: float = 1.0  # extreme low rating
+    rating_high: float = 5.0  # extreme high rating
+    cooldown_ms: int = 86_400_000  # an item is re-flagged (new flag id) at most once per interval
+    trending_every: int = 0  # emit a trending record every N item events (0: never)
+
+
+@dataclass(frozen=True)
+class ScorerConf:
+    int8: bool = False  # use model.int8.onnx
+    threads: int = 1  # onnxruntime intra-op threads per worker
+
+
+@dataclass(frozen=True)
+class PrivacyConf:
+    allow_dev_key: bool = False  # demo only: fall back to a documented, public dev key if none is set
+
+
+@dataclass(frozen=True)
+class OperatorsConf:
+    state: StateConf = field(default_factory=StateConf)  # per-user state layout bounds and TTL
+    recs: RecsConf = field(default_factory=RecsConf)  # recommendation list, filters, re-rank
+    debounce: DebounceConf = field(default_factory=DebounceConf)  # update rate limiting
+    user_fraud: UserFraudConf = field(default_factory=UserFraudConf)  # user-level detectors
+    item_fraud: ItemFraudConf = field(default_factory=ItemFraudConf)  # item-level detectors
+    scorer: ScorerConf = field(default_factory=ScorerConf)  # onnxruntime session
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)  # pseudonymisation
+
+
+def load_operators_conf(path: str | Path = "operators.yaml") -> OperatorsConf:
+    """`conf/operators.yaml` (or `path`) plus `STREAMREC_*` environment overrides."""
+    from streamrec.config import load
+
+    return load(OperatorsConf, path)

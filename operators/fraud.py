@@ -1,0 +1,97 @@
+"""User-level fraud detectors: pure functions of a user's state (event time only).
+
+Each returns a `Detection` (score in [0, 1], evidence) or None when it cannot judge yet. The score is
+r / (1 + r) where r is how far the statistic is past its threshold (r = 1 at the threshold: score 0.5), so
+scores of different detectors read alike and `flag_threshold` 0.5 means "past the configured threshold".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from operators.config import UserFraudConf
+from operators.state import EVENT_TYPES, UserState
+
+# Detector names double as reason codes; their index is the slot in `UserState.flag_last`.
+VELOCITY = "velocity_burst"
+REGULARITY = "regular_gaps"
+SURPRISE = "model_surprise"
+RATING = "rating_anomaly"
+USER_DETECTORS = (VELOCITY, REGULARITY, SURPRISE, RATING)
+
+
+@dataclass(frozen=True)
+class Detection:
+    detector: str  # one of USER_DETECTORS (also the reason code)
+    score: float  # r / (1 + r), r = statistic relative to its threshold
+    evidence: dict[str, Any]  # the numbers behind the score, JSON-serialisable
+
+
+def _score(r: float) -> float:
+    r = max(0.0, r)
+    return 1.0 if math.isinf(r) else r / (1.0 + r)
+
+
+def velocity(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
+    """Too many engagement events in a short window (ratings excluded: onboarding flows rate in bursts)."""
+    codes = {EVENT_TYPES.index(t) + 1 for t in conf.velocity_event_types if t in EVENT_TYPES}
+    lo = now - conf.velocity_window_ms
+    n = sum(1 for t, c in zip(s.ts, s.types, strict=True) if t > lo and t <= now and c in codes)
+    if n == 0:
+        return None
+    r = n / max(conf.velocity_max_events, 1)
+    return Detection(VELOCITY, _score(r), {"events_in_window": n, "window_ms": conf.velocity_window_ms,
+                                           "max_events": conf.velocity_max_events})  # fmt: skip
+
+
+def regularity(s: UserState, conf: UserFraudConf) -> Detection | None:
+    """Machine-regular inter-event gaps: a tiny coefficient of variation over the last gaps."""
+    k = conf.regular_min_gaps
+    if len(s.ts) < k + 1:
+        return None
+    gaps = np.diff(np.asarray(s.ts[-(k + 1) :], dtype=np.float64))
+    med = float(np.median(gaps))
+    if not conf.regular_min_gap_ms <= med <= conf.regular_max_gap_ms:
+        return None
+    cv = float(gaps.std() / max(gaps.mean(), 1e-9))
+    r = conf.regular_max_cv / max(cv, 1e-9)
+    return Detection(REGULARITY, _score(r), {"gaps": k, "median_gap_ms": med, "cv": round(cv, 5),
+                                             "max_cv": conf.regular_max_cv})  # fmt: skip
+
+
+def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detection | None:
+    """The model finds the user's own sequence improbable: mean log P(next) far below a uniform guess."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    lp = lp[(lp != 0.0) & np.isfinite(lp)]  # 0 = undefined position (unknown item, first event)
+    if len(lp) < conf.surprise_min_events or n_items < 2:
+        return None
+    mean = float(lp.mean())
+    limit = conf.surprise_factor * math.log(1.0 / n_items)
+    r = mean / limit if limit < 0 else 0.0
+    return Detection(SURPRISE, _score(r), {"mean_logprob": round(mean, 4), "limit": round(limit, 4),
+                                           "transitions": len(lp)})  # fmt: skip
+
+
+def rating_anomaly(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
+    """Many ratings in a short window, nearly all extreme (the crude shill: every rating a 1 or a 5)."""
+    rc = EVENT_TYPES.index("rating") + 1
+    lo = now - conf.rating_window_ms
+    vals = [r for t, c, r in zip(s.ts, s.types, s.ratings, strict=True) if c == rc and t > lo and r > 0]
+    if len(vals) < conf.rating_min:
+        return None
+    ext = sum(1 for v in vals if v <= conf.rating_low or v >= conf.rating_high)
+    share = ext / len(vals)
+    r = share / max(conf.rating_extreme_share, 1e-9)
+    return Detection(RATING, _score(r), {"ratings": len(vals), "extreme": ext, "share": round(share, 3),
+                                         "window_ms": conf.rating_window_ms})  # fmt: skip
+
+
+def flag_id(subject_kind: str, subject: str, detector: str, event_id: str) -> str:
+    """Deterministic: the same detection on the same event (a replay) gives the same id."""
+    key = "\x00".join((subject_kind, subject, detector, event_id))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]

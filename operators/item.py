@@ -1,0 +1,293 @@
+"""The per-item operator (keyed by item_id): shilling and click-farm detection against the item's own baseline.
+
+Fed by the user operator's `item_events` (never by flagged users). An attack shows up here, not per user: many
+young accounts hitting one item with repeated clicks or extreme ratings, far above what the item usually gets.
+When an item is flagged, the accounts behind the burst are flagged too (`*_member`, one flag per account and
+item), and so are accounts that join while the burst still meets the detector's conditions.
+
+State layout (little-endian, version 1):
+  header `<BBqqIdddd2q` version, flags, first_ts, last_ts, n_events, decayed clicks, decayed settled
+                         ratings (count), their decayed sum, decayed events, last flag ts (farm, shilling)
+  counts `<HHB`         n_clicks, n_ratings, len(key_id)
+  clicks  n x (32-byte user key, u32 age ms, u8 bits: 1 young, 2 member-flagged), oldest first
+  ratings n x (32-byte user key, u32 age ms, u8 bits, u8 rating in half steps), oldest first
+  key_id  utf-8
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from operators import fraud
+from operators.config import ItemFraudConf, OperatorsConf
+from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, operator_dead_letter
+from operators.schema import EVENT_TYPES
+
+SOURCE = "item_operator"
+VERSION = 1
+CLICK_FARM = "click_farm"
+SHILLING = "shilling"
+FARM_MEMBER = "click_farm_member"
+SHILL_MEMBER = "shilling_member"
+_HEADER = struct.Struct("<BBqqIdddd2q")
+_COUNTS = struct.Struct("<HHB")
+_CLICK = struct.Struct("<32sIB")
+_RATING = struct.Struct("<32sIBB")
+_U32_MAX = 2**32 - 1
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+YOUNG, MEMBER = 1, 2
+
+
+class ItemStateError(ValueError):
+    """Unreadable item state (corrupt, truncated, other version)."""
+
+
+@dataclass
+class ItemState:
+    first_ts: int = 0
+    last_ts: int = 0
+    n_events: int = 0
+    base_clicks: float = 0.0  # clicks, exponentially decayed to last_ts
+    base_r_n: float = 0.0  # settled ratings (older than the shilling window), decayed
+    base_r_sum: float = 0.0  # their sum, decayed
+    base_events: float = 0.0  # all events, decayed (trending rate)
+    flag_last: list[int] = field(default_factory=lambda: [0, 0])  # farm, shilling
+    clicks: list[list[Any]] = field(default_factory=list)  # [key bytes, ts, bits]
+    ratings: list[list[Any]] = field(default_factory=list)  # [key bytes, ts, bits, rating]
+    key_id: str = ""
+
+
+def encode_item(s: ItemState) -> bytes:
+    kid = s.key_id.encode("utf-8")[:255]
+    parts = [
+        _HEADER.pack(VERSION, 0, s.first_ts, s.last_ts, min(s.n_events, _U32_MAX), s.base_clicks, s.base_r_n,
+                     s.base_r_sum, s.base_events, *s.flag_last),
+        _COUNTS.pack(min(len(s.clicks), 65535), min(len(s.ratings), 65535), len(kid)),
+    ]  # fmt: skip
+    age = lambda t: max(0, min(s.last_ts - t, _U32_MAX))  # noqa: E731
+    parts += [_CLICK.pack(k, age(t), b) for k, t, b in s.clicks[-65535:]]
+    parts += [_RATING.pack(k, age(t), b, int(round(r * 2))) for k, t, b, r in s.ratings[-65535:]]
+    parts.append(kid)
+    return b"".join(parts)
+
+
+def decode_item(data: bytes) -> ItemState:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ItemStateError(f"state must be bytes, got {type(data).__name__}")
+    b = bytes(data)
+    if len(b) < _HEADER.size + _COUNTS.size or b[0] != VERSION:
+        raise ItemStateError("not an item state of this version")
+    h = _HEADER.unpack_from(b, 0)
+    nc, nr, nk = _COUNTS.unpack_from(b, _HEADER.size)
+    if len(b) != _HEADER.size + _COUNTS.size + nc * _CLICK.size + nr * _RATING.size + nk:
+        raise ItemStateError("item state length does not match its counts")
+    if not all(math.isfinite(x) for x in h[5:9]):
+        raise ItemStateError("item state holds non-finite baselines")
+    s = ItemState(h[2], h[3], h[4], h[5], h[6], h[7], h[8], [h[9], h[10]])
+    off = _HEADER.size + _COUNTS.size
+    for _ in range(nc):
+        k, a, bits = _CLICK.unpack_from(b, off)
+        s.clicks.append([k, s.last_ts - a, bits])
+        off += _CLICK.size
+    for _ in range(nr):
+        k, a, bits, r = _RATING.unpack_from(b, off)
+        s.ratings.append([k, s.last_ts - a, bits, r / 2])
+        off += _RATING.size
+    try:
+        s.key_id = b[off:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ItemStateError("item state key id is not UTF-8") from e
+    return s
+
+
+@dataclass(frozen=True)
+class ItemStepResult:
+    state: bytes | None
+    fraud_flags: list[dict[str, Any]] = field(default_factory=list)  # item flags and member (user) flags
+    trending: list[dict[str, Any]] = field(default_factory=list)  # periodic item rate records (optional)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)  # item events the operator refused
+    state_reset: bool = False  # unreadable state replaced by a fresh one
+
+
+def _check(ev: Any) -> str | None:
+    """Why an item event is unusable, or None."""
+    if not isinstance(ev, dict):
+        return f"expected a dict, got {type(ev).__name__}"
+    for k in ("item_id", "event_id", "key_id", "event_type"):
+        if not isinstance(ev.get(k), str) or not ev[k]:
+            return f"{k} must be a non-empty string"
+    if not isinstance(ev.get("user_key"), str) or not _HEX64.fullmatch(ev["user_key"]):
+        return "user_key must be a 64-hex HMAC pseudonym"
+    if ev["event_type"] not in EVENT_TYPES:
+        return "unknown event_type"
+    for k in ("ts", "account_first_ts"):
+        if not isinstance(ev.get(k), int) or isinstance(ev.get(k), bool) or not 0 <= ev[k] < 2**62:
+            return f"{k} must be a non-negative integer"
+    r = ev.get("rating")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 7.5):
+        return "rating must be a number in (0, 7.5]"
+    if ev["event_type"] == "rating" and r is None:
+        return "a rating event needs a rating"
+    return None
+
+
+class ItemOperator:
+    def __init__(self, conf: OperatorsConf, model_version: str = "") -> None:
+        self.conf = conf
+        self.c: ItemFraudConf = conf.item_fraud
+        self.version = model_version
+
+    def step(self, state: bytes | None, item_event: Any) -> ItemStepResult:
+        keep = state if isinstance(state, bytes) else None
+        try:
+            why = _check(item_event)
+            if why is not None:
+                return ItemStepResult(keep, dead_letters=[operator_dead_letter(OPERATOR_BAD_INPUT, why, SOURCE,
+                                                                              item_event)])  # fmt: skip
+            return self._step(state, item_event)
+        except Exception as e:  # noqa: BLE001 - keep the job alive; the record says why
+            msg = f"{type(e).__name__}: {e}"
+            return ItemStepResult(keep, dead_letters=[operator_dead_letter(OPERATOR_ERROR, msg, SOURCE, item_event)])
+
+    def _step(self, state: bytes | None, ev: dict[str, Any]) -> ItemStepResult:
+        c = self.c
+        reset = False
+        s = ItemState()
+        if state is not None:
+            try:
+                s = decode_item(state)
+            except ItemStateError:
+                reset = True
+        ts = ev["ts"]
+        if s.first_ts == 0:
+            s.first_ts = ts
+        if ts > s.last_ts:
+            if s.last_ts:
+                f = 0.5 ** ((ts - s.last_ts) / max(c.baseline_half_life_ms, 1))
+                s.base_clicks *= f
+                s.base_r_n *= f
+                s.base_r_sum *= f
+                s.base_events *= f
+            s.last_ts = ts
+        s.n_events += 1
+        s.key_id = ev["key_id"]
+        w = 0.5 ** ((s.last_ts - ts) / max(c.baseline_half_life_ms, 1))  # late events count less
+        s.base_events += w
+        young = ts - ev["account_first_ts"] < c.young_account_ms
+        key = bytes.fromhex(ev["user_key"])
+        bits = YOUNG if young else 0
+        if ev["event_type"] == "click":
+            s.base_clicks += w
+            s.clicks.append([key, ts, bits])
+        elif ev["event_type"] == "rating":
+            s.ratings.append([key, ts, bits, float(ev["rating"])])
+        s.clicks = [e for e in s.clicks if e[1] > s.last_ts - c.window_ms][-c.max_recent :]
+        # ratings leaving the window settle into the item's baseline mean: a burst is judged against what the
+        # item got before it, never against itself
+        keep = [e for e in s.ratings if e[1] > s.last_ts - c.shill_window_ms][-c.max_recent :]
+        if len(keep) < len(s.ratings):
+            kept = {id(e) for e in keep}
+            for e in s.ratings:
+                if id(e) not in kept:
+                    wr = 0.5 ** ((s.last_ts - e[1]) / max(c.baseline_half_life_ms, 1))
+                    s.base_r_n += wr
+                    s.base_r_sum += wr * e[3]
+            s.ratings = keep
+
+        flags: list[dict[str, Any]] = []
+        if c.enabled:
+            if ev["event_type"] == "click":
+                flags += self._farm(s, ev)
+            elif ev["event_type"] == "rating":
+                flags += self._shilling(s, ev)
+        trending = []
+        if c.trending_every > 0 and s.n_events % c.trending_every == 0:
+            rate_h = s.base_events * math.log(2) / max(c.baseline_half_life_ms, 1) * 3_600_000
+            trending.append({"kind": "trending", "item_id": ev["item_id"], "events_per_hour": round(rate_h, 4),
+                             "event_id": ev["event_id"], "event_ts": ts, "model_version": self.version})  # fmt: skip
+        return ItemStepResult(encode_item(s), flags, trending, state_reset=reset)
+
+    # ------------------------------------------------------------------ detectors
+
+    def _expected(self, decayed: float, window_ms: int) -> float:
+        """Events the item's baseline rate predicts in a window (decayed count * ln2 / half-life = rate)."""
+        return decayed * math.log(2) / max(self.c.baseline_half_life_ms, 1) * window_ms
+
+    def _farm(self, s: ItemState, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        c = self.c
+        per: dict[bytes, int] = {}
+        for k, _, b in s.clicks:
+            if b & YOUNG:
+                per[k] = per.get(k, 0) + 1
+        n_acc, n_young = len(per), sum(per.values())
+        if n_acc == 0:
+            return []
+        repeat = n_young / n_acc
+        expected = self._expected(s.base_clicks, c.window_ms)
+        burst = len(s.clicks) / max(expected, 1.0)
+        ratios = (n_acc / c.farm_min_accounts, n_young / c.farm_min_clicks, repeat / c.farm_min_repeat,
+                  burst / c.baseline_ratio)  # fmt: skip
+        r = min(ratios)
+        if r < 1.0:
+            return []
+        evidence = {"young_accounts": n_acc, "young_clicks": n_young, "clicks_per_account": round(repeat, 2),
+                    "window_clicks": len(s.clicks), "baseline_expected": round(expected, 3),
+                    "window_ms": c.window_ms}  # fmt: skip
+        members = {k for k, n in per.items() if n >= c.farm_member_min_clicks}
+        return self._flag(s, ev, 0, CLICK_FARM, FARM_MEMBER, r, evidence, members, s.clicks)
+
+    def _shilling(self, s: ItemState, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        c = self.c
+        if not s.ratings:
+            return []
+        mean = (s.base_r_sum + c.rating_prior_mean * c.rating_prior_weight) / (s.base_r_n + c.rating_prior_weight)
+        out: list[dict[str, Any]] = []
+        for direction, hit in (("push", lambda x: x >= c.rating_high), ("nuke", lambda x: x <= c.rating_low)):
+            accts = {k for k, _, b, r in s.ratings if b & YOUNG and hit(r)}
+            if not accts:
+                continue
+            n_hit = sum(1 for _, _, b, r in s.ratings if b & YOUNG and hit(r))
+            share = n_hit / len(s.ratings)
+            value = c.rating_high if direction == "push" else c.rating_low
+            deviation = abs(value - mean)
+            r = min(len(accts) / c.shill_min_accounts, share / c.shill_min_share,
+                    deviation / c.shill_min_deviation)  # fmt: skip
+            if r < 1.0:
+                continue
+            evidence = {"direction": direction, "young_accounts": len(accts), "extreme_ratings": n_hit,
+                        "window_ratings": len(s.ratings), "share": round(share, 3),
+                        "baseline_mean": round(mean, 3), "window_ms": c.shill_window_ms}  # fmt: skip
+            out += self._flag(s, ev, 1, SHILLING, SHILL_MEMBER, r, evidence, accts, s.ratings)
+        return out
+
+    def _flag(
+        self, s: ItemState, ev: dict[str, Any], slot: int, detector: str, member_det: str, r: float,
+        evidence: dict[str, Any], members: set[bytes], entries: list[list[Any]],
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The item flag (once per cooldown) and a flag per member account not flagged yet for this item."""
+        c = self.c
+        ts, item = ev["ts"], ev["item_id"]
+        score = round(r / (1.0 + r), 4)
+        out: list[dict[str, Any]] = []
+        base = {"kind": "fraud_flag", "model_version": self.version, "event_id": ev["event_id"], "event_ts": ts}
+        if not s.flag_last[slot] or ts - s.flag_last[slot] >= c.cooldown_ms:
+            s.flag_last[slot] = ts
+            out.append({**base, "flag_id": fraud.flag_id("item", item, detector, ev["event_id"]),
+                        "subject_kind": "item", "subject": item, "item_id": item, "detector": detector,
+                        "score": score, "reasons": [detector], "evidence": evidence})  # fmt: skip
+        flagged = {e[0] for e in entries if e[2] & MEMBER}
+        for k in sorted(members - flagged):
+            uk = k.hex()
+            out.append(
+                {**base, "flag_id": fraud.flag_id("user", uk, member_det, item), "subject_kind": "user",
+                 "subject": uk, "user_key": uk, "key_id": s.key_id, "detector": member_det, "score": score,
+                 "reasons": [member_det], "evidence": {"item_id": item, **evidence}}
+            )  # fmt: skip
+        for e in entries:
+            if e[0] in members:
+                e[2] |= MEMBER
+        return out

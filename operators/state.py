@@ -1,0 +1,198 @@
+"""Per-user state and its versioned binary layout (never pickle: Flink stores these bytes across upgrades).
+
+Items, categories and event ids are stored as short hashes, not model indices, so the state survives a model
+update with a different vocabulary; the operator maps hashes to the current artefact's indices.
+
+Layout, little-endian, version 1:
+
+  header  `<BBqqIqqqfH4q`  version, flags, first_ts, last_ts, n_events, flagged_until, last_emit_ts,
+                             pending_ts, surprise (mean log-prob), surprise_n, last flag ts per detector (4)
+  counts  `<HBHBHBB`       n_seq, n_cats, n_dedup, n_recs, len(pending_event_id), len(user_key), len(key_id)
+  seq     u32[n_seq] item hash, u32[n_seq] age (last_ts - ts, ms, saturating), u8[n_seq] code
+          (bits 0-2: 1-based event type, bits 3-6: rating in half steps, 0 = none); oldest first
+  cats    u32[n_cats] category hash, f16[n_cats] decayed weight as of last_ts
+  dedup   u64[n_dedup] event-id hash, u32[n_dedup] age (ms); oldest first
+  recs    u32[n_recs] last recommended item hashes, best first
+  strings utf-8: pending event id (newest debounced event, "" = none), user_key (the pseudonym, so timers can
+          emit without the raw id), key_id
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VERSION = 1
+_HEADER = struct.Struct("<BBqqIqqqfH4q")
+_COUNTS = struct.Struct("<HBHBHBB")
+_U32_MAX = 2**32 - 1
+N_DETECTORS = 4  # velocity, regularity, surprise, rating (index into flag_last)
+EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
+
+
+class StateError(ValueError):
+    """Bytes that are not a user state this code can read (corrupt, truncated or a future version)."""
+
+
+def item_hash(item_id: str) -> int:
+    """Stable 32-bit hash of an item id (stable across processes, unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "little")
+
+
+def id_hash(event_id: str) -> int:
+    """Stable 64-bit hash of an event id, for the dedup window."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def type_code(event_type: str) -> int:
+    return EVENT_TYPES.index(event_type) + 1
+
+
+@dataclass
+class UserState:
+    """One user's memory; mutable while an operator step works on it, bytes in between."""
+
+    first_ts: int = 0  # first event of the account (account age); 0 = no event yet
+    last_ts: int = 0  # newest event time seen
+    n_events: int = 0  # valid, non-duplicate events since the state was created
+    items: list[int] = field(default_factory=list)  # item hashes, oldest first
+    ts: list[int] = field(default_factory=list)  # event times (ms)
+    types: list[int] = field(default_factory=list)  # 1-based event types
+    ratings: list[float] = field(default_factory=list)  # 0.0 = no rating
+    cats: dict[int, float] = field(default_factory=dict)  # category hash -> weight as of last_ts
+    dedup: list[tuple[int, int]] = field(default_factory=list)  # (event-id hash, ts), oldest first
+    flagged_until: int = 0  # until then the user's events do not feed item counts
+    flag_last: list[int] = field(default_factory=lambda: [0] * N_DETECTORS)  # last flag time per detector
+    last_emit_ts: int = 0  # event time of the last emitted recommendation (debounce)
+    pending_ts: int = 0  # event time of a debounced update waiting for its timer (0 = none)
+    pending_event_id: str = ""  # the event that update belongs to
+    surprise: float = 0.0  # mean next-item log-prob of the last scored sequence
+    surprise_n: int = 0  # transitions behind `surprise`
+    last_recs: list[int] = field(default_factory=list)  # item hashes of the last emitted list
+    user_key: str = ""  # HMAC pseudonym of the user (timers emit with it)
+    key_id: str = ""  # the pseudonym key's id
+
+    @property
+    def empty(self) -> bool:
+        return self.n_events == 0
+
+
+def encode(s: UserState) -> bytes:
+    """The layout in the module docstring; counts are clipped to their field widths (callers bound them)."""
+    n_seq = min(len(s.items), 65535)
+    cats = sorted(s.cats.items(), key=lambda kv: -kv[1])[:255]
+    dedup = s.dedup[-65535:]
+    recs = s.last_recs[:255]
+    pend = s.pending_event_id.encode("utf-8", "surrogatepass")[:65535]
+    ukey = s.user_key.encode("utf-8", "surrogatepass")[:255]
+    kid = s.key_id.encode("utf-8", "surrogatepass")[:255]
+    flags = 0
+    head = _HEADER.pack(
+        VERSION,
+        flags,
+        s.first_ts,
+        s.last_ts,
+        min(s.n_events, _U32_MAX),
+        s.flagged_until,
+        s.last_emit_ts,
+        s.pending_ts,
+        s.surprise,
+        min(s.surprise_n, 65535),
+        *s.flag_last[:N_DETECTORS],
+    )
+    parts = [head, _COUNTS.pack(n_seq, len(cats), len(dedup), len(recs), len(pend), len(ukey), len(kid))]
+    if n_seq:
+        ages = np.clip(s.last_ts - np.asarray(s.ts[-n_seq:], dtype=np.int64), 0, _U32_MAX)
+        codes = np.asarray(s.types[-n_seq:], dtype=np.uint8) | (
+            np.clip(np.rint(np.asarray(s.ratings[-n_seq:]) * 2), 0, 15).astype(np.uint8) << 3
+        )
+        parts += [
+            np.asarray(s.items[-n_seq:], dtype="<u4").tobytes(),
+            ages.astype("<u4").tobytes(),
+            codes.tobytes(),
+        ]
+    if cats:
+        parts += [
+            np.asarray([c for c, _ in cats], dtype="<u4").tobytes(),
+            np.asarray([w for _, w in cats], dtype="<f2").tobytes(),
+        ]
+    if dedup:
+        parts += [
+            np.asarray([h for h, _ in dedup], dtype="<u8").tobytes(),
+            np.clip(s.last_ts - np.asarray([t for _, t in dedup], dtype=np.int64), 0, _U32_MAX).astype("<u4").tobytes(),
+        ]
+    if recs:
+        parts.append(np.asarray(recs, dtype="<u4").tobytes())
+    parts += [pend, ukey, kid]
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> UserState:
+    """Inverse of `encode`; raises `StateError` on anything else (the operator then starts afresh)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise StateError(f"state must be bytes, got {type(data).__name__}")
+    b = bytes(data)
+    if len(b) < _HEADER.size + _COUNTS.size:
+        raise StateError(f"state too short ({len(b)} bytes)")
+    if b[0] != VERSION:
+        raise StateError(f"state layout version {b[0]}, this code reads {VERSION}")
+    h = _HEADER.unpack_from(b, 0)
+    n_seq, n_cats, n_dedup, n_recs, n_pend, n_ukey, n_kid = _COUNTS.unpack_from(b, _HEADER.size)
+    n_str = n_pend + n_ukey + n_kid
+    expect = _HEADER.size + _COUNTS.size + 9 * n_seq + 6 * n_cats + 12 * n_dedup + 4 * n_recs + n_str
+    if len(b) != expect:
+        raise StateError(f"state is {len(b)} bytes, its counts say {expect}")
+    (_, _, first_ts, last_ts, n_events, flagged_until, last_emit, pending_ts, surprise, surprise_n) = h[:10]
+    if not np.isfinite(surprise):
+        raise StateError("state holds a non-finite surprise")
+    off = _HEADER.size + _COUNTS.size
+
+    def take(dtype: str, n: int) -> np.ndarray:
+        nonlocal off
+        a = np.frombuffer(b, dtype=dtype, count=n, offset=off)
+        off += a.nbytes
+        return a
+
+    items = take("<u4", n_seq)
+    ages = take("<u4", n_seq).astype(np.int64)
+    codes = take("u1", n_seq)
+    cat_h = take("<u4", n_cats)
+    cat_w = take("<f2", n_cats).astype(np.float64)
+    d_h = take("<u8", n_dedup)
+    d_age = take("<u4", n_dedup).astype(np.int64)
+    recs = take("<u4", n_recs)
+    try:
+        pend = b[off : off + n_pend].decode("utf-8")
+        ukey = b[off + n_pend : off + n_pend + n_ukey].decode("utf-8")
+        kid = b[off + n_pend + n_ukey : off + n_str].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StateError("state holds a string that is not UTF-8") from e
+    types = codes & 7
+    if n_seq and (types.min() < 1 or types.max() > len(EVENT_TYPES)):
+        raise StateError("state holds an unknown event type code")
+    if not np.all(np.isfinite(cat_w)):
+        raise StateError("state holds a non-finite category weight")
+    return UserState(
+        first_ts=first_ts,
+        last_ts=last_ts,
+        n_events=n_events,
+        items=items.tolist(),
+        ts=(last_ts - ages).tolist(),
+        types=types.astype(np.int64).tolist(),
+        ratings=((codes >> 3).astype(np.float64) / 2).tolist(),
+        cats=dict(zip(cat_h.tolist(), cat_w.tolist(), strict=True)),
+        dedup=list(zip(d_h.tolist(), (last_ts - d_age).tolist(), strict=True)),
+        flagged_until=flagged_until,
+        flag_last=list(h[10:]),
+        last_emit_ts=last_emit,
+        pending_ts=pending_ts,
+        pending_event_id=pend,
+        surprise=float(surprise),
+        surprise_n=surprise_n,
+        last_recs=recs.tolist(),
+        user_key=ukey,
+        key_id=kid,
+    )

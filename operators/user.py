@@ -1,0 +1,400 @@
+"""The per-user operator: dedup, state update, recommendations (debounced), user-level fraud flags, erasure.
+
+`UserOperator.step(state_bytes, event)` is everything the Flink keyed function does per event; the function
+only loads the state, calls step, stores `result.state` (None = clear), registers `result.timer_ts` and
+routes the output lists. It never raises: bad input becomes a dead-letter record, an unreadable state is
+replaced by a fresh one (`state_reset=True`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from operators import fraud
+from operators.config import OperatorsConf
+from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
+from operators.privacy import Pseudonymizer
+from operators.recs import intra_list_diversity, knn_candidates, mmr, normalise_rows
+from operators.schema import EVENT_TYPES, Event, Rejection, event_from_mapping, parse_event
+from operators.scorer import Scorer, ScoreRequest
+from operators.state import (
+    StateError,
+    UserState,
+    decode,
+    encode,
+    id_hash,
+    item_hash,
+    type_code,
+)
+
+if TYPE_CHECKING:
+    from model_export.artifact import ModelArtifact
+
+SOURCE = "user_operator"
+_RATING_CODE = EVENT_TYPES.index("rating") + 1
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state: bytes | None  # new state (None = clear it)
+    recommendations: list[dict[str, Any]] = field(default_factory=list)  # to Kafka (compacted) + Cassandra
+    fraud_flags: list[dict[str, Any]] = field(default_factory=list)  # to the fraud topic / table
+    deletions: list[dict[str, Any]] = field(default_factory=list)  # erasure records for the sinks
+    item_events: list[dict[str, Any]] = field(default_factory=list)  # to the item operator, keyed by item_id
+    timer_ts: int | None = None  # event-time timer to register (debounced update)
+    duplicate: bool = False  # the event id was seen recently: dropped, counted
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)  # input the operator refused
+    state_reset: bool = False  # the stored state was unreadable or expired (TTL) and was started afresh
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class UserOperator:
+    """Keyed by user_id. Holds the artefact-derived lookups; per-user data lives only in the state bytes."""
+
+    def __init__(
+        self, artifact: ModelArtifact, conf: OperatorsConf, pseudonymizer: Pseudonymizer, scorer: Scorer
+    ) -> None:
+        self.art = artifact
+        self.conf = conf
+        self.pseud = pseudonymizer
+        self.scorer = scorer
+        self.version = artifact.version
+        self.n_items = artifact.n_items
+        self.unk = artifact.unknown_index
+        self.hash_to_index: dict[int, int] = {}
+        for i, iid in enumerate(artifact.vocab.item_ids):
+            self.hash_to_index.setdefault(item_hash(iid), i)
+        cats = artifact.item_categories
+        self.item_cats: list[tuple[int, ...]] = (
+            [tuple(item_hash(c) for c in cs) for cs in cats] if cats is not None else [()] * self.n_items
+        )
+        self.unit_emb = normalise_rows(artifact.item_embeddings)
+        self.static_exclude = self._business_mask()
+        self.popular = [int(i) for i in artifact.popular if 0 <= i < self.n_items and not self.static_exclude[i]]
+        self.event_weight = {type_code(t): float(w) for t, w in conf.state.event_weights.items() if t in EVENT_TYPES}
+        self.strong = {type_code(t) for t in conf.debounce.strong_events if t in EVENT_TYPES}
+
+    def _business_mask(self) -> np.ndarray:
+        r = self.conf.recs
+        mask = np.zeros(self.n_items, dtype=bool)
+        for iid in r.unavailable_items:
+            i = self.art.item_index(iid)
+            if 0 <= i < self.n_items:
+                mask[i] = True
+        allow = {item_hash(c) for c in r.allow_categories}
+        deny = {item_hash(c) for c in r.deny_categories}
+        if allow or deny:
+            for i, cs in enumerate(self.item_cats):
+                if deny and deny.intersection(cs):
+                    mask[i] = True
+                if allow and not allow.intersection(cs):
+                    mask[i] = True
+        return mask
+
+    # ---------------------------------------------------------------- entry points (never raise)
+
+    def step(self, state: bytes | None, event: Any) -> StepResult:
+        """Process one event for its user. `event` is an `Event` (also accepted: a raw message or mapping)."""
+        try:
+            ev = self._as_event(event)
+            if isinstance(ev, dict):
+                return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[ev])
+            return self._step(state, ev)
+        except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
+            dl = operator_dead_letter(OPERATOR_ERROR, f"{type(e).__name__}: {e}", SOURCE, event)
+            return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[dl])
+
+    def on_timer(self, state: bytes | None, ts: int) -> StepResult:
+        """A debounce timer fired at event time `ts`: emit the suppressed update; clear state past its TTL."""
+        try:
+            return self._on_timer(state, ts)
+        except Exception as e:  # noqa: BLE001
+            dl = operator_dead_letter(OPERATOR_ERROR, f"on_timer: {type(e).__name__}: {e}", SOURCE, ts)
+            return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[dl])
+
+    def erase(self, state: bytes | None, user_id: str, ts: int) -> StepResult:
+        """Right to erasure: clear the state and tell every sink to delete what it holds for this user."""
+        try:
+            key = self.pseud.pseudonym(str(user_id))
+        except Exception as e:  # noqa: BLE001
+            dl = operator_dead_letter(OPERATOR_BAD_INPUT, f"erase: {type(e).__name__}: {e}", SOURCE, user_id)
+            return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[dl])
+        base = {"user_key": key, "key_id": self.pseud.key_id, "event_ts": int(ts) if isinstance(ts, int) else 0,
+                "model_version": self.version, "event_id": None}  # fmt: skip
+        deletions: list[dict[str, Any]] = [
+            {"kind": "deletion", "target": "cassandra", "table": "recommendations_by_user", **base},
+            {
+                "kind": "deletion",
+                "target": "cassandra",
+                "table": "fraud_flags",
+                "subject_kind": "user",
+                "subject": key,
+                **base,
+            },  # fmt: skip
+            {"kind": "tombstone", "target": "kafka", "topic": "recommendations", "key": key, **base},
+        ]
+        for d in deletions:
+            d["deletion_id"] = _digest("erase", key, str(d["kind"]), str(d.get("table") or d.get("topic")), str(ts))
+        return StepResult(state=None, deletions=deletions)
+
+    # ---------------------------------------------------------------- internals
+
+    def _as_event(self, event: Any) -> Event | dict[str, Any]:
+        if isinstance(event, Event):
+            ok = (
+                isinstance(event.ts, int)
+                and not isinstance(event.ts, bool)
+                and event.event_type in EVENT_TYPES
+                and all(isinstance(x, str) and x for x in (event.event_id, event.user_id, event.item_id))
+                and (event.rating is None or isinstance(event.rating, float | int))
+            )
+            if ok:
+                return event
+            return operator_dead_letter(OPERATOR_BAD_INPUT, "Event with invalid fields", SOURCE, event)
+        if isinstance(event, bytes | bytearray | str):
+            got: Event | Rejection = parse_event(bytes(event) if isinstance(event, bytearray) else event)
+        elif isinstance(event, dict):
+            got = event_from_mapping(event)
+        else:
+            return operator_dead_letter(
+                OPERATOR_BAD_INPUT, f"expected an Event, got {type(event).__name__}", SOURCE, event
+            )
+        return dead_letter(got, SOURCE) if isinstance(got, Rejection) else got
+
+    def _load(self, state: bytes | None, now: int) -> tuple[UserState, bool]:
+        """Decoded state, or a fresh one (flag True) if it is unreadable or older than the TTL."""
+        if state is None:
+            return UserState(), False
+        try:
+            s = decode(state)
+        except StateError:
+            return UserState(), True
+        if s.last_ts and now - s.last_ts > self.conf.state.ttl_ms:
+            return UserState(), True
+        return s, False
+
+    def _step(self, state: bytes | None, ev: Event) -> StepResult:
+        s, reset = self._load(state, ev.ts)
+        h = id_hash(ev.event_id)
+        if any(x == h for x, _ in s.dedup):
+            return StepResult(state=state, duplicate=True)
+        self._update(s, ev, h)
+        user_key = self.pseud.pseudonym(ev.user_id)
+        s.user_key, s.key_id = user_key, self.pseud.key_id
+        flags = self._user_flags(s, ev, user_key, logprobs=None)
+
+        recs: list[dict[str, Any]] = []
+        timer: int | None = None
+        deb = self.conf.debounce
+        due = s.last_emit_ts == 0 or ev.ts - s.last_emit_ts >= deb.interval_ms
+        if due or type_code(ev.event_type) in self.strong or deb.interval_ms <= 0:
+            rec, lp = self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False)
+            recs.append(rec)
+            flags += self._surprise_flag(s, ev.event_id, ev.ts, user_key, lp)
+        else:
+            s.pending_ts, s.pending_event_id = ev.ts, ev.event_id
+            timer = s.last_emit_ts + deb.interval_ms
+
+        items: list[dict[str, Any]] = []
+        if s.flagged_until <= ev.ts:
+            items.append(
+                {"kind": "item_event", "item_id": ev.item_id, "user_key": user_key, "key_id": self.pseud.key_id,
+                 "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts, "rating": ev.rating,
+                 "account_first_ts": s.first_ts, "account_events": s.n_events}
+            )  # fmt: skip
+        return StepResult(
+            state=encode(s), recommendations=recs, fraud_flags=flags, item_events=items, timer_ts=timer,
+            state_reset=reset,
+        )  # fmt: skip
+
+    def _on_timer(self, state: bytes | None, ts: int) -> StepResult:
+        if state is None:
+            return StepResult(state=None)
+        try:
+            s = decode(state)
+        except StateError:
+            return StepResult(state=None, state_reset=True)
+        if s.last_ts and ts - s.last_ts > self.conf.state.ttl_ms:
+            return StepResult(state=None, state_reset=True)
+        if not s.pending_ts or ts < s.last_emit_ts + self.conf.debounce.interval_ms:
+            return StepResult(state=state)
+        user_key = s.user_key
+        rec, lp = self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True)
+        flags = self._surprise_flag(s, s.pending_event_id, s.pending_ts, user_key, lp)
+        return StepResult(state=encode(s), recommendations=[rec], fraud_flags=flags)
+
+    def _update(self, s: UserState, ev: Event, h: int) -> None:
+        c = self.conf.state
+        if s.first_ts == 0:
+            s.first_ts = ev.ts
+        new_last = max(s.last_ts, ev.ts)
+        # decay interests to the new reference time, then add this event's weight to its item's categories
+        if s.cats and new_last > s.last_ts:
+            f = 0.5 ** ((new_last - s.last_ts) / max(c.interest_half_life_ms, 1))
+            s.cats = {k: v * f for k, v in s.cats.items()}
+        idx = self.hash_to_index.get(item_hash(ev.item_id), self.unk)
+        code = type_code(ev.event_type)
+        if 0 <= idx < self.n_items:
+            w = self.event_weight.get(code, 1.0) * 0.5 ** ((new_last - ev.ts) / max(c.interest_half_life_ms, 1))
+            for ch in self.item_cats[idx]:
+                s.cats[ch] = s.cats.get(ch, 0.0) + w
+            if len(s.cats) > c.top_categories:
+                s.cats = dict(sorted(s.cats.items(), key=lambda kv: -kv[1])[: c.top_categories])
+        s.last_ts = new_last
+        s.n_events += 1
+        # the sequence stays sorted by event time (late events are inserted, not appended)
+        pos = len(s.ts)
+        while pos > 0 and s.ts[pos - 1] > ev.ts:
+            pos -= 1
+        s.items.insert(pos, item_hash(ev.item_id))
+        s.ts.insert(pos, ev.ts)
+        s.types.insert(pos, code)
+        s.ratings.insert(pos, float(ev.rating) if ev.rating is not None else 0.0)
+        if len(s.items) > c.history_len:
+            cut = len(s.items) - c.history_len
+            del s.items[:cut], s.ts[:cut], s.types[:cut], s.ratings[:cut]
+        s.dedup.append((h, ev.ts))
+        lo = s.last_ts - c.dedup_window_ms
+        s.dedup = [d for d in s.dedup if d[1] >= lo][-c.dedup_max_ids :]
+
+    # ---------------------------------------------------------------- recommendations
+
+    def _indices(self, s: UserState) -> list[int]:
+        return [self.hash_to_index.get(h, self.unk) for h in s.items]
+
+    def _recommend(
+        self, s: UserState, user_key: str, event_id: str, event_ts: int, now: int, debounced: bool
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Build, record in the state and describe one recommendation list (+ the model's log-probs)."""
+        r = self.conf.recs
+        idx = self._indices(s)
+        known = [i for i in idx if 0 <= i < self.n_items]
+        consumed = sorted(set(known)) if r.exclude_consumed else []
+        lp: np.ndarray | None = None
+        if len(known) < r.min_history:
+            source = "cold_start"
+            cand, rel = self._fallback(s, known, consumed)
+        else:
+            source = "model"
+            res = self.scorer.score([ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)])[0]
+            lp = res.next_item_logprob
+            ok = np.isfinite(res.scores)
+            cand = [int(i) for i in res.items[ok][: r.candidates]]
+            rel = [float(x) for x in res.scores[ok][: r.candidates]]
+            if len(cand) < r.k:  # tiny catalogues / heavy filters: top up from the fallback
+                more, more_rel = self._fallback(s, known, consumed + cand)
+                lo = min(rel) if rel else 0.0
+                cand += more
+                rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
+                del more_rel
+        before = cand[: r.k]
+        chosen = mmr(cand, rel, self.unit_emb, r.k, r.mmr_lambda)
+        score_of = dict(zip(cand, rel, strict=True))
+        s.last_emit_ts = now
+        s.pending_ts, s.pending_event_id = 0, ""
+        changed = [item_hash(self.art.item_id(i)) for i in chosen] != s.last_recs
+        s.last_recs = [item_hash(self.art.item_id(i)) for i in chosen]
+        rec = {
+            "kind": "recommendation",
+            "rec_id": _digest("rec", user_key, event_id),
+            "user_key": user_key,
+            "key_id": s.key_id or self.pseud.key_id,
+            "items": [self.art.item_id(i) for i in chosen],
+            "scores": [round(float(score_of[i]), 6) for i in chosen],
+            "source": source,
+            "model_version": self.version,
+            "event_id": event_id,
+            "event_ts": event_ts,
+            "emitted_ts": now,
+            "debounced": debounced,
+            "changed": changed,
+            "intra_list_diversity": round(intra_list_diversity(chosen, self.unit_emb), 6),
+            "intra_list_diversity_before_rerank": round(intra_list_diversity(before, self.unit_emb), 6),
+            "mmr_lambda": r.mmr_lambda,
+        }
+        return rec, lp
+
+    def _fallback(self, s: UserState, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
+        """Cold start: item-KNN neighbours of the recent known items first, then popular items boosted by the
+        user's category interests. Relevance puts every KNN candidate above every popular one."""
+        r = self.conf.recs
+        banned = set(exclude)
+        knn = knn_candidates(
+            known, self.art.knn_neighbours, self.art.knn_similarities, self.n_items, r.knn_recent, r.knn_per_item
+        )
+        cand: list[int] = []
+        rel: list[float] = []
+        for j, sc in sorted(knn.items(), key=lambda kv: -kv[1]):
+            if j not in banned and not self.static_exclude[j]:
+                cand.append(j)
+                rel.append(2.0 + sc)
+                banned.add(j)
+        need = max(r.candidates - len(cand), r.k)
+        total = sum(s.cats.values()) or 1.0
+        pops: list[tuple[float, int]] = []
+        n_pop = max(len(self.popular), 1)
+        for rank, j in enumerate(self.popular):
+            if j in banned:
+                continue
+            interest = sum(s.cats.get(ch, 0.0) for ch in self.item_cats[j]) / total
+            pops.append(((1.0 - rank / n_pop) * (1.0 + r.category_boost * interest), j))
+            if len(pops) >= 4 * need:
+                break
+        pops.sort(key=lambda t: -t[0])
+        for sc, j in pops[:need]:
+            cand.append(j)
+            rel.append(min(sc / (1.0 + r.category_boost), 1.0))
+        return cand, rel
+
+    # ---------------------------------------------------------------- fraud
+
+    def _raise(
+        self, s: UserState, det: fraud.Detection, event_id: str, event_ts: int, user_key: str
+    ) -> list[dict[str, Any]]:
+        """A flag dict if the detection is past threshold and the detector is not in its cooldown."""
+        fc = self.conf.user_fraud
+        if det.score < fc.flag_threshold:
+            return []
+        slot = fraud.USER_DETECTORS.index(det.detector)
+        if s.flag_last[slot] and event_ts - s.flag_last[slot] < fc.cooldown_ms:
+            s.flagged_until = max(s.flagged_until, event_ts + fc.quarantine_ms)
+            return []
+        s.flag_last[slot] = event_ts
+        s.flagged_until = max(s.flagged_until, event_ts + fc.quarantine_ms)
+        return [
+            {"kind": "fraud_flag", "flag_id": fraud.flag_id("user", user_key, det.detector, event_id),
+             "subject_kind": "user", "subject": user_key, "user_key": user_key, "key_id": self.pseud.key_id,
+             "detector": det.detector, "score": round(det.score, 4), "reasons": [det.detector],
+             "evidence": det.evidence, "model_version": self.version, "event_id": event_id,
+             "event_ts": event_ts}
+        ]  # fmt: skip
+
+    def _user_flags(self, s: UserState, ev: Event, user_key: str, logprobs: np.ndarray | None) -> list[dict[str, Any]]:
+        fc = self.conf.user_fraud
+        if not fc.enabled:
+            return []
+        out: list[dict[str, Any]] = []
+        for det in (fraud.velocity(s, fc, ev.ts), fraud.regularity(s, fc), fraud.rating_anomaly(s, fc, ev.ts)):
+            if det is not None:
+                out += self._raise(s, det, ev.event_id, ev.ts, user_key)
+        return out
+
+    def _surprise_flag(
+        self, s: UserState, event_id: str, event_ts: int, user_key: str, lp: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        if lp is None or not self.conf.user_fraud.enabled:
+            return []
+        det = fraud.surprise(lp, self.n_items, self.conf.user_fraud)
+        if det is None:
+            return []
+        s.surprise = float(det.evidence["mean_logprob"]) if math.isfinite(det.evidence["mean_logprob"]) else 0.0
+        s.surprise_n = int(det.evidence["transitions"])
+        return self._raise(s, det, event_id, event_ts, user_key)
