@@ -67,7 +67,7 @@ class CassandraSinkConf:
 class JobConf:
     job_name: str = "streamrec"  # Flink job name
     parallelism: int = 1  # operator parallelism
-    execution_mode: str = "thread"  # python.execution-mode
+    execution_mode: str = "process"  # python.execution-mode
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model
     scorer_threads: int = 1  # onnxruntime intra-op threads

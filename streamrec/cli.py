@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamrec.services.cli",
     "model_export.cli",
     "streamrec.data.cli",
+    "streamrec.jobcli",
+    "streamrec.replay",
 )
 
 

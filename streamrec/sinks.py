@@ -80,7 +80,7 @@ class CassandraWriter:
 
     def open(self) -> None:
         from cassandra import ConsistencyLevel
-        from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import RoundRobinPolicy
 
         profile = ExecutionProfile(

@@ -79,7 +79,10 @@ class KafkaService:
             "min.insync.replicas": "1",
             "group.initial.rebalance.delay.ms": "0",
             "transaction.max.timeout.ms": str(k.transaction_max_timeout_ms),
-            "log.retention.hours": "24",
+            # Size-based retention only: records carry *event* timestamps (possibly old: replays, simulations,
+            # MovieLens), and time-based retention would delete them minutes after they were written.
+            "log.retention.ms": "-1",
+            "log.retention.bytes": str(1024 * 1024 * 1024),
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
         return "".join(f"{key}={val}\n" for key, val in props.items())

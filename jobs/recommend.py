@@ -1,0 +1,163 @@
+"""The streamrec job: Kafka events → parse (dead letters) → key_by(user) → user operator (ONNX scoring, fraud)
+→ recommendations / fraud flags to Kafka and Cassandra; item events → key_by(item) → item operator (shilling).
+
+    events ─► parse ─┬─► key_by(user) ─► user ─┬─► recommendations ─► Kafka, Cassandra
+                     │                          ├─► fraud flags ───────► Kafka, Cassandra ◄─ item ◄─ key_by(item) ◄┐
+                     │                          ├─► deletions ─────────► Kafka, Cassandra                        │
+                     │                          └─► item events ───────────────────────────────────────────────────┘
+                     └─► dead letters ─► Kafka
+
+Run on the minicluster: `python -m jobs.recommend --conf conf/local.yaml` (what `streamrec run` does); on a cluster:
+`flink run -py jobs/recommend.py ...` (what `streamrec submit` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jobs.runtime import python_config
+
+
+def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+
+    start = {
+        "earliest": KafkaOffsetsInitializer.earliest(),
+        "latest": KafkaOffsetsInitializer.latest(),
+        "committed": KafkaOffsetsInitializer.committed_offsets(),
+    }[job.start_from]
+    builder = (KafkaSource.builder().set_bootstrap_servers(bootstrap).set_topics(topic)
+               .set_group_id(job.consumer_group).set_starting_offsets(start)
+               .set_value_only_deserializer(SimpleStringSchema())
+               .set_property("isolation.level", "read_committed")
+               .set_property("commit.offsets.on.checkpoint", "true"))
+    if job.bounded:
+        builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
+    return builder.build()
+
+
+def kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.base import DeliveryGuarantee
+    from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+
+    builder = (KafkaSink.builder().set_bootstrap_servers(bootstrap)
+               .set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(topic)
+                                      .set_value_serialization_schema(SimpleStringSchema()).build())
+               .set_delivery_guarantee(DeliveryGuarantee[job.kafka_sink.delivery]))
+    if job.kafka_sink.delivery == "EXACTLY_ONCE":
+        builder = (builder.set_transactional_id_prefix(f"{job.kafka_sink.transactional_id_prefix}-{topic}")
+                   .set_property("transaction.timeout.ms", str(job.kafka_sink.transaction_timeout_ms)))
+    return builder.build()
+
+
+def flink_configuration(job: Any) -> Any:
+    """Job-level Flink settings from `conf/local.yaml` (checkpointing, restarts, state backend)."""
+    conf = python_config(job.execution_mode)
+    c = job.checkpoint
+    conf.set_string("execution.checkpointing.interval", f"{c.interval_ms} ms")
+    conf.set_string("execution.checkpointing.mode", c.mode)
+    conf.set_string("execution.checkpointing.dir", job.path(c.dir).as_uri())
+    conf.set_string("execution.checkpointing.min-pause", f"{c.min_pause_ms} ms")
+    conf.set_string("execution.checkpointing.timeout", f"{c.timeout_ms} ms")
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
+                    "RETAIN_ON_CANCELLATION" if c.retain_on_cancel else "DELETE_ON_CANCELLATION")
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(job.restart.attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", f"{job.restart.delay_ms} ms")
+    conf.set_string("state.backend.type", job.state.backend)
+    conf.set_string("pipeline.name", job.job_name)
+    return conf
+
+
+def build(env: Any, job: Any, operators_conf: Any, bootstrap: str, cassandra_hosts: list[str], cassandra_port: int,
+          keyspace: str) -> None:
+    """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name."""
+    from pyflink.common import Duration, Types, WatermarkStrategy
+    from pyflink.datastream.connectors.base import Sink
+
+    from jobs.functions import (
+        DEAD_LETTERS,
+        DELETIONS,
+        FRAUD_FLAGS,
+        ITEM_EVENTS,
+        CassandraWrite,
+        ItemFunction,
+        ParseEvents,
+        UserFunction,
+    )
+
+    t = job.topics
+    # Event time = the Kafka record timestamp (producers set it to the event's `ts`).
+    watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(job.watermark.out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
+    raw = env.from_source(kafka_source(job, bootstrap, t.events), watermarks, "events").uid("events-source")
+
+    events = raw.process(ParseEvents(t.events), output_type=Types.PICKLED_BYTE_ARRAY()) \
+        .name("parse-validate").uid("parse-validate")
+
+    users = events.key_by(lambda e: e.user_id, key_type=Types.STRING()) \
+        .process(UserFunction(job, operators_conf), output_type=Types.STRING()) \
+        .name("user-operator").uid("user-operator")
+
+    items = users.get_side_output(ITEM_EVENTS) \
+        .key_by(lambda e: e["item_id"], key_type=Types.STRING()) \
+        .process(ItemFunction(job, operators_conf), output_type=Types.STRING()) \
+        .name("item-operator").uid("item-operator")
+
+    flags = users.get_side_output(FRAUD_FLAGS).union(items)
+    deletions = users.get_side_output(DELETIONS)
+    dead = events.get_side_output(DEAD_LETTERS).union(
+        users.get_side_output(DEAD_LETTERS), items.get_side_output(DEAD_LETTERS))
+
+    for stream, topic, uid in ((users, t.recommendations, "recommendations"), (flags, t.fraud_flags, "fraud-flags"),
+                               (dead, t.dead_letters, "dead-letters"), (deletions, t.deletions, "deletions")):
+        stream.sink_to(kafka_sink(job, bootstrap, topic)).name(f"kafka-{uid}").uid(f"kafka-{uid}")
+
+    if job.cassandra_sink.enabled:
+        to_cassandra = users.union(flags, deletions)
+        to_cassandra.process(CassandraWrite(job, cassandra_hosts, cassandra_port, keyspace),
+                             output_type=Types.STRING()) \
+            .name("cassandra-writer").uid("cassandra-writer") \
+            .sink_to(Sink("org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink")) \
+            .name("cassandra-done").uid("cassandra-done")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="the streamrec Flink job")
+    ap.add_argument("--conf", default="local.yaml", help="job config (conf/local.yaml)")
+    ap.add_argument("--operators-conf", default="operators.yaml", help="operator thresholds (conf/operators.yaml)")
+    ap.add_argument("--jar", action="append", default=[], help="connector jar (minicluster runs)")
+    ap.add_argument("--from-checkpoint", default="", help="restore from this checkpoint/savepoint path")
+    args = ap.parse_args(argv)
+
+    from jobs.config import load_job_conf
+    from operators.config import load_operators_conf
+    from streamrec.services.settings import services
+
+    job = load_job_conf(args.conf)
+    operators_conf = load_operators_conf(args.operators_conf)
+    svc = services()
+
+    conf = flink_configuration(job)
+    if args.from_checkpoint:
+        conf.set_string("execution.state-recovery.path", args.from_checkpoint)
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(job.parallelism)
+    for jar in args.jar:
+        env.add_jars(f"file://{jar}")
+    build(env, job, operators_conf, svc.kafka.bootstrap, svc.cassandra.contact_points, svc.cassandra.native_port,
+          svc.cassandra.keyspace)
+    env.execute(job.job_name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
