@@ -30,7 +30,7 @@ class ParseEvents(ProcessFunction):
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         from operators.dead_letter import dead_letter
         from operators.schema import Rejection, parse_event
 

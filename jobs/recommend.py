@@ -22,7 +22,7 @@ from jobs.runtime import python_config
 
 
 def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
-    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.common.serialization import ByteArraySchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
     start = {
@@ -32,7 +32,9 @@ def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
     }[job.start_from]
     builder = (KafkaSource.builder().set_bootstrap_servers(bootstrap).set_topics(topic)
                .set_group_id(job.consumer_group).set_starting_offsets(start)
-               .set_value_only_deserializer(SimpleStringSchema())
+               # Raw bytes: the validator must see invalid UTF-8 as such (a string schema would replace it with
+               # U+FFFD and let a corrupt message through as a valid event).
+               .set_value_only_deserializer(ByteArraySchema())
                .set_property("isolation.level", "read_committed")
                .set_property("commit.offsets.on.checkpoint", "true"))
     if job.bounded:

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_export.cli",
     "streamrec.data.cli",
     "streamrec.jobcli",
+    "streamrec.demo",
     "streamrec.replay",
 )
 

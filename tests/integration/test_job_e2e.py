@@ -1,0 +1,249 @@
+"""The streamrec job end to end on the real services: simulated events with planted bots, farms, shilling
+campaigns, malformed messages and duplicates → Kafka → the PyFlink job (minicluster) → Kafka + Cassandra."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamrec.config import REPO_ROOT
+from tests.integration.test_kafka import consume_all
+from tests.tiny_model import TINY_MODEL_YAML
+
+N_EVENTS = 20_000
+KEY = "e2e-test-key-0123456789abcdef"
+OUTPUTS = ("recommendations", "fraud-flags", "dead-letters", "deletions")
+
+
+@dataclasses.dataclass
+class Run:
+    sim: Any
+    outputs: dict[str, list[dict[str, Any]]]
+    replay: dict[str, list[dict[str, Any]]]  # the same operators run offline (`streamrec replay`) on the same stream
+    pseudonym: Any
+    keyspace: str
+    model_dir: str
+    log: str
+
+
+def simulate() -> Any:
+    from streamrec.data import simulator
+
+    conf = simulator.with_overrides(simulator.load_conf(), events=N_EVENTS, users=500, seed=11)
+    return simulator.simulate(dataclasses.replace(
+        conf, noise=dataclasses.replace(conf.noise, malformed_rate=0.005, duplicate_rate=0.005)))
+
+
+def train_tiny(tmp: Path, events: Path) -> Path:
+    from streamrec.cli import main
+
+    (tmp / "tiny.yaml").write_text(TINY_MODEL_YAML)
+    rc = main(["train", "--data", str(events), "--out", str(tmp / "model"), "--conf", str(tmp / "tiny.yaml"),
+               "--no-progress"])
+    assert rc == 0
+    return tmp / "model"
+
+
+def job_env(topics: dict[str, str], model: Path, keyspace: str, tmp: Path, run_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({f"STREAMREC_JOB_TOPICS_{k.upper().replace('-', '_')}": v for k, v in topics.items()})
+    env.update({
+        "STREAMREC_JOB_BOUNDED": "true", "STREAMREC_JOB_MODEL_DIR": str(model),
+        "STREAMREC_JOB_CONSUMER_GROUP": f"g-{run_id}", "STREAMREC_JOB_KAFKA_SINK_TRANSACTIONAL_ID_PREFIX": run_id,
+        "STREAMREC_JOB_CHECKPOINT_DIR": str(tmp / "checkpoints"), "STREAMREC_CASSANDRA_KEYSPACE": keyspace,
+        "STREAMREC_PSEUDONYM_KEY": KEY, "STREAMREC_PSEUDONYM_KEY_ID": "test-k1",
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def run(kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path],
+        tmp_path_factory: pytest.TempPathFactory) -> Run:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from operators.privacy import Pseudonymizer
+    from streamrec.data.produce import produce
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    run_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", *OUTPUTS)}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    # One partition: the job sees the stream in file order, as the offline replay does, so their outputs compare.
+    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
+
+    sim = simulate()
+    clean = tmp / "valid-events.jsonl"  # train on the valid events only (the stream also carries planted garbage)
+    clean.write_text("".join(e.to_json() + "\n" for e in sim.events))
+    model = train_tiny(tmp, clean)
+    stream = tmp / "stream.jsonl"
+    stream.write_bytes(b"".join(payload + b"\n" for payload, _, _ in sim.stream))
+    from streamrec.data.simulator import load_conf
+
+    res = produce(sim, topics["events"], topics["items"], rate=0, conf=load_conf().producer,
+                  bootstrap=kafka_bootstrap, progress=False)
+    assert res.sent == len(sim.stream) and res.failed == 0
+
+    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=job_env(topics, model, cassandra_keyspace, tmp, run_id),
+                          capture_output=True, text=True, timeout=1200)
+    log = proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    outputs = {name: [json.loads(v) for v in consume_all(kafka_bootstrap, topics[name], expected=1,
+                                                         isolation_level="read_committed", timeout_s=20)]
+               for name in OUTPUTS}
+    replay = subprocess.run([sys.executable, "-m", "streamrec.cli", "replay", "--model", str(model), "--events",
+                             str(stream), "--out", str(tmp / "replay")], cwd=REPO_ROOT,
+                            env=job_env(topics, model, cassandra_keyspace, tmp, run_id), capture_output=True,
+                            text=True, timeout=600)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    offline = {name: [json.loads(line) for line in (tmp / "replay" / f"{name}.jsonl").read_text().splitlines()]
+               for name in ("fraud_flags", "dead_letters")}
+    yield Run(sim, outputs, offline, Pseudonymizer(KEY.encode(), "test-k1"), cassandra_keyspace, str(model), log)
+    admin.delete_topics(list(topics.values()))
+    admin.close()
+
+
+def test_one_dead_letter_per_malformed_message(run: Run) -> None:
+    dead = run.outputs["dead-letters"]
+    planted = run.sim.labels["malformed"]
+    assert len(dead) == len(planted)
+    assert collections.Counter(d["reason"] for d in dead) == collections.Counter(m["reason"] for m in planted)
+
+
+def test_every_active_user_gets_recommendations_in_kafka_and_cassandra(run: Run, cassandra_session) -> None:
+    recs = run.outputs["recommendations"]
+    assert all(r["model_version"].startswith("sasrec-") for r in recs)
+    assert len({r["rec_id"] for r in recs}) == len(recs), "duplicate recommendation records"
+    per_user = collections.Counter(e.user_id for e in run.sim.events)
+    labelled = set(run.sim.labels["users"])
+    expected = {run.pseudonym.pseudonym(u) for u, n in per_user.items() if n >= 3 and u not in labelled}
+    got = {r["user_key"] for r in recs}
+    missing = expected - got
+    assert not missing, f"{len(missing)} of {len(expected)} users with history got no recommendation"
+
+    last: dict[str, dict[str, Any]] = {}
+    for r in recs:  # the row Cassandra keeps is the one with the latest event time
+        if r["user_key"] not in last or r["event_ts"] >= last[r["user_key"]]["event_ts"]:
+            last[r["user_key"]] = r
+    rows = {row.user_key: row for row in cassandra_session.execute(
+        "SELECT user_key, items, model_version, event_id FROM recommendations_by_user")}
+    assert expected <= set(rows)
+    for key in expected:
+        assert list(rows[key].items) == last[key]["items"], key
+        assert rows[key].event_id == last[key]["event_id"]
+
+
+def test_fraud_flags_match_the_offline_operators_and_catch_the_bots(run: Run, cassandra_session) -> None:
+    """The job hosts the operators faithfully: its flags are exactly those of `streamrec replay` on the same
+    stream. (How well the detectors catch farms and campaigns is measured on the operators, operators/RESULTS.md.)"""
+    flags = run.outputs["fraud-flags"]
+    assert len({f["flag_id"] for f in flags}) == len(flags), "duplicate flag records"
+    ident = [(f["subject_kind"], f["subject"], f.get("detector"), f["event_id"]) for f in flags]
+    offline = [(f["subject_kind"], f["subject"], f.get("detector"), f["event_id"]) for f in run.replay["fraud_flags"]]
+    assert sorted(ident) == sorted(offline)
+    flagged_users = {f["subject"] for f in flags if f["subject_kind"] == "user"}
+    bots = {run.pseudonym.pseudonym(u) for u, lab in run.sim.labels["users"].items() if lab["kind"] == "click_bot"}
+    assert bots and bots <= flagged_users
+    labelled = {run.pseudonym.pseudonym(u) for u in run.sim.labels["users"]}
+    precision = len(flagged_users & labelled) / len(flagged_users)
+    assert precision >= 0.8, (precision, collections.Counter(f.get("detector") for f in flags))
+    n_rows = cassandra_session.execute("SELECT count(*) FROM fraud_flags").one()[0]
+    assert n_rows == len({(f["subject_kind"], f["subject"], f["flag_id"]) for f in flags})
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = [p.parent for p in root.glob("*/chk-*/_metadata")]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
+        run: Run, kafka_bootstrap: str, connector_jars: list[Path], cassandra_up, cassandra_session,
+        tmp_path: Path) -> None:
+    """Kill -9 the job twice mid-stream, resume each time from its latest checkpoint: the Kafka outputs (read
+    committed) and the Cassandra rows equal those of the failure-free run above."""
+    import signal
+    import time
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from streamrec.data.produce import produce
+    from streamrec.data.simulator import load_conf
+    from streamrec.services.cassandra import apply_schema, connect
+
+    run_id = f"rec-{uuid.uuid4().hex[:10]}"
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", *OUTPUTS)}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
+    keyspace = f"rec_{uuid.uuid4().hex[:10]}"
+    c = cassandra_up.cassandra
+    apply_schema(c.contact_points, c.native_port, c, keyspace=keyspace)
+    produce(run.sim, topics["events"], topics["items"], rate=0, conf=load_conf().producer,
+            bootstrap=kafka_bootstrap, progress=False)
+    model = Path(run.model_dir)
+    env = job_env(topics, model, keyspace, tmp_path, run_id)
+    env["STREAMREC_JOB_CHECKPOINT_INTERVAL_MS"] = "2000"
+    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
+    chk_root = tmp_path / "checkpoints"
+    restore: Path | None = None
+    for attempt in range(2):  # two runs killed mid-stream
+        env["STREAMREC_JOB_BOUNDED"] = "false"
+        extra = ["--from-checkpoint", str(restore)] if restore else []
+        proc = subprocess.Popen(argv + extra, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # let it take a few checkpoints past the one it started from
+            latest = latest_checkpoint(chk_root)
+            if latest is not None and latest != restore and int(latest.name.split("-")[1]) >= 3 * (attempt + 1):
+                break
+            assert proc.poll() is None, f"job exited early (attempt {attempt})"
+            time.sleep(0.5)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        restore = latest_checkpoint(chk_root)
+        assert restore is not None
+    env["STREAMREC_JOB_BOUNDED"] = "true"
+    final = subprocess.run(argv + ["--from-checkpoint", str(restore)], cwd=REPO_ROOT, env=env, capture_output=True,
+                           text=True, timeout=1200)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+
+    got = {name: [json.loads(v) for v in consume_all(kafka_bootstrap, topics[name], expected=1,
+                                                     isolation_level="read_committed", timeout_s=20)]
+           for name in OUTPUTS}
+    try:
+        recs = got["recommendations"]
+        assert len({r["rec_id"] for r in recs}) == len(recs), "duplicate recommendations after recovery"
+        flags = got["fraud-flags"]
+        assert len({f["flag_id"] for f in flags}) == len(flags), "duplicate flags after recovery"
+        assert sorted(f["flag_id"] for f in flags) == sorted(f["flag_id"] for f in run.outputs["fraud-flags"])
+        assert sorted(d["id"] for d in got["dead-letters"]) == sorted(d["id"] for d in run.outputs["dead-letters"])
+        # Every user's latest list equals the failure-free run's (the row Cassandra serves).
+        def last(rs: list[dict[str, Any]]) -> dict[str, tuple[str, tuple[str, ...]]]:
+            out: dict[str, tuple[int, str, tuple[str, ...]]] = {}
+            for r in rs:
+                if r["user_key"] not in out or r["event_ts"] >= out[r["user_key"]][0]:
+                    out[r["user_key"]] = (r["event_ts"], r["event_id"], tuple(r["items"]))
+            return {k: v[1:] for k, v in out.items()}
+        assert last(recs) == last(run.outputs["recommendations"])
+        session = connect(c.contact_points, c.native_port, keyspace=keyspace)
+        try:
+            rows = {(r.user_key, r.event_id, tuple(r.items)) for r in session.execute(
+                "SELECT user_key, event_id, items FROM recommendations_by_user")}
+        finally:
+            session.cluster.shutdown()
+        ours = {r["user_key"] for r in run.outputs["recommendations"]}  # the keyspace is shared with other tests
+        baseline = {(r.user_key, r.event_id, tuple(r.items)) for r in cassandra_session.execute(
+            "SELECT user_key, event_id, items FROM recommendations_by_user") if r.user_key in ours}
+        assert rows == baseline
+    finally:
+        admin.delete_topics(list(topics.values()))
+        admin.close()
