@@ -59,24 +59,26 @@ def _value_state(ctx: RuntimeContext, name: str, ttl_days: float) -> Any:
 
 
 class UserFunction(KeyedProcessFunction):
-    """Keyed by user: `operators.user.UserOperator` over Flink keyed state (bytes) and event-time timers."""
+    """Keyed by user: `operators.user.UserOperator` over Flink keyed state (bytes) and event-time timers.
 
-    def __init__(self, job: JobConf, operators_conf: Any) -> None:
+    NOTE: the pseudonymiser (with its key) is built on the client and shipped inside the job graph, so workers need
+    no secret in their environment; whoever can read the job's blobs on the cluster can read the key."""
+
+    def __init__(self, job: JobConf, operators_conf: Any, pseudonymizer: Any) -> None:
         self.job = job
         self.operators_conf = operators_conf
+        self.pseudonymizer = pseudonymizer
         self.op: Any = None
         self.state: Any = None
 
     def open(self, ctx: RuntimeContext) -> None:
         from model_export.artifact import load_artifact
-        from operators.privacy import Pseudonymizer
         from operators.scorer import Scorer
         from operators.user import UserOperator
 
         artifact = load_artifact(self.job.path(self.job.model_dir))
         scorer = Scorer(artifact, int8=self.job.use_int8, threads=self.job.scorer_threads)
-        pseudonymizer = Pseudonymizer.from_env(allow_dev_key=self.operators_conf.privacy.allow_dev_key)
-        self.op = UserOperator(artifact, self.operators_conf, pseudonymizer, scorer)
+        self.op = UserOperator(artifact, self.operators_conf, self.pseudonymizer, scorer)
         self.state = _value_state(ctx, "user", self.job.state.ttl_days)
 
     def _apply(self, result: Any, ctx: Any) -> Iterator[Any]:

@@ -76,8 +76,8 @@ def flink_configuration(job: Any) -> Any:
     return conf
 
 
-def build(env: Any, job: Any, operators_conf: Any, bootstrap: str, cassandra_hosts: list[str], cassandra_port: int,
-          keyspace: str) -> None:
+def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap: str, cassandra_hosts: list[str],
+          cassandra_port: int, keyspace: str) -> None:
     """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name."""
     from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.datastream.connectors.base import Sink
@@ -104,7 +104,7 @@ def build(env: Any, job: Any, operators_conf: Any, bootstrap: str, cassandra_hos
         .name("parse-validate").uid("parse-validate")
 
     users = events.key_by(lambda e: e.user_id, key_type=Types.STRING()) \
-        .process(UserFunction(job, operators_conf), output_type=Types.STRING()) \
+        .process(UserFunction(job, operators_conf, pseudonymizer), output_type=Types.STRING()) \
         .name("user-operator").uid("user-operator")
 
     items = users.get_side_output(ITEM_EVENTS) \
@@ -140,10 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from jobs.config import load_job_conf
     from operators.config import load_operators_conf
+    from operators.privacy import Pseudonymizer
     from streamrec.services.settings import services
 
     job = load_job_conf(args.conf)
     operators_conf = load_operators_conf(args.operators_conf)
+    # Fails here, before anything is submitted, when STREAMREC_PSEUDONYM_KEY / _KEY_ID are missing.
+    pseudonymizer = Pseudonymizer.from_env(allow_dev_key=operators_conf.privacy.allow_dev_key)
     svc = services()
 
     conf = flink_configuration(job)
@@ -155,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.set_parallelism(job.parallelism)
     for jar in args.jar:
         env.add_jars(f"file://{jar}")
-    build(env, job, operators_conf, svc.kafka.bootstrap, svc.cassandra.contact_points, svc.cassandra.native_port,
-          svc.cassandra.keyspace)
+    build(env, job, operators_conf, pseudonymizer, svc.kafka.bootstrap, svc.cassandra.contact_points,
+          svc.cassandra.native_port, svc.cassandra.keyspace)
     env.execute(job.job_name)
     return 0
 

@@ -179,4 +179,6 @@ class FlinkService:
 
     def run_argv(self, *args: str) -> tuple[list[str], dict[str, str]]:
         """argv and environment for `bin/flink <args>` against this cluster."""
+        if not (self.conf_dir / "config.yaml").exists():
+            self._prepare()  # a cluster started elsewhere: the client still needs a config pointing at it
         return ["bash", str(flink_home() / "bin" / "flink"), *args], self.env()

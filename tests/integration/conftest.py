@@ -24,12 +24,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _ensure(svc: Any) -> Iterator[None]:
-    """Start `svc` unless it already runs; stop it at the end only if this session started it."""
-    started = svc.pid() is None and not svc.healthy()
+    """Reuse `svc` if it answers (whoever started it), else start it and stop it at the end of the session.
+
+    Tests make their own topics and keyspaces, so a reused service needs no set-up."""
+    if svc.healthy():
+        yield
+        return
     svc.up()
     yield
-    if started:
-        svc.down()
+    svc.down()
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +112,4 @@ def connector_jars(services_conf: ServicesConf) -> list[Path]:
 @pytest.fixture(scope="session")
 def flink_cluster(services_conf: ServicesConf) -> Iterator[FlinkService]:
     svc = FlinkService(services_conf)
-    started = not svc.pids()
-    svc.up()
-    yield svc
-    if started:
-        svc.down()
+    yield from (svc for _ in _ensure(svc))
