@@ -93,22 +93,19 @@ class Collector:
 
 def job_lag(bootstrap: str, group: str, topic: str) -> int | None:
     """Messages of `topic` the job has not committed yet (None before its first checkpoint)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = {tp: m.offset for tp, m in admin.list_consumer_group_offsets(group).items() if tp.topic == topic}
-    finally:
-        admin.close()
-    if not offsets:
-        return None
-    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    # A consumer that never subscribes does not join the group; it only reads the group's committed offsets.
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
+        committed = {tp: c.committed(tp) for tp in parts}
+        if all(v is None for v in committed.values()):
+            return None
         ends = c.end_offsets(parts)
     finally:
         c.close()
-    return sum(max(0, ends[tp] - offsets.get(tp, 0)) for tp in parts)
+    return sum(max(0, ends[tp] - (committed[tp] or 0)) for tp in parts)
 
 
 def render(collector: Collector, produced: int, total: int, pseudonyms: dict[str, str]) -> Any:
@@ -118,7 +115,8 @@ def render(collector: Collector, produced: int, total: int, pseudonyms: dict[str
     c = collector.counts()
     head = Table.grid(padding=(0, 2))
     head.add_row(f"events produced [bold]{produced:,}[/]/{total:,}",
-                 f"recommendations [bold]{c['recommendations']:,}[/]", f"fraud flags [bold]{c['fraud-flags']:,}[/]", f"dead letters [bold]{c['dead-letters']:,}[/]")
+                 f"recommendations [bold]{c['recommendations']:,}[/]",
+                 f"fraud flags [bold]{c['fraud-flags']:,}[/]", f"dead letters [bold]{c['dead-letters']:,}[/]")
     recs = Table(title="latest recommendations", expand=True)
     for col in ("user", "trigger", "top items", "model"):
         recs.add_column(col, overflow="fold")
@@ -213,7 +211,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             producer.send(topics["items"], value=it.to_json().encode(), key=it.item_id.encode())
         produced = 0
         t0 = time.monotonic()
-        with Live(render(collector, 0, len(sim.stream), pseudonyms), console=console, refresh_per_second=2) as live:
+        tty = console.is_terminal  # a live view on a terminal; progress lines in a log
+        with Live(render(collector, 0, len(sim.stream), pseudonyms), console=console, refresh_per_second=2,
+                  auto_refresh=tty) as live:
             for i, (payload, key_b, ts) in enumerate(sim.stream):
                 ahead = t0 + i / args.rate - time.monotonic()
                 if ahead > 0:
@@ -226,14 +226,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     sent_at.setdefault(eid, time.monotonic())
                 producer.send(topics["events"], value=payload, key=key_b, timestamp_ms=ts)
                 produced = i + 1
-                if i % 200 == 0:
+                if tty and i % 200 == 0:
                     live.update(render(collector, produced, len(sim.stream), pseudonyms))
+                elif not tty and i % 1000 == 0:
+                    say(f"produced {produced:,}/{len(sim.stream):,}; outputs so far {collector.counts()}")
             producer.flush()
             produce_s = time.monotonic() - t0
             # Drain: the job has committed every input offset, then one more checkpoint for the last transactions.
             deadline = time.monotonic() + args.drain_timeout_s
             while time.monotonic() < deadline:
-                live.update(render(collector, produced, len(sim.stream), pseudonyms))
+                if tty:
+                    live.update(render(collector, produced, len(sim.stream), pseudonyms))
                 lag = job_lag(bootstrap, group, topics["events"])
                 if lag == 0:
                     break
