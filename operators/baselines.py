@@ -29,7 +29,7 @@ class _Base:
         self.version = artifact.version
 
     def _mask(self, req: ScoreRequest, scores: np.ndarray) -> np.ndarray:
-        s = scores.astype(np.float64).copy()
+        s = scores.astype(np.float64)  # astype copies
         if req.extra_exclude is not None:
             s[req.extra_exclude] = -np.inf
         ex = np.asarray(req.exclude, dtype=np.int64)

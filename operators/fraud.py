@@ -37,9 +37,23 @@ def _score(r: float) -> float:
     return 1.0 if math.isinf(r) else r / (1.0 + r)
 
 
+_CODES: dict[tuple[str, ...], frozenset[int]] = {}
+
+
+def _codes(types: Any) -> frozenset[int]:
+    """1-based codes of the configured event types (memoised: the config is fixed for a worker's life)."""
+    key = tuple(types)
+    got = _CODES.get(key)
+    if got is None:
+        if len(_CODES) > 64:
+            _CODES.clear()
+        got = _CODES[key] = frozenset(EVENT_TYPES.index(t) + 1 for t in key if t in EVENT_TYPES)
+    return got
+
+
 def velocity(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
     """Too many engagement events in a short window (ratings excluded: onboarding flows rate in bursts)."""
-    codes = {EVENT_TYPES.index(t) + 1 for t in conf.velocity_event_types if t in EVENT_TYPES}
+    codes = _codes(conf.velocity_event_types)
     lo = now - conf.velocity_window_ms
     n = sum(1 for t, c in zip(s.ts, s.types, strict=True) if t > lo and t <= now and c in codes)
     if n == 0:
@@ -54,18 +68,44 @@ def regularity(s: UserState, conf: UserFraudConf) -> Detection | None:
     k = conf.regular_min_gaps
     if len(s.ts) < k + 1:
         return None
-    gaps = np.diff(np.asarray(s.ts[-(k + 1) :], dtype=np.float64))
-    med = float(np.median(gaps))
-    if not conf.regular_min_gap_ms <= med <= conf.regular_max_gap_ms:
-        return None
-    cv = float(gaps.std() / max(gaps.mean(), 1e-9))
+    if k >= 1:
+        # plain-Python gaps and median: the same float64 values as np.diff / np.median (the median of k values
+        # is the middle one, or the mean of the two middle ones), without numpy's per-call overhead
+        tf = [float(t) for t in s.ts[-(k + 1) :]]
+        gl = [b - a for a, b in zip(tf, tf[1:], strict=False)]
+        srt = sorted(gl)
+        med = srt[k // 2] if k % 2 else (srt[k // 2 - 1] + srt[k // 2]) / 2
+        if not conf.regular_min_gap_ms <= med <= conf.regular_max_gap_ms:
+            return None
+        gaps = np.array(gl, dtype=np.float64)
+    else:
+        gaps = np.diff(np.asarray(s.ts[-(k + 1) :], dtype=np.float64))
+        med = float(np.median(gaps))
+        if not conf.regular_min_gap_ms <= med <= conf.regular_max_gap_ms:
+            return None
+    cv = _cv(gaps)
     r = conf.regular_max_cv / max(cv, 1e-9)
     return Detection(REGULARITY, _score(r), {"gaps": k, "median_gap_ms": med, "cv": round(cv, 5),
                                              "max_cv": conf.regular_max_cv})  # fmt: skip
 
 
+def _cv(gaps: np.ndarray) -> float:
+    """`float(gaps.std() / max(gaps.mean(), 1e-9))` for a 1-D float64 array, with the very ufunc calls numpy's
+    `_mean` / `_var` make (add.reduce, true divide, subtract, multiply, add.reduce, sqrt) and none of the
+    wrapper overhead."""
+    n = gaps.shape[0]
+    if n == 0:
+        return float(gaps.std() / max(gaps.mean(), 1e-9))  # nan, with numpy's warnings
+    mean = np.add.reduce(gaps) / np.intp(n)
+    d = gaps - mean
+    std = np.sqrt(np.add.reduce(d * d) / np.intp(n))
+    return float(std / max(mean, 1e-9))
+
+
 def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detection | None:
     """The model finds the user's own sequence improbable: mean log P(next) far below a uniform guess."""
+    if isinstance(logprobs, np.ndarray) and logprobs.ndim == 1 and len(logprobs) < conf.surprise_min_events:
+        return None  # the filter below only drops positions: too few to judge either way
     lp = np.asarray(logprobs, dtype=np.float64)
     lp = lp[(lp != 0.0) & np.isfinite(lp)]  # 0 = undefined position (unknown item, first event)
     if len(lp) < conf.surprise_min_events or n_items < 2:

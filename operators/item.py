@@ -68,9 +68,10 @@ def encode_item(s: ItemState) -> bytes:
                      s.base_r_sum, s.base_events, *s.flag_last),
         _COUNTS.pack(min(len(s.clicks), 65535), min(len(s.ratings), 65535), len(kid)),
     ]  # fmt: skip
-    age = lambda t: max(0, min(s.last_ts - t, _U32_MAX))  # noqa: E731
-    parts += [_CLICK.pack(k, age(t), b) for k, t, b in s.clicks[-65535:]]
-    parts += [_RATING.pack(k, age(t), b, int(round(r * 2))) for k, t, b, r in s.ratings[-65535:]]
+    last = s.last_ts
+    pc, pr = _CLICK.pack, _RATING.pack
+    parts += [pc(k, max(0, min(last - t, _U32_MAX)), b) for k, t, b in s.clicks[-65535:]]
+    parts += [pr(k, max(0, min(last - t, _U32_MAX)), b, int(round(r * 2))) for k, t, b, r in s.ratings[-65535:]]
     parts.append(kid)
     return b"".join(parts)
 
@@ -89,14 +90,12 @@ def decode_item(data: bytes) -> ItemState:
         raise ItemStateError("item state holds non-finite baselines")
     s = ItemState(h[2], h[3], h[4], h[5], h[6], h[7], h[8], [h[9], h[10]])
     off = _HEADER.size + _COUNTS.size
-    for _ in range(nc):
-        k, a, bits = _CLICK.unpack_from(b, off)
-        s.clicks.append([k, s.last_ts - a, bits])
-        off += _CLICK.size
-    for _ in range(nr):
-        k, a, bits, r = _RATING.unpack_from(b, off)
-        s.ratings.append([k, s.last_ts - a, bits, r / 2])
-        off += _RATING.size
+    last = s.last_ts
+    end = off + nc * _CLICK.size
+    s.clicks = [[k, last - a, bits] for k, a, bits in _CLICK.iter_unpack(b[off:end])]
+    off, end = end, end + nr * _RATING.size
+    s.ratings = [[k, last - a, bits, r / 2] for k, a, bits, r in _RATING.iter_unpack(b[off:end])]
+    off = end
     try:
         s.key_id = b[off:].decode("utf-8")
     except UnicodeDecodeError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ def intra_list_diversity(items: Sequence[int], unit_emb: np.ndarray) -> float:
     """Mean pairwise cosine distance (1 - cos) of the list's item embeddings; 0 for fewer than 2 items."""
     if len(items) < 2:
         return 0.0
-    v = unit_emb[np.asarray(items, dtype=np.int64)]
+    v = unit_emb.take(np.asarray(items, dtype=np.int64), axis=0)
     sim = v @ v.T
     n = len(items)
     return float((n * n - sim.sum()) / (n * (n - 1))) if n > 1 else 0.0
@@ -35,20 +36,53 @@ def mmr(candidates: Sequence[int], relevance: Sequence[float], unit_emb: np.ndar
         return []
     rel = np.asarray(relevance, dtype=np.float64)
     finite = np.isfinite(rel)
-    cand, rel = cand[finite], rel[finite]
+    if not finite.all():
+        cand, rel = cand[finite], rel[finite]
     if len(cand) == 0:
         return []
-    span = rel.max() - rel.min()
-    rel = (rel - rel.min()) / span if span > 0 else np.ones_like(rel)
+    lo = rel.min()
+    span = rel.max() - lo
+    rel = (rel - lo) / span if span > 0 else np.ones_like(rel)
     if lam >= 1.0:
         return [int(x) for x in cand[np.argsort(-rel, kind="stable")][:k]]
-    v = unit_emb[cand]
+    v = unit_emb.take(cand, axis=0)
+    m = min(k, len(cand))
+    a = lam * rel
+    b = 1.0 - lam
+    if not (math.isfinite(b) and (v.size == 0 or (float(v.max()) < 1e15 and float(v.min()) > -1e15))):
+        return _mmr_loop(cand, a, b, v, m)
+    # Every cosine is finite here (|x| < 1e15 in float32: no dot product overflows), so `red` is `max_sim` and
+    # a picked item's -inf relevance stays -inf: the values are exactly `_mmr_loop`'s with fewer numpy calls
+    # per pick, and no similarity row after the last one.
+    n = len(cand)
+    a_live = a.copy()  # a, with -inf where already picked
+    red = np.zeros(n)
+    tmp = np.empty(n)
+    val = np.empty(n)
+    picked: list[int] = []
+    for it in range(m):
+        np.subtract(a_live, np.multiply(b, red, out=tmp), out=val)
+        j = int(val.argmax())
+        picked.append(j)
+        if it + 1 == m:
+            break
+        a_live[j] = -np.inf
+        sims = v @ v[j]
+        if it == 0:
+            red = sims.astype(np.float64)
+        else:
+            np.maximum(red, sims, out=red)
+    return cand[picked].tolist()
+
+
+def _mmr_loop(cand: np.ndarray, a: np.ndarray, b: float, v: np.ndarray, m: int) -> list[int]:
+    """The plain MMR loop (any inputs, non-finite similarities included)."""
     max_sim = np.full(len(cand), -np.inf)
     chosen = np.zeros(len(cand), dtype=bool)
     out: list[int] = []
-    for _ in range(min(k, len(cand))):
+    for _ in range(m):
         red = np.where(np.isfinite(max_sim), max_sim, 0.0)
-        val = lam * rel - (1.0 - lam) * red
+        val = a - b * red
         val[chosen] = -np.inf
         j = int(np.argmax(val))
         chosen[j] = True

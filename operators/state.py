@@ -20,8 +20,14 @@ Layout, little-endian, version 1:
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
+import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import or_, sub
 
 import numpy as np
 
@@ -81,7 +87,23 @@ class UserState:
 
 
 def encode(s: UserState) -> bytes:
-    """The layout in the module docstring; counts are clipped to their field widths (callers bound them)."""
+    """The layout in the module docstring; counts are clipped to their field widths (callers bound them).
+
+    Pure-Python fast path for the states the operator builds (plain ints in range, finite ratings); anything
+    unusual takes the reference numpy path `_encode_np`, so the bytes are the same either way.
+    """
+    if _FAST:
+        try:
+            out = _encode_fast(s)
+        except (OverflowError, TypeError, ValueError, struct.error):
+            out = None
+        if out is not None:
+            return out
+    return _encode_np(s)
+
+
+def _encode_np(s: UserState) -> bytes:
+    """Reference encoder (numpy); `encode` falls back to it."""
     n_seq = min(len(s.items), 65535)
     cats = sorted(s.cats.items(), key=lambda kv: -kv[1])[:255]
     dedup = s.dedup[-65535:]
@@ -131,7 +153,17 @@ def encode(s: UserState) -> bytes:
 
 
 def decode(data: bytes) -> UserState:
-    """Inverse of `encode`; raises `StateError` on anything else (the operator then starts afresh)."""
+    """Inverse of `encode`; raises `StateError` on anything else (the operator then starts afresh).
+
+    Pure-Python fast path; states whose times are near the int64 limits take the reference `_decode_np`
+    (numpy wraps around there, and the result must not depend on the path)."""
+    if _FAST and isinstance(data, bytes):
+        return _decode_fast(data)
+    return _decode_np(data)
+
+
+def _decode_np(data: bytes) -> UserState:
+    """Reference decoder (numpy); `decode` falls back to it."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise StateError(f"state must be bytes, got {type(data).__name__}")
     b = bytes(data)
@@ -193,6 +225,190 @@ def decode(data: bytes) -> UserState:
         surprise=float(surprise),
         surprise_n=surprise_n,
         last_recs=recs.tolist(),
+        user_key=ukey,
+        key_id=kid,
+    )
+
+
+# ---------------------------------------------------------------- fast paths (array/struct, no numpy per call)
+
+_FAST = sys.byteorder == "little" and array("I").itemsize == 4 and array("Q").itemsize == 8
+_SAFE_TS = 2**62  # |ts| and |last_ts| below this: last_ts - ts cannot overflow int64 in the numpy path
+_F16: dict[int, struct.Struct] = {}
+_BIG = 200  # sections longer than this are faster through numpy
+
+
+def _f16(n: int) -> struct.Struct:
+    st = _F16.get(n)
+    if st is None:
+        st = _F16[n] = struct.Struct(f"<{n}e")
+    return st
+
+
+def _ages(last: int, ts: Sequence[int]) -> array | None:
+    """u32 `last - t`, clipped at 0 and 2**32 - 1 like the numpy path; None if numpy could overflow int64."""
+    if not ts:
+        return array("I")
+    if not (min(ts) >= -_SAFE_TS and max(ts) <= _SAFE_TS):
+        return None
+    ages = list(map(sub, repeat(last), ts))
+    if not (min(ages) >= 0 and max(ages) <= _U32_MAX):
+        ages = [min(max(a, 0), _U32_MAX) for a in ages]
+    return array("I", ages)  # TypeError for anything but ints (e.g. float times): the numpy path decides
+
+
+# rating -> code bits (half steps, clipped to 0..15, rounded half to even like np.rint) for the usual ratings
+_RATING_BITS = {h / 2: min(h, 15) << 3 for h in range(0, 16)}
+
+
+def _rating_bits(r: float) -> int:
+    b = _RATING_BITS.get(r)
+    return b if b is not None else min(max(round(r * 2), 0), 15) << 3
+
+
+def _encode_fast(s: UserState) -> bytes | None:
+    """`_encode_np`'s bytes without numpy; None (or an exception) when the state is unusual, and then the
+    numpy path decides. Out-of-range or non-int values make `array` raise, they are never coerced."""
+    last = s.last_ts
+    if type(last) is not int or not -_SAFE_TS <= last <= _SAFE_TS:
+        return None
+    n_seq = min(len(s.items), 65535)
+    cats = sorted(s.cats.items(), key=lambda kv: -kv[1])[:255]
+    dedup = s.dedup[-65535:]
+    recs = s.last_recs[:255]
+    pend = s.pending_event_id.encode("utf-8", "surrogatepass")[:65535]
+    ukey = s.user_key.encode("utf-8", "surrogatepass")[:255]
+    kid = s.key_id.encode("utf-8", "surrogatepass")[:255]
+    head = _HEADER.pack(
+        VERSION,
+        0,
+        s.first_ts,
+        last,
+        min(s.n_events, _U32_MAX),
+        s.flagged_until,
+        s.last_emit_ts,
+        s.pending_ts,
+        s.surprise,
+        min(s.surprise_n, 65535),
+        *s.flag_last[:N_DETECTORS],
+    )
+    parts = [head, _COUNTS.pack(n_seq, len(cats), len(dedup), len(recs), len(pend), len(ukey), len(kid))]
+    if n_seq:
+        items = s.items[-n_seq:]
+        ts = s.ts[-n_seq:]
+        types = s.types[-n_seq:]
+        ratings = s.ratings[-n_seq:]
+        if len(ts) != n_seq or len(types) != n_seq or len(ratings) != n_seq:
+            return None
+        if set(map(type, ratings)) != {float} or not math.isfinite(sum(ratings)):
+            return None
+        ages = _ages(last, ts)
+        if ages is None:
+            return None
+        bits = list(map(_RATING_BITS.get, ratings))
+        if None in bits:
+            bits = [_rating_bits(r) for r in ratings]
+        codes = bytes(map(or_, types, bits))  # ValueError outside 0..255: the numpy path decides
+        parts += [array("I", items).tobytes(), ages.tobytes(), codes]
+    if cats:
+        ws = [w for _, w in cats]
+        if not math.isfinite(sum(ws)):
+            return None
+        parts += [array("I", [c for c, _ in cats]).tobytes(), _f16(len(ws)).pack(*ws)]  # OverflowError past f16
+    if dedup:
+        if len(dedup) > _BIG:  # bots: the numpy section of `_encode_np`, vectorised
+            parts += [
+                np.asarray([h for h, _ in dedup], dtype="<u8").tobytes(),
+                np.clip(last - np.asarray([t for _, t in dedup], dtype=np.int64), 0, _U32_MAX).astype("<u4").tobytes(),
+            ]
+        else:
+            d_h, d_ts = zip(*dedup, strict=True)
+            ages = _ages(last, d_ts)
+            if ages is None:
+                return None
+            parts += [array("Q", d_h).tobytes(), ages.tobytes()]
+    if recs:
+        parts.append(array("I", recs).tobytes())
+    parts += [pend, ukey, kid]
+    return b"".join(parts)
+
+
+_TYPE_OF_CODE = bytes(c & 7 for c in range(256))
+_RATING_OF_CODE = tuple((c >> 3) / 2 for c in range(256))
+
+
+def _decode_fast(b: bytes) -> UserState:
+    if len(b) < _HEADER.size + _COUNTS.size:
+        raise StateError(f"state too short ({len(b)} bytes)")
+    if b[0] != VERSION:
+        raise StateError(f"state layout version {b[0]}, this code reads {VERSION}")
+    h = _HEADER.unpack_from(b, 0)
+    n_seq, n_cats, n_dedup, n_recs, n_pend, n_ukey, n_kid = _COUNTS.unpack_from(b, _HEADER.size)
+    n_str = n_pend + n_ukey + n_kid
+    expect = _HEADER.size + _COUNTS.size + 9 * n_seq + 6 * n_cats + 12 * n_dedup + 4 * n_recs + n_str
+    if len(b) != expect:
+        raise StateError(f"state is {len(b)} bytes, its counts say {expect}")
+    (_, _, first_ts, last_ts, n_events, flagged_until, last_emit, pending_ts, surprise, surprise_n) = h[:10]
+    if not math.isfinite(surprise):
+        raise StateError("state holds a non-finite surprise")
+    if not -_SAFE_TS <= last_ts <= _SAFE_TS:
+        return _decode_np(b)
+    off = _HEADER.size + _COUNTS.size
+
+    def take(code: str, n: int, size: int) -> list[int]:
+        nonlocal off
+        if not n:
+            return []
+        a = array(code)
+        a.frombytes(b[off : off + n * size])
+        off += n * size
+        return a.tolist()
+
+    items = take("I", n_seq, 4)
+    ages = take("I", n_seq, 4)
+    codes = b[off : off + n_seq]
+    off += n_seq
+    cat_h = take("I", n_cats, 4)
+    cat_w = list(_f16(n_cats).unpack_from(b, off)) if n_cats else []
+    off += 2 * n_cats
+    if n_dedup > _BIG:  # bots: vectorised, as in `_decode_np`
+        d_h = np.frombuffer(b, dtype="<u8", count=n_dedup, offset=off).tolist()
+        d_age = np.frombuffer(b, dtype="<u4", count=n_dedup, offset=off + 8 * n_dedup).astype(np.int64)
+        d_ts = (last_ts - d_age).tolist()
+        off += 12 * n_dedup
+    else:
+        d_h = take("Q", n_dedup, 8)
+        d_ts = list(map(sub, repeat(last_ts), take("I", n_dedup, 4)))
+    recs = take("I", n_recs, 4)
+    try:
+        pend = b[off : off + n_pend].decode("utf-8")
+        ukey = b[off + n_pend : off + n_pend + n_ukey].decode("utf-8")
+        kid = b[off + n_pend + n_ukey : off + n_str].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StateError("state holds a string that is not UTF-8") from e
+    types = list(codes.translate(_TYPE_OF_CODE))
+    if n_seq and (min(types) < 1 or max(types) > len(EVENT_TYPES)):
+        raise StateError("state holds an unknown event type code")
+    if not all(math.isfinite(w) for w in cat_w):
+        raise StateError("state holds a non-finite category weight")
+    return UserState(
+        first_ts=first_ts,
+        last_ts=last_ts,
+        n_events=n_events,
+        items=items,
+        ts=list(map(sub, repeat(last_ts), ages)),
+        types=types,
+        ratings=list(map(_RATING_OF_CODE.__getitem__, codes)),
+        cats=dict(zip(cat_h, cat_w, strict=True)),
+        dedup=list(zip(d_h, d_ts, strict=True)),
+        flagged_until=flagged_until,
+        flag_last=list(h[10:]),
+        last_emit_ts=last_emit,
+        pending_ts=pending_ts,
+        pending_event_id=pend,
+        surprise=float(surprise),
+        surprise_n=surprise_n,
+        last_recs=recs,
         user_key=ukey,
         key_id=kid,
     )

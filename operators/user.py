@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,7 +78,11 @@ class UserOperator:
             [tuple(item_hash(c) for c in cs) for cs in cats] if cats is not None else [()] * self.n_items
         )
         self.unit_emb = normalise_rows(artifact.item_embeddings)
+        # per-artefact lookups used for every emitted list (index -> external id / state hash)
+        self.item_ids: list[str] = [artifact.item_id(i) for i in range(self.n_items)]
+        self.index_hash: list[int] = [item_hash(iid) for iid in self.item_ids]
         self.static_exclude = self._business_mask()
+        self._static_excluded: list[bool] = self.static_exclude.tolist()  # the same mask, for scalar lookups
         self.popular = [int(i) for i in artifact.popular if 0 <= i < self.n_items and not self.static_exclude[i]]
         self.event_weight = {type_code(t): float(w) for t, w in conf.state.event_weights.items() if t in EVENT_TYPES}
         self.strong = {type_code(t) for t in conf.debounce.strong_events if t in EVENT_TYPES}
@@ -240,7 +245,8 @@ class UserOperator:
         if s.cats and new_last > s.last_ts:
             f = 0.5 ** ((new_last - s.last_ts) / max(c.interest_half_life_ms, 1))
             s.cats = {k: v * f for k, v in s.cats.items()}
-        idx = self.hash_to_index.get(item_hash(ev.item_id), self.unk)
+        ih = item_hash(ev.item_id)
+        idx = self.hash_to_index.get(ih, self.unk)
         code = type_code(ev.event_type)
         if 0 <= idx < self.n_items:
             w = self.event_weight.get(code, 1.0) * 0.5 ** ((new_last - ev.ts) / max(c.interest_half_life_ms, 1))
@@ -254,7 +260,7 @@ class UserOperator:
         pos = len(s.ts)
         while pos > 0 and s.ts[pos - 1] > ev.ts:
             pos -= 1
-        s.items.insert(pos, item_hash(ev.item_id))
+        s.items.insert(pos, ih)
         s.ts.insert(pos, ev.ts)
         s.types.insert(pos, code)
         s.ratings.insert(pos, float(ev.rating) if ev.rating is not None else 0.0)
@@ -287,8 +293,8 @@ class UserOperator:
             res = self.scorer.score([ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)])[0]
             lp = res.next_item_logprob
             ok = np.isfinite(res.scores)
-            cand = [int(i) for i in res.items[ok][: r.candidates]]
-            rel = [float(x) for x in res.scores[ok][: r.candidates]]
+            cand = res.items[ok][: r.candidates].tolist()
+            rel = res.scores[ok][: r.candidates].tolist()
             if len(cand) < r.k:  # tiny catalogues / heavy filters: top up from the fallback
                 more, more_rel = self._fallback(s, known, consumed + cand)
                 lo = min(rel) if rel else 0.0
@@ -300,14 +306,17 @@ class UserOperator:
         score_of = dict(zip(cand, rel, strict=True))
         s.last_emit_ts = now
         s.pending_ts, s.pending_event_id = 0, ""
-        changed = [item_hash(self.art.item_id(i)) for i in chosen] != s.last_recs
-        s.last_recs = [item_hash(self.art.item_id(i)) for i in chosen]
+        n = self.n_items
+        ids = [self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in chosen]  # the latter raises
+        hashes = [self.index_hash[i] for i in chosen]
+        changed = hashes != s.last_recs
+        s.last_recs = hashes
         rec = {
             "kind": "recommendation",
             "rec_id": _digest("rec", user_key, event_id),
             "user_key": user_key,
             "key_id": s.key_id or self.pseud.key_id,
-            "items": [self.art.item_id(i) for i in chosen],
+            "items": ids,
             "scores": [round(float(score_of[i]), 6) for i in chosen],
             "source": source,
             "model_version": self.version,
@@ -333,7 +342,7 @@ class UserOperator:
         cand: list[int] = []
         rel: list[float] = []
         for j, sc in sorted(knn.items(), key=lambda kv: -kv[1]):
-            if j not in banned and not self.static_exclude[j]:
+            if j not in banned and not self._static_excluded[j]:
                 cand.append(j)
                 rel.append(2.0 + sc)
                 banned.add(j)
@@ -341,10 +350,13 @@ class UserOperator:
         total = sum(s.cats.values()) or 1.0
         pops: list[tuple[float, int]] = []
         n_pop = max(len(self.popular), 1)
+        cats = s.cats
+        item_cats = self.item_cats
         for rank, j in enumerate(self.popular):
             if j in banned:
                 continue
-            interest = sum(s.cats.get(ch, 0.0) for ch in self.item_cats[j]) / total
+            # sum(map(...)) adds the very same terms in the same order as a generator would, without its frames
+            interest = sum(map(cats.get, item_cats[j], repeat(0.0))) / total if cats else 0.0
             pops.append(((1.0 - rank / n_pop) * (1.0 + r.category_boost * interest), j))
             if len(pops) >= 4 * need:
                 break
