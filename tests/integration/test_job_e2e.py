@@ -22,6 +22,14 @@ from tests.tiny_model import TINY_MODEL_YAML
 N_EVENTS = 20_000
 KEY = "e2e-test-key-0123456789abcdef"
 OUTPUTS = ("recommendations", "fraud-flags", "dead-letters", "deletions")
+# Detectors that are a pure function of one user's event sequence. The others depend on *when* a debounced list is
+# scored (model surprise reuses those scores), which follows watermark progress and so differs between runs; and a
+# user flagged by them stops feeding item counts, so the item-level flags inherit that timing too.
+DETERMINISTIC = {"velocity_burst", "regular_gaps", "rating_anomaly"}
+
+
+def deterministic_flags(flags: list[dict[str, Any]]) -> list[str]:
+    return sorted(f["flag_id"] for f in flags if f.get("detector") in DETERMINISTIC)
 
 
 @dataclasses.dataclass
@@ -143,21 +151,24 @@ def test_every_active_user_gets_recommendations_in_kafka_and_cassandra(run: Run,
 
 
 def test_fraud_flags_match_the_offline_operators_and_catch_the_bots(run: Run, cassandra_session) -> None:
-    """The job hosts the operators faithfully: its flags are exactly those of `streamrec replay` on the same
-    stream. (How well the detectors catch farms and campaigns is measured on the operators, operators/RESULTS.md.)"""
+    """The job hosts the operators faithfully: its sequence-determined flags are exactly those of `streamrec replay`
+    on the same stream. (How well the detectors catch farms and campaigns is measured on the operators,
+    operators/RESULTS.md.)"""
     flags = run.outputs["fraud-flags"]
     assert len({f["flag_id"] for f in flags}) == len(flags), "duplicate flag records"
-    ident = [(f["subject_kind"], f["subject"], f.get("detector"), f["event_id"]) for f in flags]
-    offline = [(f["subject_kind"], f["subject"], f.get("detector"), f["event_id"]) for f in run.replay["fraud_flags"]]
-    assert sorted(ident) == sorted(offline)
+    assert deterministic_flags(flags) == deterministic_flags(run.replay["fraud_flags"])
+    assert deterministic_flags(flags), "no deterministic flags at all"
     flagged_users = {f["subject"] for f in flags if f["subject_kind"] == "user"}
     bots = {run.pseudonym.pseudonym(u) for u, lab in run.sim.labels["users"].items() if lab["kind"] == "click_bot"}
     assert bots and bots <= flagged_users
     labelled = {run.pseudonym.pseudonym(u) for u in run.sim.labels["users"]}
     precision = len(flagged_users & labelled) / len(flagged_users)
     assert precision >= 0.8, (precision, collections.Counter(f.get("detector") for f in flags))
-    n_rows = cassandra_session.execute("SELECT count(*) FROM fraud_flags").one()[0]
-    assert n_rows == len({(f["subject_kind"], f["subject"], f["flag_id"]) for f in flags})
+    ours = {(f["subject_kind"], f["subject"], f["flag_id"]) for f in flags}
+    subjects = {k[:2] for k in ours}  # the keyspace is shared with other tests: look at this run's subjects only
+    rows = {(r.subject_kind, r.subject, r.flag_id) for r in cassandra_session.execute(
+        "SELECT subject_kind, subject, flag_id FROM fraud_flags") if (r.subject_kind, r.subject) in subjects}
+    assert rows == ours
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -169,8 +180,9 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
         run: Run, kafka_bootstrap: str, connector_jars: list[Path], cassandra_up, tmp_path: Path) -> None:
     """Kill -9 the job twice mid-stream, resume each time from its latest checkpoint, then let it catch up.
 
-    Deterministic outputs (fraud flags, dead letters) equal the failure-free run's; no record is duplicated under
-    read_committed; every user still gets recommendations; Cassandra holds exactly each user's latest list.
+    Deterministic outputs (sequence-determined fraud flags, dead letters) equal the failure-free run's; no record
+    is duplicated under read_committed; every user still gets recommendations; Cassandra holds exactly each user's
+    latest list.
     NOTE: the restored job runs unbounded (a KafkaSource restored from a checkpoint did not end at its stopping
     offsets here), so it is stopped once it has committed all input; end-of-input debounce flushes then do not fire,
     which is why recommendation *lists* are compared per user within this run rather than against the bounded run.
@@ -229,7 +241,7 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
         recs, flags = got["recommendations"], got["fraud-flags"]
         assert len({r["rec_id"] for r in recs}) == len(recs), "duplicate recommendations after recovery"
         assert len({f["flag_id"] for f in flags}) == len(flags), "duplicate flags after recovery"
-        assert sorted(f["flag_id"] for f in flags) == sorted(f["flag_id"] for f in run.outputs["fraud-flags"])
+        assert deterministic_flags(flags) == deterministic_flags(run.outputs["fraud-flags"])
         assert sorted(d["id"] for d in got["dead-letters"]) == sorted(d["id"] for d in run.outputs["dead-letters"])
         assert {r["user_key"] for r in recs} == {r["user_key"] for r in run.outputs["recommendations"]}
         last: dict[str, tuple[int, str, tuple[str, ...]]] = {}
@@ -270,8 +282,7 @@ def test_submit_to_standalone_cluster_gives_the_same_outputs(
         got = {name: [json.loads(v) for v in consume_all(kafka_bootstrap, topics[name], expected=1,
                                                          isolation_level="read_committed", timeout_s=20)]
                for name in OUTPUTS}
-        assert sorted(f["flag_id"] for f in got["fraud-flags"]) == sorted(
-            f["flag_id"] for f in run.outputs["fraud-flags"])
+        assert deterministic_flags(got["fraud-flags"]) == deterministic_flags(run.outputs["fraud-flags"])
         assert sorted(d["id"] for d in got["dead-letters"]) == sorted(d["id"] for d in run.outputs["dead-letters"])
         assert {r["user_key"] for r in got["recommendations"]} == {
             r["user_key"] for r in run.outputs["recommendations"]}
