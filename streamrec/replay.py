@@ -169,18 +169,21 @@ def run_replay(
             current[user] = r["items"]
             write("recommendations", r)
 
+    def apply(user: str, res: Any) -> None:
+        """Store the operator's new state and emit its outputs (what the Flink function does per call)."""
+        if res.state is None:
+            states.pop(user, None)
+        else:
+            states[user] = res.state
+        handle_recs(user, res.recommendations)
+        handle_flags(res.fraud_flags)
+
     def fire_timers(upto: int) -> None:
         while timers and timers[0][0] <= upto:
             ts, _, user = heapq.heappop(timers)
             timer_set.discard((ts, user))
             counts["timers_fired"] += 1
-            res = uop.on_timer(states.get(user), ts)
-            if res.state is None:
-                states.pop(user, None)
-            else:
-                states[user] = res.state
-            handle_recs(user, res.recommendations)
-            handle_flags(res.fraud_flags)
+            apply(user, uop.on_timer(states.get(user), ts))
 
     t0 = time.perf_counter()
     with open(events, "rb") as f:
@@ -216,12 +219,7 @@ def run_replay(
             lst = current.get(user)
             last_hit[user] = (lst is not None, lst is not None and ev.item_id in lst[:k], n_events_user[user])
             n_events_user[user] += 1
-            if res.state is None:
-                states.pop(user, None)
-            else:
-                states[user] = res.state
-            handle_recs(user, res.recommendations)
-            handle_flags(res.fraud_flags)
+            apply(user, res)
             if res.timer_ts is not None and (res.timer_ts, user) not in timer_set:
                 timer_set.add((res.timer_ts, user))
                 seq += 1
