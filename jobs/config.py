@@ -68,6 +68,9 @@ class JobConf:
     job_name: str = "streamrec"  # Flink job name
     parallelism: int = 1  # operator parallelism
     execution_mode: str = "process"  # python.execution-mode
+    python_workers: str = "loopback"  # minicluster: loopback (one Python process) | process (one per operator)
+    bundle_size: int = 1000  # python.fn-execution.bundle.size
+    bundle_time_ms: int = 1000  # python.fn-execution.bundle.time
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model
     scorer_threads: int = 1  # onnxruntime intra-op threads

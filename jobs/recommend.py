@@ -14,6 +14,7 @@ Run on the minicluster: `python -m jobs.recommend --conf conf/local.yaml` (what 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,8 @@ def flink_configuration(job: Any) -> Any:
     conf.set_string("restart-strategy.fixed-delay.delay", f"{job.restart.delay_ms} ms")
     conf.set_string("state.backend.type", job.state.backend)
     conf.set_string("pipeline.name", job.job_name)
+    conf.set_string("python.fn-execution.bundle.size", str(job.bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(job.bundle_time_ms))
     return conf
 
 
@@ -149,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     pseudonymizer = Pseudonymizer.from_env(allow_dev_key=operators_conf.privacy.allow_dev_key)
     svc = services()
 
+    if job.python_workers not in ("loopback", "process"):
+        raise SystemExit(f"python_workers must be loopback or process, not {job.python_workers!r}")
+    # Read by PyFlink when the environment opens. Unset, the minicluster runs every Python operator inside this
+    # process (loopback) and a cluster starts Python worker processes; "process" forces the latter everywhere
+    # (setting "loopback" explicitly would make `flink run` on a cluster fail, so it is left unset).
+    if job.python_workers == "process":
+        os.environ["_python_worker_execution_mode"] = "process"  # noqa: SIM112 - PyFlink reads this exact name
     conf = flink_configuration(job)
     if args.from_checkpoint:
         conf.set_string("execution.state-recovery.path", args.from_checkpoint)
