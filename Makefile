@@ -14,7 +14,8 @@ help: ## this list
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
-	@command -v java >/dev/null || { echo "need Java 17 (Debian: apt-get install -y openjdk-17-jre-headless)"; exit 1; }
+	@command -v java >/dev/null || { echo "need Java 17 (Debian: apt-get install -y openjdk-17-jdk-headless)"; exit 1; }
+	@command -v javac >/dev/null || [ -x "$$JAVA_HOME/bin/javac" ] || { echo "installing a JDK for javac (jobs/java)"; apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless; }
 	@command -v mvn >/dev/null || { echo "installing Maven (Debian package)"; apt-get update -qq && apt-get install -y -qq maven; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

@@ -11,7 +11,8 @@ from streamrec import config
 @dataclass(frozen=True)
 class Topics:
     events: str = "events"  # behaviour events in
-    items: str = "items"  # item metadata in
+    items: str = "items"  # item metadata in (catalogue updates: availability, categories)
+    control: str = "control"  # control records in (model hot-swap, erase requests)
     recommendations: str = "recommendations"  # top-K lists out
     fraud_flags: str = "fraud-flags"  # fraud flags out
     dead_letters: str = "dead-letters"  # rejected input out
@@ -68,6 +69,7 @@ class JobConf:
     job_name: str = "streamrec"  # Flink job name
     parallelism: int = 1  # operator parallelism
     execution_mode: str = "process"  # python.execution-mode
+    model_store: str = ".state/models"  # where `streamrec model publish` copies artefacts (workers read them here)
     python_workers: str = "loopback"  # minicluster: loopback (one Python process) | process (one per operator)
     bundle_size: int = 1000  # python.fn-execution.bundle.size
     bundle_time_ms: int = 1000  # python.fn-execution.bundle.time

@@ -22,6 +22,16 @@ from typing import Any
 from jobs.runtime import python_config
 
 
+def keyed_kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
+    """KafkaSink writing "KEY\nVALUE" strings as keyed records and "KEY\n" as tombstones (jobs/java)."""
+    from pyflink.java_gateway import get_gateway
+
+    builder = kafka_sink_builder(job, bootstrap, topic)
+    # NOTE: set on the Java builder directly: PyFlink's set_record_serializer only accepts its own builder's schemas.
+    builder._j_builder.setRecordSerializer(get_gateway().jvm.streamrec.flink.KeyedStringSerializer(topic))
+    return builder.build()
+
+
 def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
     from pyflink.common.serialization import ByteArraySchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
@@ -43,19 +53,25 @@ def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
     return builder.build()
 
 
-def kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
-    from pyflink.common.serialization import SimpleStringSchema
+def kafka_sink_builder(job: Any, bootstrap: str, topic: str) -> Any:
     from pyflink.datastream.connectors.base import DeliveryGuarantee
-    from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+    from pyflink.datastream.connectors.kafka import KafkaSink
 
     builder = (KafkaSink.builder().set_bootstrap_servers(bootstrap)
-               .set_record_serializer(KafkaRecordSerializationSchema.builder().set_topic(topic)
-                                      .set_value_serialization_schema(SimpleStringSchema()).build())
                .set_delivery_guarantee(DeliveryGuarantee[job.kafka_sink.delivery]))
     if job.kafka_sink.delivery == "EXACTLY_ONCE":
         builder = (builder.set_transactional_id_prefix(f"{job.kafka_sink.transactional_id_prefix}-{topic}")
                    .set_property("transaction.timeout.ms", str(job.kafka_sink.transaction_timeout_ms)))
-    return builder.build()
+    return builder
+
+
+def kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema
+
+    return kafka_sink_builder(job, bootstrap, topic).set_record_serializer(
+        KafkaRecordSerializationSchema.builder().set_topic(topic)
+        .set_value_serialization_schema(SimpleStringSchema()).build()).build()
 
 
 def flink_configuration(job: Any) -> Any:
@@ -86,14 +102,18 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     from pyflink.datastream.connectors.base import Sink
 
     from jobs.functions import (
+        BROADCAST,
         DEAD_LETTERS,
         DELETIONS,
         FRAUD_FLAGS,
         ITEM_EVENTS,
         CassandraWrite,
         ItemFunction,
+        ParseControl,
         ParseEvents,
+        ParseItems,
         UserFunction,
+        control_state_descriptor,
     )
 
     t = job.topics
@@ -106,7 +126,21 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     events = raw.process(ParseEvents(t.events), output_type=Types.PICKLED_BYTE_ARRAY()) \
         .name("parse-validate").uid("parse-validate")
 
-    users = events.key_by(lambda e: e.user_id, key_type=Types.STRING()) \
+    # Control plane: `control` (model records, erase requests) and `items` (catalogue updates). Their watermarks
+    # are wall-clock publish times and the sources go idle when quiet, so they never hold back event time.
+    quiet = (WatermarkStrategy.for_monotonous_timestamps()
+             .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
+    control = env.from_source(kafka_source(job, bootstrap, t.control), quiet, "control") \
+        .uid("control-source").process(ParseControl(t.control), output_type=Types.PICKLED_BYTE_ARRAY()) \
+        .name("parse-control").uid("parse-control")
+    catalogue = env.from_source(kafka_source(job, bootstrap, t.items), quiet, "items") \
+        .uid("items-source").process(ParseItems(t.items), output_type=Types.PICKLED_BYTE_ARRAY()) \
+        .name("parse-items").uid("parse-items")
+    broadcast = control.get_side_output(BROADCAST).union(catalogue).broadcast(control_state_descriptor())
+
+    # Erase requests travel with the events, keyed by user: they reach the state they must clear.
+    users = events.union(control).key_by(lambda e: e.user_id, key_type=Types.STRING()) \
+        .connect(broadcast) \
         .process(UserFunction(job, operators_conf, pseudonymizer), output_type=Types.STRING()) \
         .name("user-operator").uid("user-operator")
 
@@ -118,10 +152,13 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     flags = users.get_side_output(FRAUD_FLAGS).union(items)
     deletions = users.get_side_output(DELETIONS)
     dead = events.get_side_output(DEAD_LETTERS).union(
-        users.get_side_output(DEAD_LETTERS), items.get_side_output(DEAD_LETTERS))
+        users.get_side_output(DEAD_LETTERS), items.get_side_output(DEAD_LETTERS),
+        control.get_side_output(DEAD_LETTERS), catalogue.get_side_output(DEAD_LETTERS))
 
-    for stream, topic, uid in ((users, t.recommendations, "recommendations"), (flags, t.fraud_flags, "fraud-flags"),
-                               (dead, t.dead_letters, "dead-letters"), (deletions, t.deletions, "deletions")):
+    users.sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
+        .name("kafka-recommendations").uid("kafka-recommendations")
+    for stream, topic, uid in ((flags, t.fraud_flags, "fraud-flags"), (dead, t.dead_letters, "dead-letters"),
+                               (deletions, t.deletions, "deletions")):
         stream.sink_to(kafka_sink(job, bootstrap, topic)).name(f"kafka-{uid}").uid(f"kafka-{uid}")
 
     if job.cassandra_sink.enabled:

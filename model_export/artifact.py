@@ -15,6 +15,7 @@ Layout:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -241,6 +242,19 @@ def _need(d: Path, name: str) -> Path:
     if not p.exists():
         raise ArtifactError(f"{d}: missing {name} (not a model directory written by `streamrec train`?)")
     return p
+
+
+def checksum(path: str | Path) -> str:
+    """sha256 over every file of an artefact directory (sorted names, then contents): what a `model` control record
+    carries, so a worker can tell the directory it reads is the one that was published."""
+    d = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in d.iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\x00" + str(f.stat().st_size).encode() + b"\x00")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:

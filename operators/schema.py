@@ -95,7 +95,10 @@ EVENT_FIELDS: Final = (
     "session_id",
     "context",
 )
-ITEM_FIELDS: Final = ("item_id", "title", "categories", "text")
+ITEM_FIELDS: Final = ("item_id", "title", "categories", "text", "available")
+# Control topic records (`kind` selects the shape): a model to switch to, or a user to erase.
+CONTROL_MODEL_FIELDS: Final = ("kind", "version", "path", "sha256", "ts")
+CONTROL_ERASE_FIELDS: Final = ("kind", "user_id", "request_id", "ts")
 _ID_FIELDS: Final = ("event_id", "user_id", "item_id")
 _TEXT_CONTROL_OK: Final = frozenset("\n\t\r")
 
@@ -121,6 +124,7 @@ class Reason(enum.StrEnum):
     BAD_TITLE = "bad_title"
     BAD_CATEGORIES = "bad_categories"
     BAD_TEXT = "bad_text"
+    BAD_CONTROL = "bad_control"  # a control record of unknown kind or with a malformed field
     INTERNAL_ERROR = "internal_error"
 
 
@@ -167,6 +171,7 @@ class ItemMeta:
     title: str
     categories: tuple[str, ...] = ()
     text: str | None = None
+    available: bool = True  # False: never recommend this item (until a later record says True)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -176,6 +181,8 @@ class ItemMeta:
         }
         if self.text is not None:
             d["text"] = self.text
+        if not self.available:
+            d["available"] = False
         return d
 
     def to_json(self) -> str:
@@ -446,9 +453,73 @@ def _validate_item(d: Mapping[str, Any]) -> ItemMeta:
             raise _Invalid(Reason.BAD_TYPE, f"text must be a string, got {_json_type(text)}", "text")
         if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in _TEXT_CONTROL_OK for ch in text):
             raise _Invalid(Reason.BAD_TEXT, "text contains control or unencodable characters", "text")
+    available = d.get("available", True)
+    if not isinstance(available, bool):
+        raise _Invalid(Reason.BAD_TYPE, f"available must be true or false, got {_json_type(available)}", "available")
     _check_unknown(d, ITEM_FIELDS)
     assert item_id is not None
-    return ItemMeta(item_id, title, tuple(cats), text)
+    return ItemMeta(item_id, title, tuple(cats), text, available)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUpdate:
+    """Control record: switch every parallel instance to the artefact at `path` (verified against `sha256`)."""
+
+    version: str
+    path: str
+    sha256: str
+    ts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "model", "version": self.version, "path": self.path, "sha256": self.sha256, "ts": self.ts}
+
+
+@dataclass(frozen=True, slots=True)
+class EraseRequest:
+    """Control record: forget `user_id` (state, Cassandra rows, the compacted recommendations topic)."""
+
+    user_id: str
+    request_id: str
+    ts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "erase", "user_id": self.user_id, "request_id": self.request_id, "ts": self.ts}
+
+
+def _check_ts(d: Mapping[str, Any]) -> int:
+    ts = d.get("ts")
+    if ts is None:
+        raise _Invalid(Reason.MISSING_FIELD, "ts is required", "ts")
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise _Invalid(Reason.BAD_TYPE, f"ts must be an integer (epoch ms), got {_json_type(ts)}", "ts")
+    if not TS_MIN_MS <= ts < TS_MAX_MS:
+        raise _Invalid(
+            Reason.TS_OUT_OF_RANGE, f"ts {str(ts)[:40]} is outside [{TS_MIN_MS}, {TS_MAX_MS}) epoch ms", "ts"
+        )
+    return ts
+
+
+def _validate_control(d: Mapping[str, Any]) -> ModelUpdate | EraseRequest:
+    kind = d.get("kind")
+    if kind is None:
+        raise _Invalid(Reason.MISSING_FIELD, "kind is required (model | erase)", "kind")
+    if kind == "model":
+        _check_unknown(d, CONTROL_MODEL_FIELDS)
+        version = _check_id(d, "version", True)
+        path, sha = d.get("path"), d.get("sha256")
+        if not isinstance(path, str) or not 1 <= len(path) <= 4096 or not path.isprintable():
+            raise _Invalid(Reason.BAD_CONTROL, "path must be a non-empty printable string", "path")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _Invalid(Reason.BAD_CONTROL, "sha256 must be 64 lowercase hex digits", "sha256")
+        assert version is not None
+        return ModelUpdate(version, path, sha, _check_ts(d))
+    if kind == "erase":
+        _check_unknown(d, CONTROL_ERASE_FIELDS)
+        user_id = _check_id(d, "user_id", True)
+        request_id = _check_id(d, "request_id", True)
+        assert user_id is not None and request_id is not None
+        return EraseRequest(user_id, request_id, _check_ts(d))
+    raise _Invalid(Reason.BAD_CONTROL, f"unknown control kind {_short(str(kind))!r} (model | erase)", "kind")
 
 
 def _guard(raw: Any, decode: bool, validate: Any) -> Any:
@@ -476,6 +547,12 @@ def parse_event(raw: bytes | str) -> Event | Rejection:
 def parse_item(raw: bytes | str) -> ItemMeta | Rejection:
     """Validate one item-metadata message. Never raises: any failure is a `Rejection`."""
     out: ItemMeta | Rejection = _guard(raw, True, _validate_item)
+    return out
+
+
+def parse_control(raw: bytes | str) -> ModelUpdate | EraseRequest | Rejection:
+    """Validate one control-topic message. Never raises: any failure is a `Rejection`."""
+    out: ModelUpdate | EraseRequest | Rejection = _guard(raw, True, _validate_control)
     return out
 
 

@@ -21,7 +21,7 @@ from operators.config import OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
 from operators.privacy import Pseudonymizer
 from operators.recs import intra_list_diversity, knn_candidates, mmr, normalise_rows
-from operators.schema import EVENT_TYPES, Event, Rejection, event_from_mapping, parse_event
+from operators.schema import EVENT_TYPES, Event, ItemMeta, Rejection, event_from_mapping, parse_event
 from operators.scorer import Scorer, ScoreRequest
 from operators.state import (
     StateError,
@@ -84,6 +84,9 @@ class UserOperator:
         self.static_exclude = self._business_mask()
         self._static_excluded: list[bool] = self.static_exclude.tolist()  # the same mask, for scalar lookups
         self.popular = [int(i) for i in artifact.popular if 0 <= i < self.n_items and not self.static_exclude[i]]
+        # Catalogue updates from the `items` topic, in arrival order (re-applied when the model is swapped).
+        self.catalog: dict[str, ItemMeta] = {}
+        self.catalog_version = 0  # item updates applied so far (carried by every recommendation)
         self.event_weight = {type_code(t): float(w) for t, w in conf.state.event_weights.items() if t in EVENT_TYPES}
         self.strong = {type_code(t) for t in conf.debounce.strong_events if t in EVENT_TYPES}
 
@@ -103,6 +106,42 @@ class UserOperator:
                 if allow and not allow.intersection(cs):
                     mask[i] = True
         return mask
+
+    # ---------------------------------------------------------------- control plane
+
+    def apply_item(self, meta: ItemMeta) -> bool:
+        """An `items` topic update: availability (business filter) and categories (interests, fallback boost).
+        Takes effect from the next list built. Returns whether the item is in this model's vocabulary."""
+        self.catalog[meta.item_id] = meta
+        self.catalog_version += 1
+        i = self.art.item_index(meta.item_id)
+        if not 0 <= i < self.n_items:
+            return False
+        self.item_cats[i] = tuple(item_hash(c) for c in meta.categories)
+        banned = not meta.available or bool(self._business_mask_one(i))
+        if banned != self._static_excluded[i]:
+            mask = self.static_exclude.copy()  # copy: a list being built elsewhere keeps the mask it started with
+            mask[i] = banned
+            self.static_exclude = mask
+            self._static_excluded[i] = banned
+            self.popular = [int(j) for j in self.art.popular if 0 <= j < self.n_items and not mask[j]]
+        return True
+
+    def adopt_catalog(self, other: UserOperator) -> None:
+        """Carry the catalogue updates another operator (the previous model's) has applied."""
+        for meta in other.catalog.values():
+            self.apply_item(meta)
+        self.catalog_version = other.catalog_version
+
+    def _business_mask_one(self, i: int) -> bool:
+        """The static business rules (conf `recs`) for item index `i`, with its current categories."""
+        r = self.conf.recs
+        if self.item_ids[i] in r.unavailable_items:
+            return True
+        cs = self.item_cats[i]
+        deny = {item_hash(c) for c in r.deny_categories}
+        allow = {item_hash(c) for c in r.allow_categories}
+        return bool((deny and deny.intersection(cs)) or (allow and not allow.intersection(cs)))
 
     # ---------------------------------------------------------------- entry points (never raise)
 
@@ -320,6 +359,7 @@ class UserOperator:
             "scores": [round(float(score_of[i]), 6) for i in chosen],
             "source": source,
             "model_version": self.version,
+            "catalog_version": self.catalog_version,
             "event_id": event_id,
             "event_ts": event_ts,
             "emitted_ts": now,

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamrec.jobcli",
     "streamrec.demo",
     "streamrec.replay",
+    "streamrec.control",
 )
 
 

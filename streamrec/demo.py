@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     run_dir = REPO_ROOT / ".state" / "demo" / run_id
     run_dir.mkdir(parents=True)
-    topics = {name: f"demo-{run_id}-{name}" for name in ("events", "items", *OUTPUTS)}
+    topics = {name: f"demo-{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     bootstrap = svc.kafka.bootstrap
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in topics.values()])

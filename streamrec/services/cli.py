@@ -78,6 +78,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             print(f"{name}: FAILED: {e}", file=sys.stderr)
             return 1
         print(f"{name}: {len(list(out.glob('*.jar')))} jars in {out} [{time.monotonic() - t0:.1f} s]")
+    if not args.only or "flink" in args.only.split(","):
+        try:
+            print(f"job jar: {maven.connector_jars(conf.state_path)[-1]} (jobs/java)")
+        except ServiceError as e:
+            print(f"job jar: FAILED: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

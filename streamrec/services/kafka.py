@@ -84,6 +84,9 @@ class KafkaService:
             "log.retention.ms": "-1",
             "log.retention.bytes": str(1024 * 1024 * 1024),
             "log.segment.bytes": str(64 * 1024 * 1024),
+            # Segments roll by size only: the time-based roll compares the clock with the first record's (event)
+            # timestamp, so old event times rolled a new segment on every append (and let compaction eat history).
+            "log.roll.ms": str(100 * 365 * 86_400_000),
         }
         return "".join(f"{key}={val}\n" for key, val in props.items())
 
@@ -180,11 +183,12 @@ class KafkaService:
         return f"stopped {len(pids)} process(es)" if pids else "not running"
 
     def create_topics(self) -> None:
-        ensure_topics(f"{self.k.host}:{self.k.port}", self.k.topics, self.k.num_partitions)
+        ensure_topics(f"{self.k.host}:{self.k.port}", self.k.topics, self.k.num_partitions, self.k.compacted_topics)
 
 
-def ensure_topics(bootstrap: str, names: tuple[str, ...] | list[str], partitions: int) -> None:
-    """Create the topics that do not exist yet (idempotent)."""
+def ensure_topics(bootstrap: str, names: tuple[str, ...] | list[str], partitions: int,
+                  compacted: tuple[str, ...] | list[str] = ()) -> None:
+    """Create the topics that do not exist yet (idempotent); those in `compacted` keep the latest record per key."""
     if not names:
         return
     from kafka import KafkaAdminClient
@@ -194,7 +198,9 @@ def ensure_topics(bootstrap: str, names: tuple[str, ...] | list[str], partitions
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
     try:
         existing = set(admin.list_topics())
-        todo = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        todo = [NewTopic(n, num_partitions=partitions, replication_factor=1,
+                         topic_configs={"cleanup.policy": "compact"} if n in compacted else {})
+                for n in names if n not in existing]
         if todo:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(todo)

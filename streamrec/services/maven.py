@@ -7,8 +7,10 @@ own local repository (~/.m2) caches downloads across clones.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 from streamrec import config
@@ -58,6 +60,48 @@ def classpath(state: Path, name: str) -> str:
     return str(jar_dir(state, name) / "*")
 
 
+JAVA_SOURCES = config.REPO_ROOT / "jobs" / "java"
+
+
+def _javac() -> str:
+    home = os.environ.get("STREAMREC_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
+    found = str(Path(home) / "bin" / "javac") if home else shutil.which("javac")
+    if not found or not Path(found).exists():
+        raise ServiceError("no `javac` found (needed once to build jobs/java): install a Java 17 JDK "
+                           "(Debian: apt-get install -y openjdk-17-jdk-headless) or set STREAMREC_JAVA_HOME")
+    return found
+
+
+def job_jar(state: Path, flink_jars: list[Path]) -> Path:
+    """`jobs/java/*.java` compiled against Flink and the Kafka connector into `<state>/jars/streamrec/` (rebuilt
+    only when a source changes)."""
+    sources = sorted(JAVA_SOURCES.glob("*.java"))
+    digest = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in sources)).hexdigest()
+    out = jar_dir(state, "streamrec")
+    jar = out / "streamrec-flink.jar"
+    stamp = out / ".sources.sha256"
+    if jar.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return jar
+    import pyflink
+
+    dist = sorted((Path(pyflink.__file__).parent / "lib").glob("flink-dist*.jar"))
+    shutil.rmtree(out, ignore_errors=True)
+    classes = out / "classes"
+    classes.mkdir(parents=True)
+    cp = os.pathsep.join(str(p) for p in [*dist, *flink_jars])
+    proc = subprocess.run([_javac(), "--release", "17", "-d", str(classes), "-cp", cp, *map(str, sources)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ServiceError(f"javac failed on {JAVA_SOURCES}:\n{proc.stdout}{proc.stderr}")
+    with zipfile.ZipFile(jar, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(classes.rglob("*.class")):
+            z.write(f, f.relative_to(classes).as_posix())
+    shutil.rmtree(classes)
+    stamp.write_text(digest)
+    return jar
+
+
 def connector_jars(state: Path) -> list[Path]:
-    """The Flink connector jars (fetched on demand) to ship with a job."""
-    return sorted(fetch(state, "flink").glob("*.jar"))
+    """The jars to ship with a job: Flink's Kafka connector (fetched on demand) and our own serializers."""
+    flink = sorted(fetch(state, "flink").glob("*.jar"))
+    return [*flink, job_jar(state, flink)]

@@ -22,6 +22,7 @@ class KafkaConf:
     start_timeout_s: int = 90  # how long `up` waits for the broker to answer
     num_partitions: int = 2  # partitions of topics created by `up`
     topics: tuple[str, ...] = ()  # topics created by `up`
+    compacted_topics: tuple[str, ...] = ()  # of those, the ones created with cleanup.policy=compact
     transaction_max_timeout_ms: int = 900000  # broker's transaction.max.timeout.ms
 
 

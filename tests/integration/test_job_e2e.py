@@ -89,7 +89,7 @@ def run(kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path
 
     tmp = tmp_path_factory.mktemp("e2e")
     run_id = f"e2e-{uuid.uuid4().hex[:10]}"
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", *OUTPUTS)}
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     # One partition: the job sees the stream in file order, as the offline replay does, so their outputs compare.
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
@@ -204,7 +204,7 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
     from streamrec.services.cassandra import apply_schema, connect
 
     run_id = f"rec-{uuid.uuid4().hex[:10]}"
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", *OUTPUTS)}
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     keyspace = f"rec_{uuid.uuid4().hex[:10]}"
@@ -275,7 +275,7 @@ def test_submit_to_standalone_cluster_gives_the_same_outputs(
     from streamrec.data.simulator import load_conf
 
     run_id = f"sub-{uuid.uuid4().hex[:10]}"
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", *OUTPUTS)}
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     try:
