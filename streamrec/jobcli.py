@@ -57,9 +57,11 @@ def submit_argv(conf: str, operators_conf: str, detached: bool) -> tuple[list[st
     args += ["-py", str(REPO_ROOT / "jobs" / "recommend.py"),
              "-pyfs", ",".join(str(REPO_ROOT / p) for p in PACKAGES),
              "-pyexec", sys.executable, "-pyclientexec", sys.executable]
-    for jar in maven.connector_jars(services().state_path):
-        args += ["-j", str(jar)]
-    args += ["--conf", conf, "--operators-conf", operators_conf]
+    connector, *ours = maven.connector_jars(services().state_path)
+    # `flink run` takes one --jarfile; the job's own jar goes through the script, which adds it to pipeline.jars.
+    args += ["-j", str(connector), "--conf", conf, "--operators-conf", operators_conf]
+    for jar in ours:
+        args += ["--jar", str(jar)]
     return svc.run_argv(*args)
 
 
