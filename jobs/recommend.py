@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="the streamrec Flink job")
     ap.add_argument("--conf", default="local.yaml", help="job config (conf/local.yaml)")
     ap.add_argument("--operators-conf", default="operators.yaml", help="operator thresholds (conf/operators.yaml)")
-    ap.add_argument("--jar", action="append", default=[], help="jar to ship with the job (connector jars on the minicluster; our own jar everywhere)")
+    ap.add_argument("--jar", action="append", default=[],
+                    help="jar to ship with the job (the connector on the minicluster; jobs/java everywhere)")
     ap.add_argument("--from-checkpoint", default="", help="restore from this checkpoint/savepoint path")
     args = ap.parse_args(argv)
 

@@ -56,6 +56,7 @@ unknown_field       a top-level key outside the contract
 bad_title           (items) title empty, too long or not printable
 bad_categories      (items) categories not a list of valid category strings
 bad_text            (items) text with control characters other than newline/tab/CR
+bad_control         (control) unknown kind, or a model record's path / sha256 malformed
 internal_error      a bug in this validator (caught so the job keeps running); should never appear
 ==================  ==========================================================================
 """

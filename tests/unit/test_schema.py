@@ -194,7 +194,9 @@ def test_valid_item_round_trips() -> None:
 
 
 def test_every_reason_is_exercised_and_documented() -> None:
-    covered = {r for _, r, _ in EVENT_CASES} | {r for _, r, _ in ITEM_CASES}
+    from tests.unit.operators.test_control import CONTROL_CASES
+
+    covered = {r for _, r, _ in EVENT_CASES} | {r for _, r, _ in ITEM_CASES} | {r for _, r in CONTROL_CASES}
     assert set(Reason) - covered == {Reason.INTERNAL_ERROR}
     doc = schema.__doc__ or ""
     for r in Reason:

@@ -25,7 +25,7 @@ def test_parse_control_accepts_model_and_erase_records() -> None:
     assert parse_control(json.dumps(m.to_dict())) == m and parse_control(json.dumps(e.to_dict())) == e
 
 
-@pytest.mark.parametrize(("record", "reason"), [
+CONTROL_CASES: list[tuple[dict[str, Any], Reason]] = [
     ({"kind": "reboot", "ts": T0}, Reason.BAD_CONTROL),
     ({"version": "v1", "path": "/m", "sha256": SHA, "ts": T0}, Reason.MISSING_FIELD),
     ({"kind": "model", "version": "v1", "path": "/m", "sha256": "xyz", "ts": T0}, Reason.BAD_CONTROL),
@@ -35,7 +35,10 @@ def test_parse_control_accepts_model_and_erase_records() -> None:
     ({"kind": "erase", "user_id": 7, "request_id": "r", "ts": T0}, Reason.BAD_TYPE),
     ({"kind": "erase", "user_id": "u1", "request_id": "r", "ts": T0, "extra": 1}, Reason.UNKNOWN_FIELD),
     ({"kind": "erase", "user_id": "u1", "request_id": "r", "ts": 5}, Reason.TS_OUT_OF_RANGE),
-])
+]
+
+
+@pytest.mark.parametrize(("record", "reason"), CONTROL_CASES)
 def test_parse_control_rejects_with_a_reason(record: dict[str, Any], reason: Reason) -> None:
     got = parse_control(json.dumps(record))
     assert isinstance(got, Rejection) and got.reason == reason
