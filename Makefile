@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # pytest options, e.g. `make test PYTEST_ARGS="-x -k kafka"`
 PYTEST_ARGS ?=
+# `streamrec bench` options, e.g. `make bench BENCH_ARGS=--quick`
+BENCH_ARGS ?=
 
 .PHONY: help setup services-up services-down services-status demo test test-unit test-integration bench lint clean
 
@@ -46,8 +48,8 @@ test-unit: $(STAMP) ## unit tests only (no services)
 test-integration: setup ## integration tests only (starts the services it needs)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-bench: setup ## benchmarks (not built yet: issue #7)
-	@echo "make bench: the benchmark suite is not built yet (issue #7); operators/RESULTS.md and model_export/RESULTS.md hold the measurements so far" >&2; exit 1
+bench: setup ## benchmarks: job vs plain consumer end to end, scorer, growth, profile → bench/results/ (BENCH_ARGS=--quick)
+	$(BIN)/streamrec bench $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check streamrec operators model_export jobs tests

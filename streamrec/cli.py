@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streamrec.demo",
     "streamrec.replay",
     "streamrec.control",
+    "streamrec.bench.cli",
 )
 
 

@@ -1,0 +1,589 @@
+"""End to end on the real Kafka and Cassandra: the Flink job (`python -m jobs.recommend`, minicluster) and the plain
+consumer (`streamrec.bench.consumer`, N processes) on the same simulated events, model, topic layout and sinks.
+
+Each phase gets fresh output topics and a fresh consumer group, then one of:
+- offered rate R (paced): the system is started, a warm-up message must come back as a dead letter (the pipeline is
+  live), then a load process sends events at R/s for the window;
+- max: the events are pre-produced (a backlog) and the system starts on it; the window opens at its first output
+  (start-up excluded) and closes when the backlog is done or the window is over.
+
+Throughput. Both systems emit a recommendation at once for about half of the events (the others are debounced), and
+which events do is fixed by each user's own sequence. Every line's partition and position in it are known (the load
+generator states the partition), so the newest event whose recommendation has appeared, per partition, tells how far
+the system has processed: events/s = slope of that progress over the window (read_uncommitted, i.e. as the operator
+emits, before the job's checkpoint commits its Kafka transactions). Also reported: the slope of the group's committed
+offsets (durable progress; for the job it moves only when a checkpoint completes).
+
+Latency = send time → the recommendation that the event triggered is readable in Kafka: read_committed (what a
+product consumer sees; the job's exactly-once outputs appear only when a checkpoint completes) and read_uncommitted
+(job only: before the commit). Over events processed within the phase: when a system falls behind, the events it has
+not reached are not in the percentiles, which are then lower bounds (and grow with the length of the run).
+
+Every phase is bounded in time and reports what it achieved; it never waits for a system that falls behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamrec.bench import sysinfo
+from streamrec.bench.consumer import OUTPUT_NAMES as OUTPUTS
+from streamrec.config import REPO_ROOT
+
+BENCH_KEY = "streamrec-bench-key-not-a-secret"
+BENCH_KEY_ID = "bench"
+WARMUP = b"streamrec bench warm-up: not an event"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Bounds of every end-to-end phase (all phases finish, whatever the system does)."""
+
+    window_s: float  # measurement window per phase (load duration for paced phases)
+    startup_timeout_s: float  # give up on a system that shows no sign of life after this
+    backlog_events: int  # events pre-produced for the "max" phases
+    drain_s: float  # after the load: time for outputs of what was processed to become visible
+    partitions: int = 2  # partitions of every events topic (>= the largest parallelism)
+
+
+QUICK = Budget(window_s=20, startup_timeout_s=150, backlog_events=40_000, drain_s=12)
+FULL = Budget(window_s=60, startup_timeout_s=240, backlog_events=150_000, drain_s=14)
+
+
+def percentiles(values: list[float] | np.ndarray) -> dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    p50, p95, p99 = np.percentile(v, [50, 95, 99])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
+            "max": round(float(v.max()), 1), "n": int(v.size)}  # fmt: skip
+
+
+def progress_series(first_seen: dict[str, float], line_of: dict[str, int], part: np.ndarray, pos: np.ndarray,
+                    partitions: int) -> list[tuple[float, int]]:  # fmt: skip
+    """(time, events processed) from the times the event ids' recommendations appeared: per partition, the newest
+    line seen so far (its position + 1), summed over partitions."""
+    best = [0] * partitions
+    out: list[tuple[float, int]] = []
+    for eid, t in sorted(first_seen.items(), key=lambda kv: kv[1]):
+        line = line_of.get(eid)
+        if line is None:
+            continue
+        p = int(part[line])
+        q = int(pos[line]) + 1
+        if q > best[p]:
+            best[p] = q
+            out.append((t, sum(best)))
+    return out
+
+
+def progress_throughput(series: list[tuple[float, int]], t_from: float, t_to: float,
+                        skip_s: float = 2.0) -> dict[str, Any]:  # fmt: skip
+    """Events/s: least-squares slope of the progress step function sampled every second over [first output after
+    t_from + skip_s, t_to]. Outputs can come in bursts (the job's come every few seconds), so a slope between two
+    single points would depend on where the window edges fall; the fit over the sampled staircase does not."""
+    pts = [(t, c) for t, c in series if t <= t_to]
+    inside = [(t, c) for t, c in pts if t >= t_from]
+    out: dict[str, Any] = {"eps": None, "events": (inside[-1][1] - inside[0][1]) if inside else 0}
+    if not inside:
+        return out
+    start = inside[0][0] + skip_s
+    if t_to - start < 3.0:
+        start = inside[0][0]
+    grid = np.arange(start, t_to + 1e-9, 1.0)
+    if grid.size < 3:
+        return out
+    times = np.array([t for t, _ in pts])
+    vals = np.array([c for _, c in pts], dtype=np.float64)
+    idx = np.searchsorted(times, grid, side="right") - 1
+    sampled = np.where(idx >= 0, vals[np.clip(idx, 0, None)], 0.0)
+    slope = float(np.polyfit(grid - grid[0], sampled, 1)[0])
+    out.update(eps=round(max(slope, 0.0), 1), seconds=round(float(grid[-1] - grid[0]), 1))
+    return out
+
+
+def commit_throughput(samples: list[tuple[float, int]], t_from: float, t_to: float) -> dict[str, Any]:
+    """Durable events/s: growth of the group's committed offsets over [t_from, t_to] divided by its length (the
+    job commits only when a checkpoint completes, so its commits are steps, sometimes none in a window)."""
+    before = [c for t, c in samples if t <= t_from]
+    upto = [c for t, c in samples if t <= t_to]
+    inside = [c for t, c in samples if t_from <= t <= t_to]
+    c0 = before[-1] if before else 0
+    c1 = upto[-1] if upto else c0
+    changes = sum(1 for a, b in zip(inside, inside[1:], strict=False) if b != a) + (
+        1 if inside and inside[0] != c0 else 0)
+    span = t_to - t_from
+    return {"eps": round((c1 - c0) / span, 1) if span > 0 else None, "events": c1 - c0, "commits": changes}
+
+
+class RecWatcher:
+    """Reads a recommendations topic from the beginning; first receive time of each event id whose list was emitted
+    at once (`"debounced":false`). Byte search, not JSON parsing: the harness shares the machine."""
+
+    def __init__(self, bootstrap: str, topic: str, isolation: str) -> None:
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                      enable_auto_commit=False, group_id=None, isolation_level=isolation,
+                                      fetch_max_wait_ms=100)  # fmt: skip
+        self.first: dict[str, float] = {}
+        self.count = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self.consumer.poll(timeout_ms=100)
+                now = time.monotonic()
+                for recs in batch.values():
+                    for r in recs:
+                        self.count += 1
+                        v = r.value
+                        if v is None or b'"debounced":false' not in v:
+                            continue
+                        i = v.find(b'"event_id":"')
+                        if i >= 0:
+                            j = v.find(b'"', i + 12)
+                            self.first.setdefault(v[i + 12 : j].decode(), now)
+        finally:
+            self.consumer.close()
+
+    def start(self) -> RecWatcher:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+class OffsetSampler:
+    """(time, total committed offset of `topic`) of a consumer group, every `every_s`."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, every_s: float = 1.0) -> None:
+        from kafka import KafkaAdminClient
+
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-bench-offsets")
+        self.group, self.topic, self.every = group, topic, every_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def total(self) -> int:
+        try:
+            offs = self.admin.list_group_offsets({self.group: None}).get(self.group, {})
+        except Exception:  # noqa: BLE001 - no group yet
+            return 0
+        return sum(o.offset for tp, o in offs.items() if tp.topic == self.topic and o.offset >= 0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.total()))
+            self._stop.wait(self.every)
+
+    def start(self) -> OffsetSampler:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.samples.append((time.monotonic(), self.total()))
+        self.admin.close()
+
+    def latest(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+
+def _first_record(bootstrap: str, topic: str, timeout_s: float, alive: Any) -> float | None:
+    """Monotonic time the first record of `topic` is readable (read_uncommitted), or None on timeout / death."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                      group_id=None, fetch_max_wait_ms=100)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if c.poll(timeout_ms=200):
+                return time.monotonic()
+            if not alive():
+                return None
+        return None
+    finally:
+        c.close()
+
+
+@dataclass
+class Workload:
+    """The simulated message stream every phase sends (a prefix of it): each line's event id, partition and position
+    within its partition."""
+
+    stream: list[tuple[bytes, bytes | None, int]]
+    event_ids: list[str | None]
+    line_of: dict[str, int]  # event id -> its first line
+    part: np.ndarray  # (lines,) partition of each line
+    pos: np.ndarray  # (lines,) position of the line within its partition
+    partitions: int
+    users: int
+    items: int
+    file: Path
+
+    @staticmethod
+    def make(n_events: int, seed: int, path: Path, partitions: int) -> Workload:
+        import dataclasses
+
+        from streamrec.bench.load import partition_of, save_stream
+        from streamrec.data import simulator
+
+        conf = simulator.with_overrides(simulator.load_conf(), events=n_events, seed=seed)
+        conf = dataclasses.replace(conf, noise=dataclasses.replace(conf.noise, malformed_rate=0.001,
+                                                                   duplicate_rate=0.001))  # fmt: skip
+        sim = simulator.simulate(conf)
+        ids: list[str | None] = []
+        line_of: dict[str, int] = {}
+        part = np.zeros(len(sim.stream), dtype=np.int32)
+        pos = np.zeros(len(sim.stream), dtype=np.int64)
+        count = [0] * partitions
+        stream = []
+        for n, (payload, key, ts) in enumerate(sim.stream):
+            i = payload.find(b'"event_id":"')
+            eid = payload[i + 12 : payload.find(b'"', i + 12)].decode("utf-8", "replace") if i >= 0 else None
+            if key is not None:
+                # NOTE: the simulator keys a planted duplicate by the user of the event it follows, not by its own
+                # user; keyed as producers must (user id), a duplicate lands on its original's partition.
+                u = payload.find(b'"user_id":"')
+                key = payload[u + 11 : payload.find(b'"', u + 11)] if u >= 0 else key
+            stream.append((payload, key, ts))
+            ids.append(eid)
+            # Malformed lines (unkeyed) may carry the event id of any event: only valid events' lines count.
+            if eid is not None and key is not None:
+                line_of.setdefault(eid, n)
+            p = partition_of(key, n, partitions)
+            part[n], pos[n] = p, count[p]
+            count[p] += 1
+        save_stream(stream, path)
+        return Workload(stream, ids, line_of, part, pos, partitions, len({e.user_id for e in sim.events}),
+                        len(sim.items), path)  # fmt: skip
+
+    def progress(self, first_seen: dict[str, float]) -> list[tuple[float, int]]:
+        return progress_series(first_seen, self.line_of, self.part, self.pos, self.partitions)
+
+
+def job_topic_names() -> list[str]:
+    """The job's topic names as `STREAMREC_JOB_TOPICS_*` spells them (read from its config class, which changes)."""
+    import dataclasses
+
+    from jobs.config import Topics
+
+    names = [f.name.replace("_", "-") for f in dataclasses.fields(Topics)]
+    return names + [o for o in OUTPUTS if o not in names]
+
+
+class E2E:
+    """One benchmark run's end-to-end phases; owns the topics, groups, keyspace and processes it creates."""
+
+    def __init__(self, run_dir: Path, conf: str, operators_conf: str, model_dir: Path, budget: Budget,
+                 say: Any = print) -> None:  # fmt: skip
+        from kafka import KafkaAdminClient
+
+        from streamrec.services.settings import services
+
+        self.svc = services()
+        self.bootstrap = self.svc.kafka.bootstrap
+        self.run_dir = run_dir
+        self.conf, self.operators_conf, self.model_dir = conf, operators_conf, model_dir
+        self.budget = budget
+        self.say = say
+        self.run_id = uuid.uuid4().hex[:8]
+        self.keyspace = f"bench_{self.run_id}"
+        self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamrec-bench")
+        self.topics: list[str] = []
+        self.groups: list[str] = []
+        self.backlog_topic: str | None = None
+        self.keyspace_made = False
+
+    # ------------------------------------------------------------------ resources
+
+    def setup(self) -> None:
+        from streamrec.services.cassandra import apply_schema
+
+        c = self.svc.cassandra
+        apply_schema(c.contact_points, c.native_port, c, keyspace=self.keyspace)
+        self.keyspace_made = True
+
+    def _topic(self, name: str, partitions: int) -> str:
+        from kafka.admin import NewTopic
+
+        t = f"bench-{self.run_id}-{name}"
+        self.admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1)])
+        self.topics.append(t)
+        return t
+
+    def cleanup(self) -> None:
+        """Delete what this run created (topics, groups, keyspace, checkpoints); services stay as they were."""
+        with contextlib.suppress(Exception):
+            if self.topics:
+                self.admin.delete_topics(self.topics)
+        with contextlib.suppress(Exception):
+            if self.groups:
+                self.admin.delete_groups(self.groups)
+        with contextlib.suppress(Exception):
+            self.admin.close()
+        if self.keyspace_made:
+            from streamrec.services.cassandra import connect
+
+            with contextlib.suppress(Exception):
+                session = connect(self.svc.cassandra.contact_points, self.svc.cassandra.native_port)
+                try:
+                    session.execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}", timeout=120)
+                finally:
+                    session.cluster.shutdown()
+        import shutil
+
+        shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+
+    def _produce_all(self, topic: str, stream: list[tuple[bytes, bytes | None, int]]) -> dict[str, Any]:
+        from streamrec.bench.load import send
+
+        _, summary = send(stream, topic, self.bootstrap, rate=0.0, seconds=0.0, partitions=self.budget.partitions)
+        return summary
+
+    def prepare_backlog(self, workload: Workload) -> dict[str, Any]:
+        """Pre-produce the "max" phases' events once; every max phase reads it with its own consumer group."""
+        n = min(self.budget.backlog_events, len(workload.stream))
+        self.backlog_topic = self._topic("backlog-events", self.budget.partitions)
+        self.say(f"  pre-producing {n:,} events to {self.backlog_topic} ...")
+        summary = self._produce_all(self.backlog_topic, workload.stream[:n])
+        summary["events"] = n
+        return summary
+
+    # ------------------------------------------------------------------ systems
+
+    def _env(self, topics: dict[str, str], group: str, parallelism: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({f"STREAMREC_JOB_TOPICS_{k.upper().replace('-', '_')}": v for k, v in topics.items()})
+        env.update({
+            "STREAMREC_JOB_CONSUMER_GROUP": group, "STREAMREC_JOB_KAFKA_SINK_TRANSACTIONAL_ID_PREFIX": group,
+            "STREAMREC_JOB_CHECKPOINT_DIR": str(self.run_dir / "checkpoints" / group),
+            "STREAMREC_CASSANDRA_KEYSPACE": self.keyspace, "STREAMREC_JOB_MODEL_DIR": str(self.model_dir),
+            "STREAMREC_JOB_PARALLELISM": str(parallelism), "STREAMREC_JOB_START_FROM": "earliest",
+            "STREAMREC_JOB_BOUNDED": "false", "STREAMREC_PSEUDONYM_KEY": BENCH_KEY,
+            "STREAMREC_PSEUDONYM_KEY_ID": BENCH_KEY_ID,
+        })  # fmt: skip
+        return env
+
+    def _start(self, system: str, parallelism: int, env: dict[str, str], tag: str) -> tuple[list[Any], list[Path]]:
+        """Processes of the system under test (each in its own session, so it can be stopped as a group)."""
+        from streamrec.jobcli import job_argv
+
+        logs_dir = self.run_dir / "logs"
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        procs, stats = [], []
+        if system == "job":
+            log = open(logs_dir / f"{tag}.log", "wb")  # noqa: SIM115 - closed with the process
+            procs.append(subprocess.Popen(job_argv(self.conf, self.operators_conf), cwd=REPO_ROOT, env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        else:
+            for i in range(parallelism):
+                st = logs_dir / f"{tag}-{i}.stats.json"
+                log = open(logs_dir / f"{tag}-{i}.log", "wb")  # noqa: SIM115
+                argv = [sys.executable, "-m", "streamrec.bench.consumer", "--conf", self.conf,
+                        "--operators-conf", self.operators_conf, "--stats", str(st)]  # fmt: skip
+                procs.append(subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))  # fmt: skip
+                stats.append(st)
+        return procs, stats
+
+    @staticmethod
+    def _stop(procs: list[Any], timeout_s: float = 40.0) -> None:
+        """SIGTERM each process group we started, then SIGKILL what is left (by pid, ours only)."""
+        leftovers = {p.pid: sysinfo.tree(p.pid) for p in procs}
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        time.sleep(0.5)
+        for pids in leftovers.values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ one phase
+
+    def run_phase(self, system: str, parallelism: int, rate: float, workload: Workload) -> dict[str, Any]:
+        """One bounded phase; `rate` 0 = max (the pre-produced backlog)."""
+        b = self.budget
+        label = f"{system}-p{parallelism}-" + (f"{int(rate)}eps" if rate else "max")
+        tag = f"{label}-{uuid.uuid4().hex[:4]}"
+        group = f"bench-{self.run_id}-{tag}"
+        self.groups.append(group)
+        # Every topic the job's config names (outputs, and inputs such as items / control, left empty) is this
+        # phase's own; the events topic is fresh (paced) or the shared pre-produced backlog (max).
+        topics = {name: self._topic(f"{tag}-{name}", 1) for name in job_topic_names() if name != "events"}
+        if rate:
+            topics["events"] = self._topic(f"{tag}-events", b.partitions)
+        else:
+            assert self.backlog_topic is not None, "prepare_backlog first"
+            topics["events"] = self.backlog_topic
+        result: dict[str, Any] = {"system": system, "parallelism": parallelism, "offered_rate": rate or None,
+                                  "mode": "paced" if rate else "backlog", "label": label, "error": None}  # fmt: skip
+        env = self._env(topics, group, parallelism)
+        svc_pids = sysinfo.service_pids()
+        watchers = {"read_committed": RecWatcher(self.bootstrap, topics["recommendations"], "read_committed").start()}
+        if system == "job":  # the consumer's writes are not transactional: both views are the same
+            watchers["read_uncommitted"] = RecWatcher(self.bootstrap, topics["recommendations"],
+                                                      "read_uncommitted").start()  # fmt: skip
+        sampler = OffsetSampler(self.bootstrap, group, topics["events"]).start()
+        t_spawn = time.monotonic()
+        procs, stats_files = self._start(system, parallelism, env, tag)
+        sys_pids = [p.pid for p in procs]
+        load_proc: list[Any] = []
+        meter = sysinfo.CpuMeter({
+            "system_under_test": lambda: [q for p in sys_pids for q in sysinfo.tree(p)],
+            "kafka": lambda: [p for p in (svc_pids.get("kafka"),) if p],
+            "cassandra": lambda: [p for p in (svc_pids.get("cassandra"),) if p],
+            "harness_and_load": lambda: [os.getpid()] + [q for p in load_proc for q in sysinfo.tree(p.pid)],
+        })  # fmt: skip
+
+        def alive() -> bool:
+            return all(p.poll() is None for p in procs)
+
+        sent_at = None
+        t_from = t_to = time.monotonic()
+        t_fit_end: float | None = None  # paced: the rate is fitted over the load, not the drain after it
+        progress_w = watchers.get("read_uncommitted", watchers["read_committed"])
+        try:
+            if rate:
+                self._produce_all(topics["events"], [(WARMUP, None, workload.stream[0][2])])
+                t_ready = _first_record(self.bootstrap, topics["dead-letters"], b.startup_timeout_s, alive)
+                if t_ready is None:
+                    raise RuntimeError("no sign of life (warm-up dead letter) within "
+                                       f"{b.startup_timeout_s:.0f} s" + ("" if alive() else ": it exited"))
+                result["startup_s"] = round(t_ready - t_spawn, 1)
+                prefix = self.run_dir / f"load-{tag}"
+                meter.start()
+                t_from = time.monotonic()
+                load_proc.append(subprocess.Popen(
+                    [sys.executable, "-m", "streamrec.bench.load", "--stream", str(workload.file), "--topic",
+                     topics["events"], "--bootstrap", self.bootstrap, "--rate", str(rate), "--seconds",
+                     str(b.window_s), "--partitions", str(b.partitions), "--out", str(prefix)], cwd=REPO_ROOT))
+                load_proc[0].wait(b.window_s + 180)
+                t_fit_end = time.monotonic() + 1.0
+                # what was processed by now becomes visible within a checkpoint (job) / commit interval (consumer)
+                drain = b.drain_s if system == "job" else min(b.drain_s, 3.0)  # the consumer commits every 1 s
+                deadline = time.monotonic() + drain
+                while time.monotonic() < deadline and alive():
+                    time.sleep(0.5)
+                t_to = time.monotonic()
+                sent_at = np.load(prefix.with_suffix(".npy"))
+                result["load"] = json.loads(prefix.with_suffix(".json").read_text())
+                result["offered_events"] = result["load"]["attempted"]
+            else:
+                total = min(b.backlog_events, len(workload.stream))
+                deadline = time.monotonic() + b.startup_timeout_s
+                while not progress_w.first and time.monotonic() < deadline and alive():
+                    time.sleep(0.25)
+                if not progress_w.first:
+                    raise RuntimeError(f"no output within {b.startup_timeout_s:.0f} s"
+                                       + ("" if alive() else ": it exited"))  # fmt: skip
+                t_first = min(progress_w.first.values())
+                result["startup_s"] = round(t_first - t_spawn, 1)
+                meter.start()
+                t_from = t_first  # the window opens at the first output (start-up excluded)
+                deadline = t_from + b.window_s
+                while time.monotonic() < deadline and alive():
+                    if sampler.latest() >= total:
+                        break
+                    time.sleep(0.5)
+                t_to = time.monotonic()
+                result["offered_events"] = total
+            if not alive():
+                result["error"] = "the system exited during the phase"
+        except Exception as e:  # noqa: BLE001 - a failed phase is reported, the run goes on
+            result["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            cores = meter.stop() if meter.t0 else {}
+            for lp in load_proc:
+                if lp.poll() is None:
+                    lp.kill()
+            exit_codes = [p.poll() for p in procs]
+            self._stop(procs)
+            sampler.stop()
+            for w in watchers.values():
+                w.stop()
+        result["exit_codes_before_stop"] = exit_codes
+        result["cpu_cores"] = cores
+        result["window_s"] = round(t_to - t_from, 1)
+        series = workload.progress(progress_w.first)
+        tp = progress_throughput(series, t_from, min(t_to, t_fit_end or t_to))
+        result["throughput_eps"] = tp["eps"]
+        result["processed_at_end"] = series[-1][1] if series else 0
+        ct = commit_throughput(sampler.samples, t_from, t_to)
+        result["committed_eps"] = ct["eps"]
+        result["commits_in_window"] = ct["commits"]
+        result["committed_at_end"] = sampler.samples[-1][1] if sampler.samples else 0
+        busy = (cores or {}).get("system_under_test")
+        result["events_per_core_second"] = round(tp["eps"] / busy, 1) if tp["eps"] and busy else None
+        offered = result.get("offered_events") or 0
+        in_topic = offered + (1 if rate else 0)  # + the warm-up message
+        result["caught_up"] = bool(offered) and (result["committed_at_end"] >= in_topic
+                                                 or result["processed_at_end"] >= 0.995 * offered)
+        result["progress_series"] = [(round(t - t_from, 2), c) for t, c in series[:: max(1, len(series) // 400)]]
+        result["offsets_series"] = [(round(t - t_from, 2), c) for t, c in sampler.samples]
+        result["recommendations_seen"] = {view: w.count for view, w in watchers.items()}
+        if sent_at is not None:
+            send_time: dict[str, float] = {}
+            for i, eid in enumerate(workload.event_ids[: len(sent_at)]):
+                if eid is not None and not np.isnan(sent_at[i]):
+                    send_time.setdefault(eid, float(sent_at[i]))
+            lat: dict[str, Any] = {}
+            for view, w in watchers.items():
+                pairs = sorted((send_time[e], (t - send_time[e]) * 1000.0) for e, t in w.first.items()
+                               if e in send_time)  # fmt: skip
+                lat[view] = percentiles([ms for _, ms in pairs])
+                lat[view]["lower_bound"] = not result["caught_up"]
+                step = max(1, len(pairs) // 400)
+                result[f"latency_series_{view}"] = [(round(t0 - t_from, 2), round(ms, 1)) for t0, ms in pairs[::step]]
+            result["latency_ms"] = lat
+            result["sent_with_event_id"] = len(send_time)
+        if stats_files:
+            result["consumer_stats"] = [json.loads(f.read_text()) if f.exists() else None for f in stats_files]
+            final = []
+            for f in stats_files:
+                log = f.with_name(f.name.replace(".stats.json", ".log"))
+                lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("assignment:")] \
+                    if log.exists() else []
+                final.append(lines[-1].split(":", 1)[1].strip() if lines else "[]")
+            result["final_assignments"] = final
+            result["balanced"] = all(a not in ("[]", "") for a in final)
+        if result["error"] and system == "job":
+            log = self.run_dir / "logs" / f"{tag}.log"
+            with contextlib.suppress(OSError):
+                result["log_tail"] = log.read_text(errors="replace")[-3000:]
+        return result
+
+
+def budget_dict(b: Budget) -> dict[str, Any]:
+    return asdict(b)

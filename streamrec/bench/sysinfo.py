@@ -1,0 +1,159 @@
+"""Machine facts for the report and every figure's caption, and CPU accounting of process trees from /proc."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from streamrec.config import REPO_ROOT
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model, memory, load, versions, commit (read-only git)."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    versions = {}
+    for mod in ("onnxruntime", "numpy", "kafka", "cassandra", "pyflink"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", "") or getattr(getattr(m, "version", None), "__version__", "")
+        except Exception:  # noqa: BLE001 - a version is informative only
+            versions[mod] = ""
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": mem_gb,
+        "loadavg_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "commit": commit,
+    }
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(ppid, cpu seconds user+system) of a live process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(")") + 2 :].split()
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK
+
+
+def tree(root: int) -> list[int]:
+    """`root` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = _stat(int(d))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    parts = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    v = [int(x) / _TICK for x in parts[:8]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+class CpuMeter:
+    """CPU seconds used by named process trees between `start()` and `stop()`, sampled every `every_s` (processes
+    that exit between samples keep what was last seen)."""
+
+    def __init__(self, roots: dict[str, Callable[[], list[int]]], every_s: float = 2.0) -> None:
+        self.roots = roots
+        self.every = every_s
+        self.seen: dict[str, dict[int, float]] = {k: {} for k in roots}
+        self.first: dict[str, dict[int, float]] = {k: {} for k in roots}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.t0 = self.t1 = 0.0
+        self._busy0 = (0.0, 0.0)
+
+    def _sample(self) -> None:
+        for name, pids in self.roots.items():
+            try:
+                ps = pids()
+            except Exception:  # noqa: BLE001 - a vanished process tree is simply not counted
+                ps = []
+            for p in ps:
+                st = _stat(p)
+                if st is None:
+                    continue
+                self.first[name].setdefault(p, st[1])
+                self.seen[name][p] = st[1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self._busy0 = machine_busy()
+        self._sample()
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Cores used per tree over the interval (CPU seconds / wall seconds)."""
+        self._sample()
+        self._stop.set()
+        self._thread.join(5)
+        self.t1 = time.monotonic()
+        wall = max(self.t1 - self.t0, 1e-9)
+        out = {name: round(sum(self.seen[name][p] - self.first[name].get(p, 0.0) for p in self.seen[name]) / wall, 3)
+               for name in self.roots}  # fmt: skip
+        busy1 = machine_busy()
+        out["machine_total"] = round((busy1[0] - self._busy0[0]) / wall, 3)
+        out["everything_else"] = round(max(0.0, out["machine_total"] - sum(out[n] for n in self.roots)), 3)
+        return out
+
+
+def service_pids() -> dict[str, int | None]:
+    """Pids of the local Kafka and Cassandra (whoever started them), from their pid files."""
+    from streamrec.services.cassandra import CassandraService
+    from streamrec.services.kafka import KafkaService
+    from streamrec.services.settings import services
+
+    svc = services()
+    out: dict[str, int | None] = {}
+    for name, s in (("kafka", KafkaService(svc)), ("cassandra", CassandraService(svc))):
+        try:
+            out[name] = s.pid()
+        except Exception:  # noqa: BLE001
+            out[name] = None
+    return out

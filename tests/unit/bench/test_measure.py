@@ -1,0 +1,117 @@
+"""The harness's arithmetic: throughput from progress and from committed offsets, latency percentiles, the
+partitioning the load generator states, and the exclusive stage breakdown of the profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamrec.bench.e2e import commit_throughput, percentiles, progress_series, progress_throughput
+from streamrec.bench.load import partition_of
+from streamrec.bench.micro import profile_breakdown
+
+
+def test_progress_series_sums_the_newest_line_per_partition() -> None:
+    # lines 0..5: partitions 0,1,0,1,0,1 -> positions 0,0,1,1,2,2
+    part = np.array([0, 1, 0, 1, 0, 1])
+    pos = np.array([0, 0, 1, 1, 2, 2])
+    line_of = {f"e{i}": i for i in range(6)}
+    seen = {"e2": 1.0, "e1": 2.0, "e0": 3.0, "e5": 4.0}  # e0 after e2: no progress in partition 0
+    assert progress_series(seen, line_of, part, pos, 2) == [(1.0, 2), (2.0, 3), (4.0, 5)]
+
+
+def test_progress_throughput_skips_the_first_seconds() -> None:
+    series = [(float(t), 100 * t) for t in range(0, 21)]
+    series[1] = (1.0, 5)  # start-up: slow
+    tp = progress_throughput(series, 0.0, 20.0, skip_s=2.0)
+    assert tp["eps"] == pytest.approx(100.0)
+    assert progress_throughput([], 0, 1)["eps"] is None
+
+
+def test_progress_throughput_is_robust_to_bursts() -> None:
+    # 100 events/s processed, but outputs appear in bursts every 5 s (2.5 s after the work), plus a start-up burst
+    series = [(0.0, 1000)] + [(5.0 * k + 2.5, 1000 + 500 * k) for k in range(1, 9)]
+    for t_to in (20.0, 21.0, 22.4, 23.0, 39.0):
+        assert progress_throughput(series, 0.0, t_to)["eps"] == pytest.approx(100.0, rel=0.25), t_to
+
+
+def test_commit_throughput_is_the_window_average() -> None:
+    samples = [(float(t), 500 * (t // 5)) for t in range(0, 31)]  # commits of 500 every 5 s
+    tp = commit_throughput(samples, 5.0, 30.0)
+    assert tp["eps"] == pytest.approx(100.0) and tp["commits"] == 5
+    flat = [(float(t), 7) for t in range(10)]
+    assert commit_throughput(flat, 0.0, 9.0)["eps"] == 0.0  # no checkpoint completed: nothing durable
+
+
+def test_percentiles() -> None:
+    p = percentiles(list(range(1, 101)))
+    assert p["n"] == 100 and p["p50"] == pytest.approx(50.5) and p["p99"] == pytest.approx(99.0, abs=0.05)
+    assert percentiles([])["p99"] is None
+
+
+def test_partition_of_matches_kafkas_default_partitioner() -> None:
+    from kafka.partitioner.default import DefaultPartitioner
+
+    class Cluster:
+        def topics(self) -> set[str]:
+            return {"t"}
+
+        def partitions_for_topic(self, _t: str) -> set[int]:
+            return {0, 1, 2}
+
+        def available_partitions_for_topic(self, _t: str) -> set[int]:
+            return {0, 1, 2}
+
+    dp = DefaultPartitioner()
+    for k in (b"u0000001", b"u0002075", b"x", b"user-42"):
+        assert partition_of(k, 0, 3) == dp.partition("t", k, k, None, None, Cluster())
+    assert [partition_of(None, i, 3) for i in range(4)] == [0, 1, 2, 0]
+
+
+def test_profile_breakdown_is_exclusive() -> None:
+    secs = {"parse": 1.0, "user_operator": 6.0, "user_timer": 1.0, "state_decode": 1.0, "state_encode": 1.0,
+            "model_total": 3.0, "model_onnxruntime_run": 2.0, "kafka_send": 0.5, "poll": 0.5}  # fmt: skip
+    rows = {r["stage"]: r for r in profile_breakdown(secs, 1000)}
+    assert rows["model: onnxruntime run"]["us_per_event"] == 2000.0
+    assert rows["model: inputs/outputs (Scorer)"]["us_per_event"] == 1000.0
+    assert rows["user operator: rest (update, dedup, hashing, pseudonym, records)"]["us_per_event"] == 2000.0
+    total = sum(r["us_per_event"] for r in rows.values())
+    assert total == pytest.approx(9000.0)  # parse + user step + timers + sinks, nothing counted twice
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_workload_progress_matches_what_a_partition_reader_processed(bench_model: Any, tmp_path: Any) -> None:
+    """A reader of partition 0 only (a consumer that has not reached partition 1): the progress measured from its
+    recommendations is what it read, although the stream has duplicates and malformed lines carrying other events'
+    ids."""
+    import json
+
+    from streamrec.bench import micro
+    from streamrec.bench.e2e import Workload
+
+    w = Workload.make(3000, 5, tmp_path / "s.pkl", 2)
+    dup_keys: dict[str, set[bytes]] = {}
+    for (_payload, key, _), eid in zip(w.stream, w.event_ids, strict=True):
+        if key is not None and eid is not None:
+            dup_keys.setdefault(eid, set()).add(key)
+    assert all(len(k) == 1 for k in dup_keys.values())  # a duplicate is keyed like its original
+    assert all(w.stream[line][1] is not None for line in w.line_of.values())  # ids map to valid events' lines
+    p0 = [w.stream[i] for i in range(len(w.stream)) if w.part[i] == 0]
+    h = micro.make_handler(bench_model)
+    first: dict[str, float] = {}
+    n_read = 1200
+    for t, (payload, _k, ts) in enumerate(p0[:n_read]):
+        for name, _key, v in h.handle(payload, ts).kafka:
+            if name == "recommendations" and v and '"debounced":false' in v:
+                first.setdefault(json.loads(v)["event_id"], float(t))
+    progress = w.progress(first)[-1][1]
+    assert n_read - 15 <= progress <= n_read
+
+
+def test_profile_breakdown_without_the_operator_split() -> None:
+    rows = profile_breakdown({"parse": 1.0, "user_operator": 5.0, "kafka_send": 1.0, "commit": 0.0}, 1000)
+    names = [r["stage"] for r in rows]
+    assert names[0].startswith("user operator (") and "not split" in names[0]
+    assert not any("flush" in n for n in names)  # a stage that took no time is left out

@@ -1,0 +1,48 @@
+"""Offline measurements: synthetic states follow the operator's codec, the profile's instrumentation times the
+operator's stages and leaves the operators as they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def test_build_states_are_real_codec_states(bench_model: Path, bench_sim: Any) -> None:
+    from operators.privacy import Pseudonymizer
+    from operators.state import decode
+    from streamrec.bench import micro
+
+    templates, run = micro.state_templates(bench_model, bench_sim.stream, 2000, 60)
+    assert run["events"] == 2000 and len(templates) == run["users"] > 10
+    states = micro.build_states(templates, 500, verify=500)
+    assert len(states) == 500
+    pseud = Pseudonymizer(micro.BENCH_PSEUDONYM_KEY, "bench")
+    for uid, b in states.items():
+        s = decode(b)
+        assert s.user_key == pseud.pseudonym(uid) and s.n_events > 0
+    assert {len(b) for b in states.values()} <= {len(t) for t in templates}  # sizes drawn from the real states
+    stats = micro.size_stats([len(t) for t in templates])
+    assert stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
+
+
+def test_instrument_times_stages_and_restores(bench_model: Path, bench_sim: Any) -> None:
+    import operators.fraud
+    import operators.user
+    from streamrec.bench import micro
+    from streamrec.bench.consumer import Stopwatch
+
+    real = (operators.user.decode, operators.user.encode, operators.fraud.velocity)
+    sw = Stopwatch()
+    h = micro.make_handler(bench_model, stopwatch=sw)
+    real_score = h.user_op.scorer.score
+    with micro.instrument(h, sw):
+        r = micro.run_handler(h, bench_sim.stream, 500, 60)
+    assert (operators.user.decode, operators.user.encode, operators.fraud.velocity) == real
+    assert h.user_op.scorer.score == real_score
+    s = sw.seconds
+    for stage in ("parse", "user_operator", "item_operator", "state_decode", "state_encode", "model_total",
+                  "model_onnxruntime_run", "fraud_detectors", "json"):
+        assert s[stage] > 0, stage
+    assert s["model_onnxruntime_run"] < s["model_total"] < s["user_operator"] + s["user_timer"]
+    rows = micro.profile_breakdown(s, r["events"])
+    assert sum(x["share"] for x in rows) > 0.99

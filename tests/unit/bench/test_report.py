@@ -1,0 +1,122 @@
+"""The report: the issue's JSON keys computed from a synthetic result, the Markdown and the plots written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamrec.bench import report
+
+
+def _phase(system: str, p: int, rate: float | None, eps: float, p99: float | None = None, n: int = 100,
+           caught_up: bool = False) -> dict[str, Any]:  # fmt: skip
+    ph: dict[str, Any] = {"system": system, "parallelism": p, "offered_rate": rate, "label": f"{system}-{p}-{rate}",
+                          "throughput_eps": eps, "committed_eps": eps * 0.9, "caught_up": caught_up,
+                          "startup_s": 30.0, "error": None, "progress_series": [(0.0, 0), (10.0, int(eps * 10))],
+                          "cpu_cores": {"system_under_test": 1.2, "kafka": 0.2, "cassandra": 0.3,
+                                        "everything_else": 0.1}}  # fmt: skip
+    if rate:
+        lat = {"p50": (p99 or 0) / 3, "p95": (p99 or 0) / 1.5, "p99": p99, "max": p99, "n": n,
+               "lower_bound": not caught_up}  # fmt: skip
+        ph["latency_ms"] = {"read_committed": lat}
+        ph["load"] = {"achieved_rate": rate}
+    return ph
+
+
+def synthetic_result() -> dict[str, Any]:
+    phases = [
+        _phase("job", 1, None, 300.0), _phase("consumer", 1, None, 200.0),
+        _phase("job", 2, None, 500.0), _phase("consumer", 2, None, 400.0),
+        _phase("job", 1, 5000.0, 290.0, p99=9000.0), _phase("job", 2, 5000.0, 480.0, p99=7000.0),
+        _phase("consumer", 1, 1000.0, 200.0, p99=3000.0),
+        _phase("job", 1, 1000.0, 280.0, p99=None, n=0),
+    ]  # fmt: skip
+    grid = [{"model": m, "n_items": n, "precision": prec, "batch": b, "history": 50,
+             "us_per_event": (1000.0 if prec == "fp32" else 800.0) * n / 2000 / (1 + b / 100)}
+            for m, n in (("served", 2588), ("20k", 20000)) for prec in ("fp32", "int8") for b in (1, 8, 32, 128)]
+    grid.append({"model": "100k", "n_items": 100000, "precision": "fp32", "batch": 128, "us_per_event": None,
+                 "skipped": "needs ~6 GB"})  # fmt: skip
+    return {
+        "stamp": "20990101T000000Z", "mode": "quick", "command": "streamrec bench --quick", "notes": ["a note"],
+        "machine": {"cores": 2, "cpu": "test", "memory_gb": 1, "loadavg_at_start": [1.0, 1.0, 1.0], "commit": "x"},
+        "durations_s": {"total": 1.0},
+        "e2e": {"phases": phases, "errors": [], "model": {"n_items": 2588}, "model_desc": "tiny",
+                "execution_mode": "process", "checkpoint_ms": 5000, "conf": "local.yaml", "seed": 7, "users": 10,
+                "partitions": 2, "window_s": 15, "backlog_events": 1000},
+        "scorer": {"served_model_label": "served", "grid": grid, "shape": "s", "history": 50,
+                   "synthetic_sizes_label": ["20k", "100k"], "seconds_per_cell": 0.1},
+        "growth": {"operator_states": {"n": 5, "p50": 480, "p90": 700, "p99": 1000, "max": 1100},
+                   "users": [{"users": n, "payload_bytes": 512 * n, "payload_bytes_per_user": 512.0,
+                              "rss_before_mb": 50.0, "rss_after_mb": 50.0 + 0.0007 * n, "rss_bytes_per_user": 700.0,
+                              "build_seconds": 1.0} for n in (10_000, 100_000, 1_000_000)],
+                   "catalogue": [{"model": lbl, "n_items": n, "events_per_s": e, "events": 100,
+                                  "model_calls_per_event": 0.4} for lbl, n, e in (("1.7k", 1682, 1500.0),
+                                                                                  ("100k", 100000, 300.0))]},
+        "profile": {"events": 100, "events_per_s": 800.0, "model_desc": "tiny", "catalogue": "2,588 items",
+                    "stages": [{"stage": "model: onnxruntime run", "us_per_event": 600.0, "share": 0.6},
+                               {"stage": "parse + validate (parse_event)", "us_per_event": 400.0, "share": 0.4}],
+                    "without_sinks": {"events": 100, "events_per_s": 3000.0, "cpu_share": 0.9, "stage_seconds": {},
+                                      "stages": [{"stage": "model: onnxruntime run", "us_per_event": 150.0,
+                                                  "share": 0.5}]}},
+    }  # fmt: skip
+
+
+def test_headline_keys_and_values() -> None:
+    h = report.headline(synthetic_result())
+    assert set(report.REQUIRED_KEYS) <= set(h)
+    assert h["e2e_max_eps"] == 500.0  # best job backlog throughput over parallelism
+    assert h["consumer_max_eps"] == 400.0
+    assert h["ratio_vs_consumer"] == 1.25  # the worse of 300/200 = 1.5 and 500/400 = 1.25
+    assert h["e2e_p99_ms_at_5k"] == 7000.0  # best over parallelism; the consumer's latencies do not count
+    assert h["state_bytes_per_user_p50"] == 480
+    assert h["scorer_us_fp32_b1"] == pytest.approx(1000.0 * 2588 / 2000 / 1.01)  # the served model, batch 1
+    assert h["scorer_us_int8_b1"] == pytest.approx(800.0 * 2588 / 2000 / 1.01)
+    t = h["targets"]
+    assert not t["e2e_eps"]["met"] and t["e2e_eps"]["fraction_of_target"] == 0.05
+    assert not t["p99_ms_at_5k"]["met"] and t["p99_ms_at_5k"]["times_over_target"] == 70.0
+    assert not t["ratio_vs_consumer"]["met"]
+
+
+def test_headline_without_measurements() -> None:
+    r = synthetic_result()
+    r["e2e"]["phases"] = []
+    r["scorer"]["grid"] = []
+    h = report.headline(r)
+    assert all(h[k] is None for k in report.REQUIRED_KEYS if k != "state_bytes_per_user_p50")
+    assert not any(v["met"] for v in h["targets"].values())
+
+
+def test_write_produces_json_markdown_and_plots(tmp_path: Path) -> None:
+    paths = report.write(synthetic_result(), tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    for k in report.REQUIRED_KEYS:
+        assert k in doc and doc[k] == doc["summary"][k]
+    assert doc["e2e_max_eps"] == 500.0 and doc["ratio_vs_consumer"] == 1.25
+    md = paths["md"].read_text()
+    assert "streamrec bench --quick" in md and "## Where the time goes per event" in md
+    assert "1.25×" in md and "skipped" in md
+    assert "| model: onnxruntime run | 600.0 | 60.0 % | 150.0 |" in md  # with vs without the sinks
+    assert "3,000 events/s alone and 800 events/s with the Kafka and Cassandra clients" in md
+    for name in ("throughput", "latency", "progress", "scorer", "growth", "catalogue", "profile"):
+        png = paths[name]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({png.name})" in md  # embedded next to its section
+    assert "notes" in doc and not any("plot" in n and "failed" in n for n in doc["notes"])
+
+
+def test_p99_when_nothing_became_readable() -> None:
+    r = synthetic_result()
+    for ph in r["e2e"]["phases"]:
+        if ph["system"] == "job" and ph["offered_rate"] == 5000.0:
+            ph["window_s"] = 31.5
+            ph["latency_ms"]["read_committed"] = {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+            ph["latency_ms"]["read_uncommitted"] = {"p50": 1.0, "p95": 2.0, "p99": 25_000.0, "n": 10}
+    h = report.headline(r)
+    assert h["e2e_p99_ms_at_5k"] is None and not h["targets"]["p99_ms_at_5k"]["met"]
+    assert h["e2e_p99_ms_at_5k_lower_bound"] == 31_500.0  # at least the time the phase waited
+    assert h["e2e_p99_ms_at_5k_read_uncommitted"] == 25_000.0
+    md = report.markdown({**r, "summary": h}, {})
+    assert "nothing readable (read_committed) within 32 s" in md and "> 315× the target" in md
