@@ -48,7 +48,7 @@ class DebounceConf:
 class UserFraudConf:
     enabled: bool = True  # run the user-level detectors
     cooldown_ms: int = 86_400_000  # a detector re-flags a user at most once per this interval
-    quarantine_ms: int = 7 * 86_400_000  # a flagged user's events stop feeding item counts for this long
+    quarantine_ms: int = 7 * 86_400_000  # a flagged user's events stop feeding item baselines for this long
     velocity_window_ms: int = 60_000  # velocity: window length
     velocity_max_events: int = 20  # velocity: this many engagement events in the window is a burst
     velocity_event_types: tuple[str, ...] = ("view", "click", "cart", "purchase")  # counted (not ratings)
@@ -56,13 +56,18 @@ class UserFraudConf:
     regular_max_cv: float = 0.05  # regularity: coefficient of variation of the gaps below this is machine-like
     regular_min_gap_ms: int = 100  # regularity: median gap below this is ignored (timestamp ties, batches)
     regular_max_gap_ms: int = 600_000  # regularity: median gap above this is ignored (e.g. daily jobs)
+    surprise_every: int = 20  # surprise: judged on every N-th event of a user (event count, not timers; 0 = off)
     surprise_min_events: int = 20  # surprise: known-item transitions needed before judging
-    surprise_factor: float = 1.15  # surprise: flag if mean log P(next item) < factor * log(1/n_items)
-    rating_min: int = 8  # rating anomaly: ratings in the kept history needed
+    surprise_factor: float = 1.3  # surprise: flag if mean log P(next item) < factor * log(1/n_items)
+    rating_min: int = 10  # rating anomaly (extreme rule): ratings in the window needed
     rating_window_ms: int = 3_600_000  # rating anomaly: ratings within this window count
-    rating_extreme_share: float = 0.8  # rating anomaly: share of extreme ratings (<= low or >= high)
+    rating_extreme_share: float = 1.0  # rating anomaly (extreme rule): share of extreme ratings (<= low or >= high)
     rating_low: float = 1.0  # ratings at or below are extreme
     rating_high: float = 5.0  # ratings at or above are extreme
+    ratings_need_engagement: bool = True  # platform: genuine ratings follow a view/click/cart/purchase of the
+    # item, so a rating without one in the kept history is "unverified" (false for ratings-only feeds: MovieLens)
+    unverified_min_ratings: int = 5  # rating anomaly: this many ratings in the window from an account whose kept
+    # history holds no engagement event at all (needs ratings_need_engagement; 0 = off)
     flag_threshold: float = 0.5  # a detector's score at or above this raises a flag
 
 
@@ -73,14 +78,15 @@ class ItemFraudConf:
     window_ms: int = 6 * 3_600_000  # recent-contribution window per item
     max_recent: int = 256  # most recent clicks, and ratings, kept per item (bounds item state)
     baseline_half_life_ms: int = 7 * 86_400_000  # half-life of the item's baseline event rate
-    baseline_ratio: float = 5.0  # burst: window count must exceed this many times the baseline expectation
-    farm_min_accounts: int = 5  # click farm: distinct young accounts clicking the item in the window
-    farm_min_clicks: int = 30  # click farm: clicks from young accounts in the window
-    farm_min_repeat: float = 3.0  # click farm: mean clicks per young account (genuine users click ~once)
+    baseline_ratio: float = 10.0  # burst: window clicks must exceed this many times the baseline expectation
+    farm_min_accounts: int = 5  # click farm: distinct suspect (young or flagged) accounts clicking in the window
+    farm_min_repeat: float = 2.0  # click farm: mean clicks per suspect account (genuine users click ~once)
     farm_member_min_clicks: int = 2  # an account with this many window clicks on the item is a member
     shill_window_ms: int = 48 * 3_600_000  # shilling: window for extreme ratings
-    shill_min_accounts: int = 5  # shilling: distinct young accounts giving extreme ratings in the window
-    shill_min_share: float = 0.6  # shilling: share of window ratings that are extreme from young accounts
+    shill_min_accounts: int = 5  # shilling: distinct suspect accounts giving extreme ratings in the window
+    shill_unverified_min_accounts: int = 3  # shilling: ...or this many, if their extreme ratings are unverified
+    # (no engagement with the item first; only marked when user_fraud.ratings_need_engagement; 0 = off)
+    shill_min_share: float = 0.9  # shilling: share of window ratings that are extreme from suspect accounts
     shill_min_deviation: float = 1.2  # shilling: |extreme rating - item's mean before the window|
     rating_prior_mean: float = 3.5  # prior of an item's mean rating (items with few earlier ratings)
     rating_prior_weight: float = 3.0  # weight of that prior, in ratings

@@ -23,6 +23,7 @@ REGULARITY = "regular_gaps"
 SURPRISE = "model_surprise"
 RATING = "rating_anomaly"
 USER_DETECTORS = (VELOCITY, REGULARITY, SURPRISE, RATING)
+_RATING_CODE = EVENT_TYPES.index("rating") + 1
 
 
 @dataclass(frozen=True)
@@ -118,17 +119,32 @@ def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detecti
 
 
 def rating_anomaly(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
-    """Many ratings in a short window, nearly all extreme (the crude shill: every rating a 1 or a 5)."""
-    rc = EVENT_TYPES.index("rating") + 1
+    """A burst of ratings that no genuine account produces. Two rules, the stronger one reports:
+
+    - extreme: many ratings in a short window, nearly all extreme (the crude shill: every rating a 1 or a 5);
+    - unverified (platforms whose ratings follow a purchase, `ratings_need_engagement`): many ratings in the window
+      from an account whose kept history holds no view, click, cart or purchase at all. Such an account rates what
+      it never engaged with: the fake-review account of a shilling campaign, whatever ratings it gives.
+    """
+    rc = _RATING_CODE
     lo = now - conf.rating_window_ms
     vals = [r for t, c, r in zip(s.ts, s.types, s.ratings, strict=True) if c == rc and t > lo and r > 0]
-    if len(vals) < conf.rating_min:
+    if not vals:
         return None
-    ext = sum(1 for v in vals if v <= conf.rating_low or v >= conf.rating_high)
-    share = ext / len(vals)
-    r = share / max(conf.rating_extreme_share, 1e-9)
-    return Detection(RATING, _score(r), {"ratings": len(vals), "extreme": ext, "share": round(share, 3),
-                                         "window_ms": conf.rating_window_ms})  # fmt: skip
+    best: Detection | None = None
+    if len(vals) >= conf.rating_min:
+        ext = sum(1 for v in vals if v <= conf.rating_low or v >= conf.rating_high)
+        share = ext / len(vals)
+        r = share / max(conf.rating_extreme_share, 1e-9)
+        best = Detection(RATING, _score(r), {"rule": "extreme", "ratings": len(vals), "extreme": ext,
+                                             "share": round(share, 3), "window_ms": conf.rating_window_ms})  # fmt: skip
+    k = conf.unverified_min_ratings
+    if conf.ratings_need_engagement and k > 0 and len(vals) >= k and all(c == rc for c in s.types):
+        r = len(vals) / k
+        if best is None or _score(r) > best.score:
+            best = Detection(RATING, _score(r), {"rule": "unverified", "ratings": len(vals), "engagement_events": 0,
+                                                 "min_ratings": k, "window_ms": conf.rating_window_ms})  # fmt: skip
+    return best
 
 
 def flag_id(subject_kind: str, subject: str, detector: str, event_id: str) -> str:

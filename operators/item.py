@@ -1,15 +1,17 @@
 """The per-item operator (keyed by item_id): shilling and click-farm detection against the item's own baseline.
 
-Fed by the user operator's `item_events` (never by flagged users). An attack shows up here, not per user: many
-young accounts hitting one item with repeated clicks or extreme ratings, far above what the item usually gets.
-When an item is flagged, the accounts behind the burst are flagged too (`*_member`, one flag per account and
-item), and so are accounts that join while the burst still meets the detector's conditions.
+Fed by the user operator's `item_events`. An attack shows up here, not per user: many suspect accounts (young, or
+already flagged by a user-level detector) hitting one item with repeated clicks or extreme ratings, far above what
+the item usually gets. When an item is flagged, the accounts behind the burst are flagged too (`*_member`, one
+flag per account and item), and so are accounts that join while the burst still meets the detector's conditions.
+Events of flagged (quarantined) users count as evidence but never feed the item's baselines or trending rate.
 
 State layout (little-endian, version 1):
   header `<BBqqIdddd2q` version, flags, first_ts, last_ts, n_events, decayed clicks, decayed settled
                          ratings (count), their decayed sum, decayed events, last flag ts (farm, shilling)
   counts `<HHB`         n_clicks, n_ratings, len(key_id)
-  clicks  n x (32-byte user key, u32 age ms, u8 bits: 1 young, 2 member-flagged), oldest first
+  clicks  n x (32-byte user key, u32 age ms, u8 bits: 1 young, 2 member-flagged, 4 quarantined, 8 unverified),
+          oldest first
   ratings n x (32-byte user key, u32 age ms, u8 bits, u8 rating in half steps), oldest first
   key_id  utf-8
 """
@@ -39,7 +41,8 @@ _CLICK = struct.Struct("<32sIB")
 _RATING = struct.Struct("<32sIBB")
 _U32_MAX = 2**32 - 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-YOUNG, MEMBER = 1, 2
+YOUNG, MEMBER, QUARANTINED, UNVERIFIED = 1, 2, 4, 8
+SUSPECT = YOUNG | QUARANTINED  # accounts whose clicks and ratings can make up a farm or campaign
 
 
 class ItemStateError(ValueError):
@@ -51,8 +54,8 @@ class ItemState:
     first_ts: int = 0
     last_ts: int = 0
     n_events: int = 0
-    base_clicks: float = 0.0  # clicks, exponentially decayed to last_ts
-    base_r_n: float = 0.0  # settled ratings (older than the shilling window), decayed
+    base_clicks: float = 0.0  # clicks of unflagged accounts, exponentially decayed to last_ts
+    base_r_n: float = 0.0  # settled ratings of unflagged accounts (older than the shilling window), decayed
     base_r_sum: float = 0.0  # their sum, decayed
     base_events: float = 0.0  # all events, decayed (trending rate)
     flag_last: list[int] = field(default_factory=lambda: [0, 0])  # farm, shilling
@@ -131,6 +134,9 @@ def _check(ev: Any) -> str | None:
         return "rating must be a number in (0, 7.5]"
     if ev["event_type"] == "rating" and r is None:
         return "a rating event needs a rating"
+    for k in ("quarantined", "unverified"):
+        if not isinstance(ev.get(k, False), bool):
+            return f"{k} must be a boolean"
     return None
 
 
@@ -174,11 +180,15 @@ class ItemOperator:
             s.last_ts = ts
         s.n_events += 1
         s.key_id = ev["key_id"]
-        w = 0.5 ** ((s.last_ts - ts) / max(c.baseline_half_life_ms, 1))  # late events count less
+        quarantined = ev.get("quarantined") is True
+        w = 0.0 if quarantined else 0.5 ** ((s.last_ts - ts) / max(c.baseline_half_life_ms, 1))  # late: less
         s.base_events += w
-        young = ts - ev["account_first_ts"] < c.young_account_ms
+        bits = YOUNG if ts - ev["account_first_ts"] < c.young_account_ms else 0
+        if quarantined:
+            bits |= QUARANTINED
+        if ev.get("unverified") is True:
+            bits |= UNVERIFIED
         key = bytes.fromhex(ev["user_key"])
-        bits = YOUNG if young else 0
         if ev["event_type"] == "click":
             s.base_clicks += w
             s.clicks.append([key, ts, bits])
@@ -191,7 +201,7 @@ class ItemOperator:
         if len(keep) < len(s.ratings):
             kept = {id(e) for e in keep}
             for e in s.ratings:
-                if id(e) not in kept:
+                if id(e) not in kept and not e[2] & QUARANTINED:
                     wr = 0.5 ** ((s.last_ts - e[1]) / max(c.baseline_half_life_ms, 1))
                     s.base_r_n += wr
                     s.base_r_sum += wr * e[3]
@@ -220,7 +230,7 @@ class ItemOperator:
         c = self.c
         per: dict[bytes, int] = {}
         for k, _, b in s.clicks:
-            if b & YOUNG:
+            if b & SUSPECT:
                 per[k] = per.get(k, 0) + 1
         n_acc, n_young = len(per), sum(per.values())
         if n_acc == 0:
@@ -228,12 +238,11 @@ class ItemOperator:
         repeat = n_young / n_acc
         expected = self._expected(s.base_clicks, c.window_ms)
         burst = len(s.clicks) / max(expected, 1.0)
-        ratios = (n_acc / c.farm_min_accounts, n_young / c.farm_min_clicks, repeat / c.farm_min_repeat,
-                  burst / c.baseline_ratio)  # fmt: skip
+        ratios = (n_acc / max(c.farm_min_accounts, 1), repeat / c.farm_min_repeat, burst / c.baseline_ratio)
         r = min(ratios)
         if r < 1.0:
             return []
-        evidence = {"young_accounts": n_acc, "young_clicks": n_young, "clicks_per_account": round(repeat, 2),
+        evidence = {"suspect_accounts": n_acc, "suspect_clicks": n_young, "clicks_per_account": round(repeat, 2),
                     "window_clicks": len(s.clicks), "baseline_expected": round(expected, 3),
                     "window_ms": c.window_ms}  # fmt: skip
         members = {k for k, n in per.items() if n >= c.farm_member_min_clicks}
@@ -246,19 +255,23 @@ class ItemOperator:
         mean = (s.base_r_sum + c.rating_prior_mean * c.rating_prior_weight) / (s.base_r_n + c.rating_prior_weight)
         out: list[dict[str, Any]] = []
         for direction, hit in (("push", lambda x: x >= c.rating_high), ("nuke", lambda x: x <= c.rating_low)):
-            accts = {k for k, _, b, r in s.ratings if b & YOUNG and hit(r)}
-            if not accts:
+            hits = [(k, b) for k, _, b, r in s.ratings if b & SUSPECT and hit(r)]
+            if not hits:
                 continue
-            n_hit = sum(1 for _, _, b, r in s.ratings if b & YOUNG and hit(r))
-            share = n_hit / len(s.ratings)
+            accts = {k for k, _ in hits}
+            unverified = {k for k, b in hits if b & UNVERIFIED}
+            share = len(hits) / len(s.ratings)
             value = c.rating_high if direction == "push" else c.rating_low
             deviation = abs(value - mean)
-            r = min(len(accts) / c.shill_min_accounts, share / c.shill_min_share,
-                    deviation / c.shill_min_deviation)  # fmt: skip
+            # a group of suspect accounts; a smaller one suffices when they rate what they never engaged with
+            r_acc = len(accts) / max(c.shill_min_accounts, 1)
+            if c.shill_unverified_min_accounts > 0:
+                r_acc = max(r_acc, len(unverified) / c.shill_unverified_min_accounts)
+            r = min(r_acc, share / c.shill_min_share, deviation / c.shill_min_deviation)
             if r < 1.0:
                 continue
-            evidence = {"direction": direction, "young_accounts": len(accts), "extreme_ratings": n_hit,
-                        "window_ratings": len(s.ratings), "share": round(share, 3),
+            evidence = {"direction": direction, "suspect_accounts": len(accts), "unverified_accounts": len(unverified),
+                        "extreme_ratings": len(hits), "window_ratings": len(s.ratings), "share": round(share, 3),
                         "baseline_mean": round(mean, 3), "window_ms": c.shill_window_ms}  # fmt: skip
             out += self._flag(s, ev, 1, SHILLING, SHILL_MEMBER, r, evidence, accts, s.ratings)
         return out

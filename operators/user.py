@@ -238,22 +238,26 @@ class UserOperator:
         recs: list[dict[str, Any]] = []
         timer: int | None = None
         deb = self.conf.debounce
+        lp: np.ndarray | None = None
+        scored = False  # this event's own model list was scored (its log-probs are the surprise input)
         due = s.last_emit_ts == 0 or ev.ts - s.last_emit_ts >= deb.interval_ms
         if due or type_code(ev.event_type) in self.strong or deb.interval_ms <= 0:
             rec, lp = self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False)
             recs.append(rec)
-            flags += self._surprise_flag(s, ev.event_id, ev.ts, user_key, lp)
+            scored = True
         else:
             s.pending_ts, s.pending_event_id = ev.ts, ev.event_id
             timer = s.last_emit_ts + deb.interval_ms
+        flags += self._surprise_flag(s, ev.event_id, ev.ts, user_key, lp, scored)
 
-        items: list[dict[str, Any]] = []
-        if s.flagged_until <= ev.ts:
-            items.append(
-                {"kind": "item_event", "item_id": ev.item_id, "user_key": user_key, "key_id": self.pseud.key_id,
-                 "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts, "rating": ev.rating,
-                 "account_first_ts": s.first_ts, "account_events": s.n_events}
-            )  # fmt: skip
+        # Flagged (quarantined) users still reach the item operator, marked: they never feed an item's baselines
+        # there, but their clicks and ratings stay evidence of a farm or campaign they belong to.
+        items: list[dict[str, Any]] = [
+            {"kind": "item_event", "item_id": ev.item_id, "user_key": user_key, "key_id": self.pseud.key_id,
+             "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts, "rating": ev.rating,
+             "account_first_ts": s.first_ts, "account_events": s.n_events,
+             "quarantined": s.flagged_until > ev.ts, "unverified": self._unverified(s, ev)}
+        ]  # fmt: skip
         return StepResult(
             state=encode(s), recommendations=recs, fraud_flags=flags, item_events=items, timer_ts=timer,
             state_reset=reset,
@@ -271,9 +275,9 @@ class UserOperator:
         if not s.pending_ts or ts < s.last_emit_ts + self.conf.debounce.interval_ms:
             return StepResult(state=state)
         user_key = s.user_key
-        rec, lp = self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True)
-        flags = self._surprise_flag(s, s.pending_event_id, s.pending_ts, user_key, lp)
-        return StepResult(state=encode(s), recommendations=[rec], fraud_flags=flags)
+        # no fraud flags here: which lists a timer emits follows the watermark, the detectors follow the events
+        rec, _ = self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True)
+        return StepResult(state=encode(s), recommendations=[rec])
 
     def _update(self, s: UserState, ev: Event, h: int) -> None:
         c = self.conf.state
@@ -429,6 +433,14 @@ class UserOperator:
              "event_ts": event_ts}
         ]  # fmt: skip
 
+    def _unverified(self, s: UserState, ev: Event) -> bool:
+        """A rating with no view/click/cart/purchase of its item in the kept history (only on platforms whose
+        genuine ratings follow one: `user_fraud.ratings_need_engagement`)."""
+        if ev.event_type != "rating" or not self.conf.user_fraud.ratings_need_engagement:
+            return False
+        ih = item_hash(ev.item_id)
+        return not any(h == ih and c != _RATING_CODE for h, c in zip(s.items, s.types, strict=True))
+
     def _user_flags(self, s: UserState, ev: Event, user_key: str, logprobs: np.ndarray | None) -> list[dict[str, Any]]:
         fc = self.conf.user_fraud
         if not fc.enabled:
@@ -440,11 +452,30 @@ class UserOperator:
         return out
 
     def _surprise_flag(
-        self, s: UserState, event_id: str, event_ts: int, user_key: str, lp: np.ndarray | None
+        self, s: UserState, event_id: str, event_ts: int, user_key: str, lp: np.ndarray | None, scored: bool
     ) -> list[dict[str, Any]]:
-        if lp is None or not self.conf.user_fraud.enabled:
+        """Model surprise on a fixed schedule: every `surprise_every`-th event of the user (its event count), judged
+        on the model's log-probs for the sequence as of that event, so a flag is a function of the user's events
+        alone. When the event's own list was scored those log-probs are reused (the very same model input);
+        otherwise one extra model call. Lists scored by debounce timers are never used: when a timer fires follows
+        the watermark."""
+        fc = self.conf.user_fraud
+        if not fc.enabled or fc.surprise_every <= 0 or s.n_events % fc.surprise_every:
             return []
-        det = fraud.surprise(lp, self.n_items, self.conf.user_fraud)
+        if not scored:
+            idx = self._indices(s)
+            known = [i for i in idx if 0 <= i < self.n_items]
+            # the model path of `_recommend` needs min_history known items; fewer known items (or a shorter model
+            # input) than surprise_min_events can never give enough transitions, so the call is skipped
+            need = max(self.conf.recs.min_history, fc.surprise_min_events)
+            if len(known) < need or min(len(idx), self.art.max_len) - 1 < fc.surprise_min_events:
+                return []
+            consumed = sorted(set(known)) if self.conf.recs.exclude_consumed else []  # as `_recommend` asks
+            req = ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)
+            lp = self.scorer.score([req])[0].next_item_logprob
+        if lp is None:
+            return []
+        det = fraud.surprise(lp, self.n_items, fc)
         if det is None:
             return []
         s.surprise = float(det.evidence["mean_logprob"]) if math.isfinite(det.evidence["mean_logprob"]) else 0.0

@@ -41,9 +41,10 @@ def test_velocity_burst(make_op: Callable[..., Any], artifact: Any) -> None:
     f = flags[0]
     assert f["score"] >= 0.5 and f["evidence"]["events_in_window"] == 10 and f["subject_kind"] == "user"
     assert f["flag_id"] == fraud.flag_id("user", f["user_key"], fraud.VELOCITY, f["event_id"])
-    # from the flag on, the user's events no longer feed the item operator
+    # from the flag on, the user's events reach the item operator marked as quarantined (evidence, not baseline)
     i = [r.fraud_flags != [] for r in res].index(True)
-    assert all(r.item_events for r in res[:i]) and not any(r.item_events for r in res[i:])
+    marks = [[e["quarantined"] for e in r.item_events] for r in res]
+    assert marks == [[False]] * i + [[True]] * (len(res) - i)
     slow = [ev(i, its[i % 30], T0 + i * 20_000) for i in range(15)]
     assert _run(op, slow)[0] == []
 
@@ -61,17 +62,47 @@ def test_regular_gaps(make_op: Callable[..., Any], artifact: Any) -> None:
     assert _run(op, ties)[0] == []
 
 
-def test_rating_anomaly(make_op: Callable[..., Any], artifact: Any) -> None:
+def test_rating_anomaly_extreme_rule(make_op: Callable[..., Any], artifact: Any) -> None:
     its = _items(artifact, 30)
-    op = make_op(user_fraud={"rating_min": 8})
+    op = make_op(user_fraud={"rating_min": 8, "ratings_need_engagement": False})  # a ratings-only feed
     shill = [ev(i, its[i], T0 + i * 20_000, "rating", rating=5.0 if i % 5 else 1.0) for i in range(9)]
     flags, _ = _run(op, shill)
     assert [f["detector"] for f in flags] == [fraud.RATING] and flags[0]["evidence"]["extreme"] == 8
+    assert flags[0]["evidence"]["rule"] == "extreme" and flags[0]["event_id"] == "e7"
+    # every rating must be extreme: one moderate rating among them is a fan, not the crude shill
+    fan = [ev(i, its[i], T0 + i * 20_000, "rating", rating=4.0 if i == 3 else 5.0) for i in range(9)]
+    assert _run(op, fan)[0] == []
     honest = [ev(i, its[i], T0 + i * 20_000, "rating", rating=[3.0, 4.0, 5.0, 2.5][i % 4]) for i in range(12)]
     assert _run(op, honest)[0] == []
     # cooldown: one flag per detector per user per cooldown
     more = shill + [ev(100 + i, its[i], T0 + 200_000 + i * 20_000, "rating", rating=5.0) for i in range(5)]
     assert len(_run(op, more)[0]) == 1
+
+
+def _shop(i: int, item: str, ts: int) -> list[Any]:
+    """A genuine purchase funnel ending in a rating (the rating is verified)."""
+    return [ev(i * 10 + k, item, ts + k * 5_000, t, rating=4.0) for k, t in enumerate(("view", "purchase", "rating"))]
+
+
+def test_rating_anomaly_unverified_rule(make_op: Callable[..., Any], artifact: Any) -> None:
+    its = _items(artifact, 30)
+    op = make_op()  # defaults: ratings follow engagement on this platform, 5 unverified ratings in 1 h flag
+    fake = [ev(i, its[i], T0 + i * 20_000, "rating", rating=[3.0, 4.0, 5.0, 3.5][i % 4]) for i in range(8)]
+    flags, res = _run(op, fake)
+    assert [f["detector"] for f in flags] == [fraud.RATING] and flags[0]["event_id"] == "e4"
+    assert flags[0]["evidence"]["rule"] == "unverified" and flags[0]["evidence"]["ratings"] == 5
+    assert all(e["unverified"] for r in res for e in r.item_events)
+    assert _run(op, fake[:4])[0] == []  # four are not enough
+    # the same ratings, each after viewing and buying the item: verified, nothing to flag
+    shopper = [e for i in range(8) for e in _shop(i, its[i], T0 + i * 60_000)]
+    flags, res = _run(op, shopper)
+    assert flags == [] and not any(e["unverified"] for r in res for e in r.item_events)
+    # one engagement event anywhere in the kept history: not a ratings-only account
+    assert _run(op, [ev(99, its[20], T0 - 1000), *fake])[0] == []
+    # ratings-only feeds (MovieLens) switch the notion off
+    off = make_op(user_fraud={"ratings_need_engagement": False})
+    flags, res = _run(off, fake)
+    assert flags == [] and not any(e["unverified"] for r in res for e in r.item_events)
 
 
 def test_model_surprise_function_and_wiring(make_op: Callable[..., Any], artifact: Any) -> None:
@@ -84,13 +115,67 @@ def test_model_surprise_function_and_wiring(make_op: Callable[..., Any], artifac
     assert fraud.surprise(np.zeros(50), n, c) is None  # undefined positions are ignored
     its = [artifact.item_id(i) for i in range(artifact.n_items)][:40]
     events = [ev(i, its[(i * 17) % 40], T0 + i * 120_000) for i in range(30)]
-    uf = {"surprise_min_events": 5, "velocity_max_events": 10**6, "regular_min_gaps": 1000}
+    uf = {"surprise_min_events": 5, "surprise_every": 10, "velocity_max_events": 10**6, "regular_min_gaps": 1000}
     strict = make_op(user_fraud={**uf, "surprise_factor": 0.01})  # any real sequence is "surprising"
     lax = make_op(user_fraud={**uf, "surprise_factor": 100.0})
     flags = _run(strict, events)[0]
     assert [f["detector"] for f in flags] == [fraud.SURPRISE]
-    assert flags[0]["evidence"]["transitions"] >= 5
+    assert flags[0]["evidence"]["transitions"] >= 5 and flags[0]["event_id"] == "e9"  # the 10th event
     assert _run(lax, events)[0] == []
+    assert _run(make_op(user_fraud={**uf, "surprise_factor": 0.01, "surprise_every": 0}), events)[0] == []
+
+
+def _flink_like(op: Any, events: list[Any], timer_lag: int | None) -> tuple[list[dict[str, Any]], int]:
+    """One user's events through the operator as the job runs it: each due debounce timer fires once the
+    watermark (max event time - `timer_lag`) passes it; `None`: timers never fire. Returns flags and lists."""
+    s, flags, pending, lists = None, [], [], 0
+    for e in events:
+        for t in sorted(pending):
+            if timer_lag is not None and t + timer_lag <= e.ts:
+                r = op.on_timer(s, t)
+                assert r.fraud_flags == []  # timers never judge: when they fire is not a property of the events
+                s, lists = r.state, lists + len(r.recommendations)
+                pending.remove(t)
+        r = op.step(s, e)
+        s, flags, lists = r.state, flags + r.fraud_flags, lists + len(r.recommendations)
+        if r.timer_ts is not None and r.timer_ts not in pending:
+            pending.append(r.timer_ts)
+    return flags, lists
+
+
+class _CountingScorer:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def score(self, batch: Any) -> Any:
+        self.calls += 1
+        return self.inner.score(batch)
+
+
+def test_model_surprise_is_a_function_of_the_events_not_of_timers(artifact: Any, scorer: Any, pseud: Any) -> None:
+    from operators.user import UserOperator
+
+    its = [artifact.item_id(i) for i in range(artifact.n_items)][:40]
+    rng = np.random.default_rng(4)
+    events = [ev(i, its[(i * 7) % 40], T0 + int(t)) for i, t in enumerate(np.cumsum(rng.integers(5_000, 90_000, 45)))]
+    uf = {"surprise_min_events": 5, "surprise_every": 10, "surprise_factor": 0.01, "cooldown_ms": 1,
+          "velocity_max_events": 10**6, "regular_min_gaps": 1000}  # fmt: skip
+    runs = {}
+    for name, interval, lag in (("no debounce", 0, 0), ("timers on time", 60_000, 0),
+                                ("watermark 10 min late", 60_000, 600_000), ("timers never fire", 10**12, None)):
+        counting = _CountingScorer(scorer)
+        op = UserOperator(artifact, conf_with(user_fraud=uf, debounce={"interval_ms": interval}), pseud, counting)
+        flags, lists = _flink_like(op, events, lag)
+        runs[name] = ([(f["flag_id"], f["event_id"], f["evidence"]) for f in flags], lists, counting.calls)
+    expected_ids = ["e9", "e19", "e29", "e39"]  # every 10th event of the user
+    for name, (flags, _, _) in runs.items():
+        assert [f[1] for f in flags] == expected_ids, name
+        assert flags == runs["no debounce"][0], name  # same ids, same numbers
+    assert runs["no debounce"][1] > runs["timers on time"][1] > runs["timers never fire"][1] == 1  # lists differ
+    # cost: the only list of "timers never fire" is a cold start (no model): the model runs for the 4 checks only;
+    # without debounce every list after the first calls the model and the checks reuse those calls
+    assert runs["timers never fire"][2] == len(expected_ids)
+    assert runs["no debounce"][2] == len(events) - 1
 
 
 def _key(user: str) -> str:
@@ -98,10 +183,10 @@ def _key(user: str) -> str:
 
 
 def _ie(i: int, user: str, ts: int, etype: str = "click", item: str = "target", rating: float | None = None,
-        first: int | None = None) -> dict[str, Any]:  # fmt: skip
+        first: int | None = None, quarantined: bool = False, unverified: bool = False) -> dict[str, Any]:  # fmt: skip
     return {"kind": "item_event", "item_id": item, "user_key": _key(user), "key_id": "k", "event_id": f"x{i}",
             "event_type": etype, "ts": ts, "rating": rating, "account_first_ts": ts if first is None else first,
-            "account_events": 1}  # fmt: skip
+            "account_events": 1, "quarantined": quarantined, "unverified": unverified}  # fmt: skip
 
 
 def _item_run(events: list[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
@@ -142,8 +227,8 @@ def test_click_farm_needs_to_beat_the_item_baseline() -> None:
 
 def test_shilling_push_and_nuke() -> None:
     rng = np.random.default_rng(3)
-    base = [_ie(i, f"old{i}", T0 + i * DAY // 2, "rating", rating=float(rng.choice([3.0, 3.5, 4.0])),
-                first=T0 - 30 * DAY) for i in range(20)]  # fmt: skip
+    base = [_ie(i, f"old{i}", T0 + i * DAY // 3, "rating", rating=float(rng.choice([3.0, 3.5, 4.0])),
+                first=T0 - 30 * DAY) for i in range(20)]  # fmt: skip  (all settled before the attack's window)
     start = T0 + 10 * DAY
     for value, direction in ((5.0, "push"), (1.0, "nuke")):
         attack = [_ie(100 + i, f"shill{i}", start + i * 600_000, "rating", rating=value) for i in range(7)]
@@ -152,15 +237,83 @@ def test_shilling_push_and_nuke() -> None:
         assert len(item) == 1 and item[0]["evidence"]["direction"] == direction
         assert {f["subject"] for f in flags if f["detector"] == SHILL_MEMBER} == {_key(f"shill{i}") for i in range(7)}
     # extreme ratings in line with an item's established mean (a loved item) are not shilling
-    loved = [_ie(i, f"old{i}", T0 + i * DAY // 2, "rating", rating=5.0, first=T0 - 30 * DAY) for i in range(20)]
+    loved = [_ie(i, f"old{i}", T0 + i * DAY // 3, "rating", rating=5.0, first=T0 - 30 * DAY) for i in range(20)]
     fans = [_ie(100 + i, f"fan{i}", start + i * 600_000, "rating", rating=5.0) for i in range(7)]
     assert _item_run(loved + fans) == []
+
+
+def test_small_click_farm_without_an_absolute_click_floor() -> None:
+    """10 new accounts, 2-3 clicks each on an item nobody clicked before (a farm in a small stream: 25 clicks)."""
+    per = [2, 3, 2, 3, 2, 3, 2, 3, 2, 3]
+    farm = [(u, k) for u, n in enumerate(per) for k in range(n)]
+    order = np.random.default_rng(5).permutation(len(farm))
+    clicks = [_ie(i, f"farm{farm[j][0]}", T0 + 10 * DAY + i * 400_000) for i, j in enumerate(order)]
+    flags = _item_run(clicks)
+    assert [f["detector"] for f in flags if f["subject_kind"] == "item"] == [CLICK_FARM]
+    assert {f["subject"] for f in flags if f["detector"] == FARM_MEMBER} == {_key(f"farm{u}") for u in range(10)}
+    # the same volume from accounts clicking once or twice each (1.25 per account) is a crowd, not a farm
+    crowd = [_ie(i, f"new{i * 4 // 5}", T0 + 10 * DAY + i * 400_000) for i in range(25)]
+    assert _item_run(crowd) == []
+
+
+def test_camouflage_clicks_on_a_popular_item_do_not_make_it_a_farm() -> None:
+    """Farm accounts also click popular items as camouflage: a real burst, but a small one against the item's rate."""
+    busy = [_ie(i, f"old{i % 40}", T0 + i * 2 * H, first=T0 - 30 * DAY) for i in range(168)]  # 12 a day, 14 days
+    end = busy[-1]["ts"]
+    camo = [_ie(10**6 + i, f"farm{i % 6}", end + (i + 1) * 300_000) for i in range(14)]  # 6 accounts, 2.3 each
+    assert _item_run(busy + camo) == []
+    flags = _item_run(busy + camo, baseline_ratio=5.0)  # the old, laxer burst ratio took it for a farm
+    assert [f["detector"] for f in flags if f["subject_kind"] == "item"] == [CLICK_FARM]
+
+
+def test_quarantined_accounts_are_evidence_but_not_baseline() -> None:
+    # old accounts, all already flagged by a user-level detector, clicking an item together
+    farm = [_ie(i, f"bot{i % 6}", T0 + i * 60_000, first=T0 - 30 * DAY, quarantined=True) for i in range(18)]
+    flags = _item_run(farm)
+    assert [f["detector"] for f in flags if f["subject_kind"] == "item"] == [CLICK_FARM]
+    assert _item_run([{**e, "quarantined": False} for e in farm]) == []  # the same old accounts, unflagged
+    op = ItemOperator(conf_with(), "v1")
+    s = None
+    for e in farm:
+        s = op.step(s, e).state
+    st = decode_item(s or b"")
+    assert st.base_clicks == 0.0 and st.base_events == 0.0 and len(st.clicks) == 18  # kept, but not as baseline
+
+
+def test_shilling_by_a_few_unverified_accounts() -> None:
+    """3 new accounts give the extreme rating to an item they never viewed or bought (a small campaign)."""
+    base = [_ie(i, f"old{i}", T0 + i * DAY // 2, "rating", rating=3.5, first=T0 - 30 * DAY) for i in range(6)]
+    start = T0 + 10 * DAY
+    attack = [_ie(100 + i, f"shill{i}", start + i * 3 * H, "rating", rating=1.0, unverified=True) for i in range(3)]
+    flags = _item_run(base + attack)
+    item = [f for f in flags if f["subject_kind"] == "item"]
+    assert [f["detector"] for f in item] == [SHILLING] and item[0]["evidence"]["direction"] == "nuke"
+    assert item[0]["evidence"]["unverified_accounts"] == 3
+    assert {f["subject"] for f in flags if f["detector"] == SHILL_MEMBER} == {_key(f"shill{i}") for i in range(3)}
+    # verified ratings (after a purchase) need the full group of 5; so does a platform without the notion
+    assert _item_run(base + [{**e, "unverified": False} for e in attack]) == []
+    assert _item_run(base + attack, shill_unverified_min_accounts=0) == []
+    # and the group must make up nearly all of the window's ratings
+    diluted = sorted(attack + [_ie(200, "old99", start + H, "rating", rating=3.0, first=T0 - 30 * DAY)],
+                     key=lambda e: e["ts"])  # fmt: skip
+    assert _item_run(base + diluted) == []
+
+
+def test_shilling_share_must_be_nearly_all() -> None:
+    base = [_ie(i, f"old{i}", T0 + i * DAY // 2, "rating", rating=3.5, first=T0 - 30 * DAY) for i in range(6)]
+    start = T0 + 10 * DAY
+    five = [_ie(100 + i, f"new{i}", start + i * H, "rating", rating=5.0) for i in range(5)]
+    other = [_ie(200, "old9", start + 30 * 60_000, "rating", rating=4.0, first=T0 - 30 * DAY)]
+    assert [f["detector"] for f in _item_run(base + five) if f["subject_kind"] == "item"] == [SHILLING]
+    mixed = sorted(five + other, key=lambda e: e["ts"])
+    assert _item_run(base + mixed) == []  # 5 of 6 window ratings (0.83): new fans of a good item
+    assert _item_run(base + mixed, shill_min_share=0.6) != []
 
 
 def test_item_operator_bad_input_and_corrupt_state() -> None:
     op = ItemOperator(conf_with(), "v")
     for bad in (None, {}, {**_ie(0, "u", T0), "user_key": "not-hex"}, {**_ie(0, "u", T0), "ts": "x"},
-                {**_ie(0, "u", T0, "rating")}):  # fmt: skip
+                {**_ie(0, "u", T0, "rating")}, {**_ie(0, "u", T0), "quarantined": "yes"}):  # fmt: skip
         r = op.step(b"keep", bad)
         assert r.state == b"keep" and r.dead_letters[0]["reason"] == "operator_bad_input"
     r = op.step(b"\x01corrupt", _ie(0, "u", T0))
