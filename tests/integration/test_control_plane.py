@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 
 from streamrec.config import REPO_ROOT
-from tests.integration.test_job_e2e import KEY, job_env, latest_checkpoint
+from tests.integration.test_job_e2e import job_env, latest_checkpoint
 from tests.tiny_model import TINY_MODEL_YAML
 
 OUTPUTS = ("recommendations", "fraud-flags", "dead-letters", "deletions")
 BATCH = 400  # events per phase
+CONTROL_KEY = "control-test-key-0123456789abcdef"
 
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
@@ -63,8 +64,8 @@ def train(tmp: Path, events: Path, name: str, seed: int) -> Path:
     return tmp / name
 
 
-def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_keyspace: str, cassandra_up,
-                                               connector_jars: list[Path], tmp_path: Path) -> None:
+def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_up, connector_jars: list[Path],
+                                               tmp_path: Path) -> None:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -84,18 +85,26 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
     version_a, version_b = load_artifact(model_a).version, load_artifact(model_b).version
     assert version_a != version_b
 
+    from streamrec.services.cassandra import apply_schema
+
     run_id = f"ctl-{uuid.uuid4().hex[:10]}"
+    # Own keyspace and pseudonym key: this test writes rows with wall-clock times and deletes a user, which must not
+    # touch what other tests (sharing the session keyspace and simulated user ids) read back.
+    cassandra_keyspace = f"ctl_{uuid.uuid4().hex[:10]}"
+    c = cassandra_up.cassandra
+    apply_schema(c.contact_points, c.native_port, c, keyspace=cassandra_keyspace)
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     # Not compacted here (the product's topic is): the test reads the whole history to check the switch-over.
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     env = job_env(topics, model_a, cassandra_keyspace, tmp_path, run_id)
-    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000",
+    env.update({"STREAMREC_PSEUDONYM_KEY": CONTROL_KEY, "STREAMREC_PSEUDONYM_KEY_ID": "ctl-k1",
+                "STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000",
                 "STREAMREC_DEBOUNCE_INTERVAL_MS": "0",  # one recommendation per event: counts show loss/duplication
                 "STREAMREC_JOB_MODEL_STORE": str(tmp_path / "store")})
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    pseud = Pseudonymizer(KEY.encode(), "test-k1")
+    pseud = Pseudonymizer(CONTROL_KEY.encode(), "ctl-k1")
 
     def send(batch: list[Any]) -> None:
         for e in batch:
@@ -221,6 +230,11 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
         producer.close()
         admin.delete_topics(list(topics.values()))
         admin.close()
+        drop = connect(c.contact_points, c.native_port)
+        try:
+            drop.execute(f"DROP KEYSPACE IF EXISTS {cassandra_keyspace}")
+        finally:
+            drop.cluster.shutdown()
 
 
 @pytest.fixture(autouse=True)
