@@ -385,15 +385,7 @@ def _validate_event(d: Mapping[str, Any]) -> Event:
             f"event_type {et[:40]!r} is not one of {', '.join(EVENT_TYPES)}",
             "event_type",
         )
-    ts = d.get("ts")
-    if ts is None:
-        raise _Invalid(Reason.MISSING_FIELD, "ts is required", "ts")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise _Invalid(Reason.BAD_TYPE, f"ts must be an integer (epoch ms), got {_json_type(ts)}", "ts")
-    if not TS_MIN_MS <= ts < TS_MAX_MS:
-        raise _Invalid(
-            Reason.TS_OUT_OF_RANGE, f"ts {str(ts)[:40]} is outside [{TS_MIN_MS}, {TS_MAX_MS}) epoch ms", "ts"
-        )
+    ts = _check_ts(d)
     raw_rating = d.get("rating")
     rating: float | None = None
     if et == "rating":
