@@ -2,10 +2,14 @@
 operators).
 
 Layout:
-  model.onnx / model.int8.onnx   serving graph (fp32 / dynamic int8), signature in config.json
+  model.onnx / model.int8.onnx   full serving graph (fp32 / dynamic int8): top-K, scores, user vector and the
+                                 next-item log-probs of every position; signature in config.json
+  model.topk.onnx / model.topk.int8.onnx   fast serving graph: the same model and top-K from the last position
+                                 only (no next-item log-probs); config.json `graphs` describes both. Artefacts
+                                 written before it existed lack it (`ModelArtifact.topk_path` is None)
   vocab.json                     external item id <-> index, pad and unknown indices
-  config.json                    model config, input/output names + shapes, blend/KNN settings, version,
-                                 training-data fingerprint
+  config.json                    model config, input/output names + shapes, graph files, blend/KNN settings,
+                                 version, training-data fingerprint
   item_categories.json           categories per index (only when item metadata was available)
   knn_neighbours.npy / knn_similarities.npy   (N, M) item-KNN neighbour lists (CF candidate source)
   item_embeddings.npy / item_bias.npy         (N, d) / (N,) tied output embeddings (diversity re-ranking)
@@ -26,7 +30,16 @@ import numpy as np
 
 from model_export.config import ModelConfig, config_from_dict
 from model_export.dataset import EVENT_TYPES, Vocab, event_type_index
-from model_export.onnx_io import OnnxScorer, weights_hash
+from model_export.onnx_io import (
+    INT8_FILE,
+    MODEL_FILE,
+    OUTPUT_NAMES,
+    TOPK_FILE,
+    TOPK_INT8_FILE,
+    TOPK_OUTPUT_NAMES,
+    OnnxScorer,
+    weights_hash,
+)
 
 FORMAT = 1  # bump when the layout changes incompatibly
 
@@ -47,7 +60,7 @@ class ModelArtifact:
     top_k: int  # K of the topk outputs
     event_types: tuple[str, ...]  # event type names; index i+1 in `event_type` inputs (0 = pad)
     inputs: tuple[dict[str, Any], ...]  # name / dtype / shape of each graph input
-    outputs: tuple[dict[str, Any], ...]  # name / dtype / shape of each graph output
+    outputs: tuple[dict[str, Any], ...]  # name / dtype / shape of each output of the full graph (model.onnx)
     blend: dict[str, Any]  # in-graph blend settings (weight, eps, knn window, decay)
     fingerprint: str  # sha256 of the training event stream
     item_categories: tuple[tuple[str, ...], ...] | None  # per index, when known
@@ -58,6 +71,7 @@ class ModelArtifact:
     popular: np.ndarray  # (P,) int64 item indices by training count, best first
     popular_counts: np.ndarray  # (P,) float64 their training counts
     metrics: dict[str, Any]  # offline metrics at training time
+    topk_outputs: tuple[dict[str, Any], ...] | None = None  # outputs of the fast graph; None: the artefact has none
 
     @property
     def n_items(self) -> int:
@@ -73,11 +87,23 @@ class ModelArtifact:
 
     @property
     def model_path(self) -> Path:
-        return self.path / "model.onnx"
+        """The full graph (with next-item log-probs), fp32."""
+        return self.path / MODEL_FILE
 
     @property
     def int8_path(self) -> Path:
-        return self.path / "model.int8.onnx"
+        """The full graph, dynamic int8."""
+        return self.path / INT8_FILE
+
+    @property
+    def topk_path(self) -> Path | None:
+        """The fast graph (last position only, no next-item log-probs), fp32; None for artefacts without one."""
+        return self.path / TOPK_FILE if self.topk_outputs is not None else None
+
+    @property
+    def topk_int8_path(self) -> Path | None:
+        """The fast graph, dynamic int8; None for artefacts without one."""
+        return self.path / TOPK_INT8_FILE if self.topk_outputs is not None else None
 
     def item_index(self, item_id: object) -> int:
         """Index of an external item id; the unknown index if the model has never seen it."""
@@ -123,12 +149,19 @@ class ModelArtifact:
                 ts[r, -k:] = [int(t) for _, _, t in tail]
         return items, types, ts, exclude
 
-    def scorer(self, int8: bool = False, threads: int = 1) -> OnnxScorer:
-        """An onnxruntime session over model.onnx (or model.int8.onnx)."""
-        return OnnxScorer(self.int8_path if int8 else self.model_path, threads=threads)
+    def scorer(self, int8: bool = False, threads: int = 1, topk: bool = False) -> OnnxScorer:
+        """An onnxruntime session over model.onnx (or model.int8.onnx); with `topk` over the fast graph
+        model.topk.onnx (or model.topk.int8.onnx), which the artefact must have."""
+        if not topk:
+            return OnnxScorer(self.int8_path if int8 else self.model_path, threads=threads)
+        path = self.topk_int8_path if int8 else self.topk_path
+        if path is None:
+            raise ArtifactError(f"{self.path}: no fast graph ({TOPK_FILE}; written before it existed)")
+        return OnnxScorer(path, threads=threads)
 
 
 def _io_spec(n_items: int, dim: int, top_k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inputs (both graphs) and outputs of the full graph; the fast graph's are those named TOPK_OUTPUT_NAMES."""
     ins: list[dict[str, Any]] = [
         {
             "name": "item_idx",
@@ -168,7 +201,8 @@ def _io_spec(n_items: int, dim: int, top_k: int) -> tuple[list[dict[str, Any]], 
             "name": "next_item_logprob",
             "dtype": "float32",
             "shape": ["batch", "seq-1"],
-            "doc": "SASRec log P(item[t+1] | items[..t]); 0 where undefined (no earlier event, unknown item)",
+            "doc": "SASRec log P(item[t+1] | items[..t]); 0 where undefined (no earlier event, unknown item); "
+            "full graph (model.onnx) only",
         },
         {
             "name": "scores",
@@ -178,6 +212,26 @@ def _io_spec(n_items: int, dim: int, top_k: int) -> tuple[list[dict[str, Any]], 
         },
     ]
     return ins, outs
+
+
+def _graphs_doc(topk_weights: str) -> dict[str, Any]:
+    """config.json `graphs`: the files and output names of the full and the fast graph."""
+    return {
+        "full": {
+            "fp32": MODEL_FILE,
+            "int8": INT8_FILE,
+            "outputs": list(OUTPUT_NAMES),
+            "doc": "every output; next_item_logprob scores every position against the catalogue (B, L, N)",
+        },
+        "topk": {
+            "fp32": TOPK_FILE,
+            "int8": TOPK_INT8_FILE,
+            "outputs": list(TOPK_OUTPUT_NAMES),
+            "weights_sha256": topk_weights,
+            "doc": "the same model scoring the last position only (B, N): the same topk_items / topk_scores / "
+            "user_vector / scores, no next_item_logprob; what serves every list that needs no log-probs",
+        },
+    }
 
 
 def write_artifact(
@@ -198,10 +252,12 @@ def write_artifact(
     popularity: np.ndarray,
     metrics: dict[str, Any],
 ) -> str:
-    """Write everything except the .onnx files (already in `out`); returns the version string."""
-    if not (out / "model.onnx").exists() or not (out / "model.int8.onnx").exists():
-        raise ArtifactError(f"{out}: export model.onnx and model.int8.onnx first")
-    version = "sasrec-" + weights_hash(out / "model.onnx")[:16]
+    """Write everything except the .onnx files (already in `out`, see `export.export_graphs`); returns the version
+    string."""
+    missing = [f for f in (MODEL_FILE, INT8_FILE, TOPK_FILE, TOPK_INT8_FILE) if not (out / f).exists()]
+    if missing:
+        raise ArtifactError(f"{out}: export {', '.join(missing)} first (model_export.export.export_graphs)")
+    version = "sasrec-" + weights_hash(out / MODEL_FILE)[:16]
     top_k = min(config.export.top_k, vocab.n_items)
     ins, outs = _io_spec(vocab.n_items, dim, top_k)
     order = np.argsort(-popularity, kind="stable")[: config.export.popular]
@@ -218,6 +274,7 @@ def write_artifact(
         "event_types": list(EVENT_TYPES),
         "inputs": ins,
         "outputs": outs,
+        "graphs": _graphs_doc(weights_hash(out / TOPK_FILE)),
         "blend": blend,
         "training_data": {"sha256": fingerprint, **data_stats},
         "time_gap_thresholds_ms": [1000 * (2**k - 1) for k in range(1, max(config.sasrec.time_buckets - 1, 1))],
@@ -271,12 +328,25 @@ def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
         raise ArtifactError(f"{d}: artefact format {doc.get('format')!r}, this code reads {FORMAT}")
     if doc["n_items"] != vocab.n_items:
         raise ArtifactError(f"{d}: config.json says {doc['n_items']} items, vocab.json has {vocab.n_items}")
-    _need(d, "model.onnx")
-    _need(d, "model.int8.onnx")
+    _need(d, MODEL_FILE)
+    _need(d, INT8_FILE)
+    topk = doc.get("graphs", {}).get("topk")  # absent in artefacts written before the fast graph existed
+    topk_outputs: tuple[dict[str, Any], ...] | None = None
+    if topk is not None:
+        _need(d, topk["fp32"])
+        _need(d, topk["int8"])
+        if (topk["fp32"], topk["int8"]) != (TOPK_FILE, TOPK_INT8_FILE):
+            raise ArtifactError(f"{d}: fast graph files {topk['fp32']}, {topk['int8']} (this code reads {TOPK_FILE})")
+        by_name = {o["name"]: o for o in doc["outputs"]}
+        if tuple(topk["outputs"]) != TOPK_OUTPUT_NAMES or not set(TOPK_OUTPUT_NAMES) <= set(by_name):
+            raise ArtifactError(f"{d}: fast graph outputs {topk['outputs']}, expected {TOPK_OUTPUT_NAMES}")
+        topk_outputs = tuple(by_name[n] for n in TOPK_OUTPUT_NAMES)
     if verify:
-        got = "sasrec-" + weights_hash(d / "model.onnx")[:16]
+        got = "sasrec-" + weights_hash(d / MODEL_FILE)[:16]
         if got != doc["version"]:
-            raise ArtifactError(f"{d}: model.onnx weights hash {got} does not match version {doc['version']}")
+            raise ArtifactError(f"{d}: {MODEL_FILE} weights hash {got} does not match version {doc['version']}")
+        if topk is not None and weights_hash(d / TOPK_FILE) != topk.get("weights_sha256"):
+            raise ArtifactError(f"{d}: {TOPK_FILE} weights do not match config.json (not this model's fast graph)")
     cats = None
     if (d / "item_categories.json").exists():
         cats = tuple(tuple(c) for c in json.loads((d / "item_categories.json").read_text()))
@@ -317,4 +387,5 @@ def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
         popular=arrays["popular"],
         popular_counts=arrays["popular_counts"],
         metrics=metrics,
+        topk_outputs=topk_outputs,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("train", help="train SASRec + baselines on events, export model.onnx / int8")
+    p = subparsers.add_parser("train", help="train SASRec + baselines on events, export the ONNX graphs (+ int8)")
     p.add_argument("--data", required=True, help="ML-100K / ML-1M / ml-latest dir or an events JSONL file")
     p.add_argument("--out", required=True, help="artefact directory to write")
     p.add_argument("--conf", default="model.yaml", help="model config YAML (default conf/model.yaml)")

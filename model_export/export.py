@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.onnx_io import INPUT_NAMES, OUTPUT_NAMES, OnnxScorer, weights_hash  # noqa: F401  (re-exported; torch-free home)
+from model_export.onnx_io import (  # noqa: F401  (re-exported; torch-free home)
+    INPUT_NAMES,
+    INT8_FILE,
+    MODEL_FILE,
+    OUTPUT_NAMES,
+    TOPK_FILE,
+    TOPK_INT8_FILE,
+    TOPK_OUTPUT_NAMES,
+    OnnxScorer,
+    weights_hash,
+)
 from model_export.sasrec import ServingGraph
 
 
@@ -31,7 +41,7 @@ def example_inputs(n_items: int, pad: int, batch: int, length: int, seed: int = 
 
 
 def export_onnx(graph: ServingGraph, path: str | Path, opset: int = 17) -> None:
-    """Trace `graph` and write ONNX with dynamic batch / sequence axes."""
+    """Trace `graph` and write ONNX with dynamic batch / sequence axes (outputs as `graph.output_names`)."""
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     graph.eval()
@@ -39,8 +49,10 @@ def export_onnx(graph: ServingGraph, path: str | Path, opset: int = 17) -> None:
     ex = tuple(torch.from_numpy(a) for a in example_inputs(m.n_items, m.pad, 2, m.cfg.max_len))
     dyn: dict[str, dict[int, str]] = {n: {0: "batch", 1: "seq"} for n in INPUT_NAMES[:3]}
     dyn["exclude"] = {0: "batch"}
+    names = graph.output_names
     dyn.update({n: {0: "batch"} for n in ("topk_items", "topk_scores", "user_vector", "scores")})
-    dyn["next_item_logprob"] = {0: "batch", 1: "seq_minus_1"}
+    if "next_item_logprob" in names:
+        dyn["next_item_logprob"] = {0: "batch", 1: "seq_minus_1"}
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -50,7 +62,7 @@ def export_onnx(graph: ServingGraph, path: str | Path, opset: int = 17) -> None:
             dynamo=False,
             opset_version=opset,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(names),
             dynamic_axes=dyn,
             do_constant_folding=True,
         )
@@ -63,3 +75,15 @@ def quantize_int8(src: str | Path, dst: str | Path, op_types: tuple[str, ...] = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8)
+
+
+def export_graphs(
+    graph: ServingGraph, out: str | Path, opset: int = 17, quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")
+) -> None:
+    """Every graph an artefact ships, into directory `out`: the full graph (model.onnx, with next-item
+    log-probs) and the fast one (model.topk.onnx, last position only), each also as dynamic int8."""
+    d = Path(out)
+    files = ((True, MODEL_FILE, INT8_FILE), (False, TOPK_FILE, TOPK_INT8_FILE))
+    for with_logprob, fp32, int8 in files:
+        export_onnx(graph.variant(with_logprob), d / fp32, opset)
+        quantize_int8(d / fp32, d / int8, quantize_ops)

@@ -8,9 +8,18 @@ from typing import Any
 
 import numpy as np
 
-# The serving graph's signature (model_export.sasrec.ServingGraph); fixed, whatever the config.
+# The serving graphs' signatures (model_export.sasrec.ServingGraph); fixed, whatever the config. The full graph
+# (model.onnx) also gives the next-item log-probs of every position; the fast one (model.topk.onnx) scores only the
+# last position (what every recommendation needs) and has no next_item_logprob.
 INPUT_NAMES = ("item_idx", "event_type", "ts_ms", "exclude")
 OUTPUT_NAMES = ("topk_items", "topk_scores", "user_vector", "next_item_logprob", "scores")
+TOPK_OUTPUT_NAMES = ("topk_items", "topk_scores", "user_vector", "scores")
+
+# Files of the graphs in an artefact directory: full fp32 / int8, fast (top-K) fp32 / int8.
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+TOPK_FILE = "model.topk.onnx"
+TOPK_INT8_FILE = "model.topk.int8.onnx"
 
 
 def weights_hash(path: str | Path) -> str:
@@ -28,7 +37,7 @@ def weights_hash(path: str | Path) -> str:
 
 
 class OnnxScorer:
-    """An onnxruntime session over the serving graph: numpy in, dict of named numpy outputs out."""
+    """An onnxruntime session over a serving graph (full or fast): numpy in, dict of named numpy outputs out."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -40,7 +49,8 @@ class OnnxScorer:
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
-        if self.input_names != INPUT_NAMES or self.output_names != OUTPUT_NAMES:
+        self.with_logprob = self.output_names == OUTPUT_NAMES
+        if self.input_names != INPUT_NAMES or self.output_names not in (OUTPUT_NAMES, TOPK_OUTPUT_NAMES):
             raise ValueError(f"{path}: unexpected graph signature {self.input_names} -> {self.output_names}")
 
     def run(

@@ -27,7 +27,7 @@ from model_export.dataset import (
     make_split,
     user_sequences,
 )
-from model_export.export import OnnxScorer, example_inputs, export_onnx, quantize_int8
+from model_export.export import TOPK_FILE, TOPK_INT8_FILE, OnnxScorer, example_inputs, export_graphs
 from model_export.metrics import Result, ScoreFn, evaluate, ranks_full, sample_negatives, summarise
 from model_export.sasrec import KNNScorer, SASRec, ServingGraph
 from model_export.train import sasrec_logp, train_sasrec
@@ -165,7 +165,8 @@ def run_training(
     progress: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Train SASRec + baselines on `events`, tune the blend, export both ONNX files and write the artefact."""
+    """Train SASRec + baselines on `events`, tune the blend, export the ONNX graphs (full and fast, fp32 and int8)
+    and write the artefact."""
     t_start = time.perf_counter()
     vocab = build_vocab(events)
     split = make_split(user_sequences(events, vocab))
@@ -193,9 +194,9 @@ def run_training(
     scorer_knn = KNNScorer(knn.nbr_idx, knn.nbr_sim, n, bl.window, bl.decay)
     graph = ServingGraph(model, cfg.export.top_k, scorer_knn, bl.weight, bl.eps).eval()
     out.mkdir(parents=True, exist_ok=True)
-    export_onnx(graph, out / "model.onnx", cfg.export.opset)
-    quantize_int8(out / "model.onnx", out / "model.int8.onnx", cfg.export.quantize_ops)
-    scorers = {"model": OnnxScorer(out / "model.onnx"), "model_int8": OnnxScorer(out / "model.int8.onnx")}
+    export_graphs(graph, out, cfg.export.opset, cfg.export.quantize_ops)
+    # evaluated through the fast graph: what serves the lists (its `scores` are the full graph's, same formula)
+    scorers = {"model": OnnxScorer(out / TOPK_FILE), "model_int8": OnnxScorer(out / TOPK_INT8_FILE)}
     metrics = {
         "test": evaluate_methods(split, n, cfg.sasrec.max_len, scorers, knn, pop, cfg, "test"),
         "valid": evaluate_methods(split, n, cfg.sasrec.max_len, scorers, knn, pop, cfg, "valid"),
@@ -270,7 +271,8 @@ def evaluate_artifact(art: ModelArtifact, events: Sequence[EventLike]) -> dict[s
 
     idx, sim = item_neighbours(train, n, cfg.knn.neighbours, cfg.knn.shrink)
     knn = KNNModel(idx, sim, int(art.blend["itemknn_window"]), float(art.blend["itemknn_decay"]), 0.0, {})
-    scorers = {"model": art.scorer(), "model_int8": art.scorer(int8=True)}
+    fast = art.topk_path is not None  # the graph that serves lists; artefacts without one: the full graph
+    scorers = {"model": art.scorer(topk=fast), "model_int8": art.scorer(int8=True, topk=fast)}
     res = evaluate_methods(split, n, art.max_len, scorers, knn, popularity(train, n), cfg, "test")
     res["_meta"] = {
         "version": art.version,
@@ -294,10 +296,17 @@ def bench_latency(scorer: OnnxScorer, n_items: int, pad: int, max_len: int, batc
 
 
 def bench_artifact(art: ModelArtifact) -> dict[str, Any]:
-    """File sizes and µs/event at batch 1 and 64 for fp32 and int8."""
+    """File sizes and µs/event at batch 1 and 64 for fp32 and int8, full graph (model, model_int8) and fast graph
+    (model_topk, model_topk_int8; when the artefact has one)."""
     out: dict[str, Any] = {}
-    for name, path, int8 in (("model", art.model_path, False), ("model_int8", art.int8_path, True)):
-        sc = art.scorer(int8=int8)
+    graphs: list[tuple[str, Path, bool, bool]] = [
+        ("model", art.model_path, False, False),
+        ("model_int8", art.int8_path, True, False),
+    ]
+    if art.topk_path is not None and art.topk_int8_path is not None:
+        graphs += [("model_topk", art.topk_path, False, True), ("model_topk_int8", art.topk_int8_path, True, True)]
+    for name, path, int8, topk in graphs:
+        sc = art.scorer(int8=int8, topk=topk)
         out[name] = {
             "bytes": path.stat().st_size,
             "us_per_event_b1": bench_latency(sc, art.n_items, art.pad_index, art.max_len, 1),

@@ -175,7 +175,14 @@ class ServingGraph(nn.Module):
     Inputs: item_idx (B, L) int64 left-padded with pad; event_type (B, L) int64 (0 = pad); ts_ms (B, L) int64;
     exclude (B, N) bool (items not to recommend). Outputs: top-K indices (B, K) int64 and scores (B, K); user
     vector (B, d); log-probability of each observed next item (B, L-1), 0 where undefined (no earlier input
-    event, or an unknown/pad item); full scores (B, N) with excluded items at -inf.
+    event, or an unknown/pad item), only with `with_logprob`; full scores (B, N) with excluded items at -inf.
+
+    Two variants of the same model are exported: `with_logprob=True` (model.onnx, every output above) and
+    `with_logprob=False` (model.topk.onnx, no next_item_logprob). The fast one scores the last position only: its
+    cost is one (B, d) x (d, N) product instead of (B, L, d) x (d, N) plus a (B, L, N) log-softmax. Both compute
+    `scores` with the same ops from the same hidden state (log-softmax of the last position's logits), so they
+    recommend the same items. NOTE an implementation departure from SASRec (Kang & McAuley 2018) only in what is
+    computed, not in the model: the paper scores every position; the served lists need only the last one.
     """
 
     def __init__(
@@ -185,6 +192,7 @@ class ServingGraph(nn.Module):
         knn: KNNScorer | None = None,
         blend_w: float = 0.0,
         blend_eps: float = 1e-4,
+        with_logprob: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -192,6 +200,17 @@ class ServingGraph(nn.Module):
         self.knn = knn if blend_w > 0 else None
         self.blend_w = float(blend_w)
         self.blend_eps = float(blend_eps)
+        self.with_logprob = bool(with_logprob)
+
+    def variant(self, with_logprob: bool) -> ServingGraph:
+        """The same model, blend and K with or without the next-item log-probs (shares the modules)."""
+        return ServingGraph(self.model, self.top_k, self.knn, self.blend_w, self.blend_eps, with_logprob)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if self.with_logprob:
+            return ("topk_items", "topk_scores", "user_vector", "next_item_logprob", "scores")
+        return ("topk_items", "topk_scores", "user_vector", "scores")
 
     def forward(
         self, item_idx: torch.Tensor, event_type: torch.Tensor, ts_ms: torch.Tensor, exclude: torch.Tensor
@@ -199,18 +218,19 @@ class ServingGraph(nn.Module):
         m = self.model
         n = m.n_items
         h = m.encode(item_idx, event_type, ts_ms)  # (B, L, d)
-        logp = F.log_softmax(m.logits(h), dim=-1)  # (B, L, N)
-        nxt = item_idx[:, 1:]  # (B, L-1)
-        defined = (nxt < n) & (item_idx[:, :-1] != m.pad)
-        got = logp[:, :-1].gather(-1, torch.clamp(nxt, max=n - 1).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
-        next_logp = torch.where(defined, got, torch.zeros_like(got))
-        scores = logp[:, -1]  # (B, N)
+        u = h[:, -1]  # (B, d)
+        scores = F.log_softmax(m.logits(u), dim=-1)  # (B, N)
         if self.knn is not None:
             k = self.knn(item_idx, scores)  # (B, N) >= 0
             k = k / (k.max(-1, keepdim=True).values + 1e-12)
             scores = scores + self.blend_w * torch.log(k + self.blend_eps)
         scores = torch.where(exclude, torch.full((), float("-inf")), scores)
         top_s, top_i = torch.topk(scores, self.top_k, dim=-1)  # (B, K)
-        return top_i, top_s, h[:, -1], next_logp, scores
-
-
+        if not self.with_logprob:
+            return top_i, top_s, u, scores
+        logp = F.log_softmax(m.logits(h[:, :-1]), dim=-1)  # (B, L-1, N): positions that have a next item
+        nxt = item_idx[:, 1:]  # (B, L-1)
+        defined = (nxt < n) & (item_idx[:, :-1] != m.pad)
+        got = logp.gather(-1, torch.clamp(nxt, max=n - 1).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+        next_logp = torch.where(defined, got, torch.zeros_like(got))
+        return top_i, top_s, u, next_logp, scores

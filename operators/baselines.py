@@ -1,5 +1,6 @@
 """MostPop and item-KNN "scorers" with the `Scorer.score` interface, so the replay can run the very same
-operator (dedup, filters, debounce, re-rank) with a baseline in place of the ONNX model."""
+operator (dedup, filters, debounce, re-rank) with a baseline in place of the ONNX model. They have no next-item
+log-probs: `need_logprob` is accepted and ignored, results carry an empty array."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class MostPopScorer(_Base):
         self.pop = np.full(self.n_items, -1e9)
         self.pop[artifact.popular] = artifact.popular_counts
 
-    def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
         return [self._result(r, self.pop) for r in batch]
 
 
@@ -63,7 +64,7 @@ class ItemKNNScorer(_Base):
         self.window = int(artifact.blend.get("knn_window", 5))
         self.decay = float(artifact.blend.get("knn_decay", 0.8))
 
-    def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
         out = []
         for r in batch:
             s = np.zeros(self.n_items)

@@ -1,13 +1,18 @@
-"""Batch scoring over the artefact's ONNX graph: one onnxruntime session per worker, batches of any size.
+"""Batch scoring over the artefact's ONNX graphs: onnxruntime sessions per worker, batches of any size.
 
 Requests carry model indices (unknown items already mapped to the artefact's unknown index); the scorer
 left-pads them to a common length, builds the exclusion mask and splits the outputs back per request.
+
+Two graphs of the same model: the fast one (model.topk.onnx: top-K from the last position only) serves every list;
+the full one (model.onnx: also the next-item log-probs of every position, (B, L, N) work) runs only when the caller
+needs those log-probs (the model-surprise detector), or when the artefact predates the fast graph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,25 +36,37 @@ class ScoreRequest:
 class ScoreResult:
     items: np.ndarray  # (K,) int64 best-first candidate indices (excluded items never appear)
     scores: np.ndarray  # (K,) float32 blended log-scores (-inf: fewer than K allowed items)
-    next_item_logprob: np.ndarray  # (n-1,) float32 log P(item[t+1] | items[..t]); 0 where undefined
+    # (n-1,) float32 log P(item[t+1] | items[..t]); 0 where undefined. Only from the full graph: empty (shape (0,))
+    # when the fast graph scored the request (`Scorer.score(..., need_logprob=False)` on an artefact that has one)
+    next_item_logprob: np.ndarray
     user_vector: np.ndarray  # (d,) float32
 
 
 class Scorer:
-    """onnxruntime over model.onnx (or model.int8.onnx); create once per worker, reuse for every batch."""
+    """onnxruntime over model.onnx and model.topk.onnx (or their int8 versions); create once per worker, reuse for
+    every batch. `session` is the full graph's, `topk_session` the fast graph's (None: the artefact has none)."""
 
     def __init__(self, artifact: ModelArtifact, int8: bool = False, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        path = artifact.int8_path if int8 else artifact.model_path
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(1, int(threads))
         so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        names = tuple(i.name for i in self.session.get_inputs())
         want = tuple(i["name"] for i in artifact.inputs)
-        if names != want:
-            raise ValueError(f"{path}: graph inputs {names} do not match the artefact's {want}")
+
+        def open_session(path: Path, outputs: tuple[str, ...]) -> Any:
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            names = tuple(i.name for i in sess.get_inputs())
+            if names != want:
+                raise ValueError(f"{path}: graph inputs {names} do not match the artefact's {want}")
+            got = tuple(o.name for o in sess.get_outputs())
+            if not set(outputs) <= set(got):
+                raise ValueError(f"{path}: graph outputs {got} lack {sorted(set(outputs) - set(got))}")
+            return sess
+
+        self.session = open_session(artifact.int8_path if int8 else artifact.model_path, _WANT_FULL)
+        topk = artifact.topk_int8_path if int8 else artifact.topk_path
+        self.topk_session: Any = open_session(topk, _WANT_TOPK) if topk is not None else None
         self.output_names = [o["name"] for o in artifact.outputs]
         self.n_items = artifact.n_items
         self.pad = artifact.pad_index
@@ -58,14 +75,23 @@ class Scorer:
         self.version = artifact.version
         self.int8 = int8
 
-    def score(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
+        """Top-K per request. The fast graph unless `need_logprob` (or the artefact has no fast graph): then the
+        full graph, whose results also carry `next_item_logprob` (empty otherwise). Items, scores and user vectors
+        are the same from either graph (up to float noise)."""
         if not batch:
             return []
         if len(batch) == 1:
-            return [self._score_one(batch[0])]
-        return self._score_batch(batch)
+            return [self._score_one(batch[0], need_logprob)]
+        return self._score_batch(batch, need_logprob)
 
-    def _score_batch(self, batch: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def _graph(self, need_logprob: bool) -> tuple[Any, list[str]]:
+        """(session, outputs to fetch, in order) for a call."""
+        if need_logprob or self.topk_session is None:
+            return self.session, list(_WANT_FULL)
+        return self.topk_session, list(_WANT_TOPK)
+
+    def _score_batch(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
         """Any batch size: left-pad to the longest history, one exclusion row per request."""
         lens = [min(len(r.items), self.max_len) for r in batch]
         width = max(1, max(lens))
@@ -87,22 +113,22 @@ class Scorer:
             ex = ex[(ex >= 0) & (ex < self.n_items)]
             exclude[r, ex] = True
         feeds = {"item_idx": items, "event_type": types, "ts_ms": ts, "exclude": exclude}
-        want = ["topk_items", "topk_scores", "user_vector", "next_item_logprob"]
-        out: dict[str, Any] = dict(zip(want, self.session.run(want, feeds), strict=True))
+        session, want = self._graph(need_logprob)
+        out: dict[str, Any] = dict(zip(want, session.run(want, feeds), strict=True))
+        lp_all = out.get("next_item_logprob")
         res = []
         for r, n in enumerate(lens):
-            lp = out["next_item_logprob"][r]
             res.append(
                 ScoreResult(
                     items=out["topk_items"][r],
                     scores=out["topk_scores"][r],
-                    next_item_logprob=lp[lp.shape[0] - max(n - 1, 0) :] if n > 1 else lp[:0],
+                    next_item_logprob=_no_logprob() if lp_all is None else _tail(lp_all[r], n),
                     user_vector=out["user_vector"][r],
                 )
             )
         return res
 
-    def _score_one(self, req: ScoreRequest) -> ScoreResult:
+    def _score_one(self, req: ScoreRequest, need_logprob: bool = False) -> ScoreResult:
         """`score` for a batch of one (the per-event path): the same graph inputs, built with fewer numpy calls
         (no padding is needed, the exclusion row starts as a copy of `extra_exclude`)."""
         n = min(len(req.items), self.max_len)
@@ -130,14 +156,26 @@ class Scorer:
             ex = ex[(ex >= 0) & (ex < self.n_items)]
             exclude[0, ex] = True
         feeds = {"item_idx": items, "event_type": types, "ts_ms": ts, "exclude": exclude}
-        top_items, top_scores, user_vector, lp_all = self.session.run(_WANT, feeds)
-        lp = lp_all[0]
+        session, want = self._graph(need_logprob)
+        got = session.run(want, feeds)  # [topk_items, topk_scores, user_vector(, next_item_logprob)], as `want`
         return ScoreResult(
-            items=top_items[0],
-            scores=top_scores[0],
-            next_item_logprob=lp[lp.shape[0] - max(n - 1, 0) :] if n > 1 else lp[:0],
-            user_vector=user_vector[0],
+            items=got[0][0],
+            scores=got[1][0],
+            next_item_logprob=_tail(got[3][0], n) if len(want) > 3 else _no_logprob(),
+            user_vector=got[2][0],
         )
 
 
-_WANT = ["topk_items", "topk_scores", "user_vector", "next_item_logprob"]
+def _tail(lp: np.ndarray, n: int) -> np.ndarray:
+    """The log-probs of a request's own `n` events out of its (padded) row: the last n-1 (none if n < 2)."""
+    return lp[lp.shape[0] - max(n - 1, 0) :] if n > 1 else lp[:0]
+
+
+# Outputs fetched per call; the order is the order of the results (`_score_one` indexes them).
+_WANT_TOPK = ("topk_items", "topk_scores", "user_vector")
+_WANT_FULL = (*_WANT_TOPK, "next_item_logprob")
+
+
+def _no_logprob() -> np.ndarray:
+    """`next_item_logprob` of a result the fast graph scored: empty."""
+    return np.zeros(0, dtype=np.float32)

@@ -242,7 +242,9 @@ class UserOperator:
         scored = False  # this event's own model list was scored (its log-probs are the surprise input)
         due = s.last_emit_ts == 0 or ev.ts - s.last_emit_ts >= deb.interval_ms
         if due or type_code(ev.event_type) in self.strong or deb.interval_ms <= 0:
-            rec, lp = self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False)
+            # the model's log-probs (the full graph) only for an event the surprise detector judges
+            rec, lp = self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False,
+                                      need_logprob=self._surprise_due(s))  # fmt: skip
             recs.append(rec)
             scored = True
         else:
@@ -276,7 +278,8 @@ class UserOperator:
             return StepResult(state=state)
         user_key = s.user_key
         # no fraud flags here: which lists a timer emits follows the watermark, the detectors follow the events
-        rec, _ = self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True)
+        rec, _ = self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True,
+                                 need_logprob=False)  # fmt: skip
         return StepResult(state=encode(s), recommendations=[rec])
 
     def _update(self, s: UserState, ev: Event, h: int) -> None:
@@ -320,9 +323,18 @@ class UserOperator:
         return [self.hash_to_index.get(h, self.unk) for h in s.items]
 
     def _recommend(
-        self, s: UserState, user_key: str, event_id: str, event_ts: int, now: int, debounced: bool
+        self,
+        s: UserState,
+        user_key: str,
+        event_id: str,
+        event_ts: int,
+        now: int,
+        debounced: bool,
+        need_logprob: bool,
     ) -> tuple[dict[str, Any], np.ndarray | None]:
-        """Build, record in the state and describe one recommendation list (+ the model's log-probs)."""
+        """Build, record in the state and describe one recommendation list (+ the model's log-probs: None for a
+        cold-start list; with `need_logprob` those of the full graph, else empty: the fast graph scored the list,
+        the same items and scores)."""
         r = self.conf.recs
         idx = self._indices(s)
         known = [i for i in idx if 0 <= i < self.n_items]
@@ -333,7 +345,8 @@ class UserOperator:
             cand, rel = self._fallback(s, known, consumed)
         else:
             source = "model"
-            res = self.scorer.score([ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)])[0]
+            req = ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)
+            res = self.scorer.score([req], need_logprob=need_logprob)[0]
             lp = res.next_item_logprob
             ok = np.isfinite(res.scores)
             cand = res.items[ok][: r.candidates].tolist()
@@ -451,6 +464,12 @@ class UserOperator:
                 out += self._raise(s, det, ev.event_id, ev.ts, user_key)
         return out
 
+    def _surprise_due(self, s: UserState) -> bool:
+        """Whether the surprise detector judges the user's current event (every `surprise_every`-th event of the
+        user): then, and only then, the event's list is scored by the full graph, for its log-probs."""
+        fc = self.conf.user_fraud
+        return fc.enabled and fc.surprise_every > 0 and s.n_events % fc.surprise_every == 0
+
     def _surprise_flag(
         self, s: UserState, event_id: str, event_ts: int, user_key: str, lp: np.ndarray | None, scored: bool
     ) -> list[dict[str, Any]]:
@@ -460,7 +479,7 @@ class UserOperator:
         otherwise one extra model call. Lists scored by debounce timers are never used: when a timer fires follows
         the watermark."""
         fc = self.conf.user_fraud
-        if not fc.enabled or fc.surprise_every <= 0 or s.n_events % fc.surprise_every:
+        if not self._surprise_due(s):
             return []
         if not scored:
             idx = self._indices(s)
@@ -472,7 +491,7 @@ class UserOperator:
                 return []
             consumed = sorted(set(known)) if self.conf.recs.exclude_consumed else []  # as `_recommend` asks
             req = ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)
-            lp = self.scorer.score([req])[0].next_item_logprob
+            lp = self.scorer.score([req], need_logprob=True)[0].next_item_logprob
         if lp is None:
             return []
         det = fraud.surprise(lp, self.n_items, fc)

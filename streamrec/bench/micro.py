@@ -43,12 +43,19 @@ def _requests(art: Any, batch: int, history: int, rng: np.random.Generator) -> l
     return out
 
 
+GRAPHS = ("topk", "full")  # scorer_grid cells' "graph": model.topk.onnx (serves every list), model.onnx (+ log-probs)
+
+
 def scorer_grid(models: list[tuple[str, Path]], batches: tuple[int, ...], seconds: float, history: int,
                 max_gb: float, say: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
-    """µs per scored event through `Scorer.score` (inputs built, graph run, outputs split), onnxruntime 1 thread.
+    """µs per scored event through `Scorer.score` (inputs built, graph run, outputs split), onnxruntime 1 thread,
+    for each graph: "topk" (`need_logprob=False`, the fast graph: what every list costs) and "full"
+    (`need_logprob=True`, the full graph: what a list the surprise detector judges costs). For each (model,
+    precision, batch) the "topk" cell comes first.
 
-    A cell whose (B, L, N) float32 intermediates (the graph scores every position for next-item log-probs) would
-    need more than `max_gb` is skipped and says so."""
+    A cell whose float32 intermediates ((B, L, N) for the full graph, which scores every position for next-item
+    log-probs; (B, N) for the fast one) would need more than `max_gb` is skipped and says so, and so is a "topk" cell
+    of an artefact without the fast graph."""
     from model_export.artifact import load_artifact
     from operators.scorer import Scorer
 
@@ -57,33 +64,48 @@ def scorer_grid(models: list[tuple[str, Path]], batches: tuple[int, ...], second
         art = load_artifact(path, verify=False)
         for int8 in (False, True):
             scorer = Scorer(art, int8=int8, threads=1)
-            for b in batches:
-                est_gb = b * history * art.n_items * 4 * 2.5 / 1e9
-                row: dict[str, Any] = {"model": label, "n_items": art.n_items, "precision": "int8" if int8 else "fp32",
-                                       "batch": b, "history": history}  # fmt: skip
-                if est_gb > max_gb:
-                    row.update(us_per_event=None, skipped=f"needs ~{est_gb:.1f} GB of (B, L, N) intermediates "
-                                                          f"(limit {max_gb} GB: --scorer-max-gb)")  # fmt: skip
+            for graph in GRAPHS:
+                full = graph == "full"
+                for b in batches:
+                    est_gb = b * (history if full else 1) * art.n_items * 4 * (2.5 if full else 4) / 1e9
+                    row: dict[str, Any] = {"model": label, "n_items": art.n_items, "graph": graph,
+                                           "precision": "int8" if int8 else "fp32", "batch": b,
+                                           "history": history}  # fmt: skip
+                    if not full and scorer.topk_session is None:
+                        row.update(us_per_event=None, skipped="artefact has no fast graph (model.topk.onnx)")
+                        rows.append(row)
+                        continue
+                    if est_gb > max_gb:
+                        shape = "(B, L, N)" if full else "(B, N)"
+                        row.update(us_per_event=None, skipped=f"needs ~{est_gb:.1f} GB of {shape} intermediates "
+                                                              f"(limit {max_gb} GB: --scorer-max-gb)")  # fmt: skip
+                        rows.append(row)
+                        continue
+                    row.update(_time_score(scorer, _requests(art, b, history, np.random.default_rng(b)), full,
+                                           seconds))  # fmt: skip
                     rows.append(row)
-                    continue
-                reqs = _requests(art, b, history, np.random.default_rng(b))
-                scorer.score(reqs)  # warm-up (allocations, kernels)
-                times: list[float] = []
-                t_end = time.perf_counter() + seconds
-                while len(times) < 3 or time.perf_counter() < t_end:
-                    t0 = time.perf_counter()
-                    scorer.score(reqs)
-                    times.append(time.perf_counter() - t0)
-                    if len(times) >= 3 and sum(times) > 4 * seconds:
-                        break
-                per_call = float(np.median(times))
-                row.update(us_per_event=round(per_call / b * 1e6, 1), ms_per_call=round(per_call * 1e3, 2),
-                           calls=len(times))  # fmt: skip
-                rows.append(row)
-                say(f"    {label:>10} {row['precision']} batch {b:>3}: {row['us_per_event']:>9,.1f} µs/event")
+                    say(f"    {label:>10} {graph:>4} {row['precision']} batch {b:>3}: "
+                        f"{row['us_per_event']:>9,.1f} µs/event")  # fmt: skip
             del scorer
             gc.collect()
     return rows
+
+
+def _time_score(scorer: Any, reqs: list[Any], need_logprob: bool, seconds: float) -> dict[str, Any]:
+    """Median time of `scorer.score(reqs, need_logprob)` over at least 3 calls and about `seconds`."""
+    b = len(reqs)
+    scorer.score(reqs, need_logprob=need_logprob)  # warm-up (allocations, kernels)
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        scorer.score(reqs, need_logprob=need_logprob)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 3 and sum(times) > 4 * seconds:
+            break
+    per_call = float(np.median(times))
+    return {"us_per_event": round(per_call / b * 1e6, 1), "ms_per_call": round(per_call * 1e3, 2),
+            "calls": len(times)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- per-event logic
@@ -129,36 +151,44 @@ def run_handler(handler: Any, stream: list[tuple[bytes, bytes | None, int]], max
 def catalogue_throughput(models: list[tuple[str, Path]], stream: list[tuple[bytes, bytes | None, int]],
                          max_events: int, seconds: float, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Per-event logic (parse, user + item operators, timers, JSON; no sinks) on the same stream, one model per
-    catalogue size."""
+    catalogue size. `model_calls` counts onnxruntime runs, `model_calls_full` those of the full graph (lists the
+    surprise detector judges, its extra calls; every call on an artefact without the fast graph)."""
     rows = []
     for label, path in models:
         h = make_handler(path)
         calls = _count_model_calls(h)
         r = run_handler(h, stream, max_events, seconds)
         r.update(model=label, n_items=h.user_op.n_items, model_calls=calls["n"],
-                 model_calls_per_event=round(calls["n"] / max(r["events"], 1), 3))  # fmt: skip
+                 model_calls_per_event=round(calls["n"] / max(r["events"], 1), 3), model_calls_full=calls["full"],
+                 model_calls_full_per_event=round(calls["full"] / max(r["events"], 1), 3))  # fmt: skip
         rows.append(r)
         say(f"    {label:>10}: {r['events_per_s']:>8,.1f} events/s ({r['events']:,} events, "
-            f"{r['model_calls_per_event']:.2f} model calls/event)")
+            f"{r['model_calls_per_event']:.2f} model calls/event, {r['model_calls_full_per_event']:.3f} full graph)")
         del h
         gc.collect()
     return rows
 
 
 def _count_model_calls(handler: Any) -> dict[str, int]:
-    calls = {"n": 0}
-    sess = handler.user_op.scorer.session
-    real = sess.run
+    """Count onnxruntime runs of the handler's scorer: "n" all of them, "full" those of the full graph."""
+    calls = {"n": 0, "full": 0}
 
     class Counting:
+        def __init__(self, sess: Any, full: bool) -> None:
+            self.sess, self.full = sess, full
+
         def run(self, *a: Any, **k: Any) -> Any:
             calls["n"] += 1
-            return real(*a, **k)
+            calls["full"] += self.full
+            return self.sess.run(*a, **k)
 
         def __getattr__(self, name: str) -> Any:
-            return getattr(sess, name)
+            return getattr(self.sess, name)
 
-    handler.user_op.scorer.session = Counting()
+    scorer = handler.user_op.scorer
+    scorer.session = Counting(scorer.session, True)
+    if getattr(scorer, "topk_session", None) is not None:
+        scorer.topk_session = Counting(scorer.topk_session, False)
     return calls
 
 
@@ -198,34 +228,40 @@ def instrument(handler: Any, sw: Any) -> Iterator[None]:
     for name in ("velocity", "regularity", "rating_anomaly", "surprise"):
         wrap(fraud_mod, name, "fraud_detectors")
     scorer = handler.user_op.scorer
-    real_score, sess = scorer.score, scorer.session
-    real_run = sess.run
+    real_score, sess, topk_sess = scorer.score, scorer.session, getattr(scorer, "topk_session", None)
 
-    def score(batch: Any) -> Any:
+    def score(*a: Any, **k: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return real_score(batch)
+            return real_score(*a, **k)
         finally:
             sw.add("model_total", time.perf_counter() - t0)
 
-    class TimedSession:
+    class TimedSession:  # both graphs' runs count as "model_onnxruntime_run"
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
         def run(self, *a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return real_run(*a, **k)
+                return self.inner.run(*a, **k)
             finally:
                 sw.add("model_onnxruntime_run", time.perf_counter() - t0)
 
         def __getattr__(self, name: str) -> Any:
-            return getattr(sess, name)
+            return getattr(self.inner, name)
 
-    scorer.score, scorer.session = score, TimedSession()
+    scorer.score, scorer.session = score, TimedSession(sess)
+    if topk_sess is not None:
+        scorer.topk_session = TimedSession(topk_sess)
     try:
         yield
     finally:
         for mod, name, real in reversed(patched):
             setattr(mod, name, real)
         scorer.score, scorer.session = real_score, sess
+        if topk_sess is not None:
+            scorer.topk_session = topk_sess
 
 
 def profile_breakdown(seconds: dict[str, float], events: int) -> list[dict[str, Any]]:

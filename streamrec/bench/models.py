@@ -1,6 +1,7 @@
 """Synthetic model artefacts of any catalogue size, for timing only: random (untrained) weights, exported through
-`model_export`'s own export code (`export_onnx`, `quantize_int8`, `write_artifact`), so the graph, its inputs and
-outputs and the artefact layout are exactly what `streamrec train` ships. Only the numbers in them are random.
+`model_export`'s own export code (`export_graphs`, `write_artifact`), so the graphs (full and fast, fp32 and int8),
+their inputs and outputs and the artefact layout are exactly what `streamrec train` ships. Only the numbers in them
+are random.
 
 Item ids are `i000000`, `i000001`, ... like the simulator's, so a simulated stream over a catalogue of at most
 `n_items` items hits known items (the model path, not the cold-start fallback).
@@ -21,7 +22,7 @@ from streamrec.config import REPO_ROOT
 
 CACHE_DIR = REPO_ROOT / ".state" / "bench" / "models"
 SYNTHETIC_NOTE = "random untrained weights (benchmark timing only; recommendation quality is meaningless)"
-_LAYOUT = 1  # bump when what `synthetic_artifact` writes changes
+_LAYOUT = 2  # bump when what `synthetic_artifact` writes changes (2: + the fast graph model.topk[.int8].onnx)
 
 
 def item_id(i: int) -> str:
@@ -65,7 +66,7 @@ def synthetic_artifact(
     from model_export.artifact import write_artifact
     from model_export.config import config_to_dict, load_model_config
     from model_export.dataset import Vocab
-    from model_export.export import export_onnx, quantize_int8
+    from model_export.export import export_graphs
     from model_export.sasrec import KNNScorer, SASRec, ServingGraph
 
     cfg = load_model_config(model_conf)
@@ -95,8 +96,7 @@ def synthetic_artifact(
                     float(blend.get("knn_decay", 0.8)))  # fmt: skip
     graph = ServingGraph(model, cfg.export.top_k, knn, float(blend.get("weight", 0.0)),
                          float(blend.get("eps", 0.1))).eval()  # fmt: skip
-    export_onnx(graph, tmp / "model.onnx", cfg.export.opset)
-    quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", cfg.export.quantize_ops)
+    export_graphs(graph, tmp, cfg.export.opset, cfg.export.quantize_ops)
 
     ids = [item_id(i) for i in range(n_items)]
     given = item_categories or {}
@@ -120,7 +120,8 @@ def synthetic_artifact(
 
 
 def model_size(model_dir: Path) -> dict[str, Any]:
-    """Parameters and file sizes of an artefact's ONNX graphs (what the figures state as "model size")."""
+    """Parameters and file sizes of an artefact's ONNX graphs (what the figures state as "model size"): the full
+    graph's (the fast graph has the same weights), and the fast graph's file sizes (None without one)."""
     import onnx
 
     m = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
@@ -134,6 +135,7 @@ def model_size(model_dir: Path) -> dict[str, Any]:
     doc = json.loads((model_dir / "config.json").read_text())
     fp32 = (model_dir / "model.onnx").stat().st_size
     int8 = (model_dir / "model.int8.onnx").stat().st_size
+    topk_fp32, topk_int8 = (model_dir / "model.topk.onnx"), (model_dir / "model.topk.int8.onnx")
     return {
         "n_items": int(doc["n_items"]),
         "dim": int(doc["dim"]),
@@ -143,6 +145,8 @@ def model_size(model_dir: Path) -> dict[str, Any]:
         "params_excluding_knn_tables": params - knn_params,
         "fp32_mb": round(fp32 / 2**20, 1),
         "int8_mb": round(int8 / 2**20, 1),
+        "topk_fp32_mb": round(topk_fp32.stat().st_size / 2**20, 1) if topk_fp32.exists() else None,
+        "topk_int8_mb": round(topk_int8.stat().st_size / 2**20, 1) if topk_int8.exists() else None,
         "version": doc["version"],
         "synthetic": bool(doc.get("training_data", {}).get("synthetic", False)),
     }

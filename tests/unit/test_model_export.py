@@ -1,9 +1,11 @@
-"""torch eager vs onnxruntime parity of the serving graph, and a one-epoch smoke training into an artefact."""
+"""torch eager vs onnxruntime parity of the serving graphs (full and fast), and a one-epoch smoke training into an
+artefact."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,8 @@ import torch
 
 from model_export.artifact import ArtifactError, load_artifact
 from model_export.config import ModelConfig, SASRecConfig, TrainConfig
-from model_export.export import OnnxScorer, example_inputs, export_onnx, quantize_int8, weights_hash
-from model_export.onnx_io import OUTPUT_NAMES
+from model_export.export import OnnxScorer, example_inputs, export_graphs, export_onnx, quantize_int8, weights_hash
+from model_export.onnx_io import OUTPUT_NAMES, TOPK_OUTPUT_NAMES
 from model_export.pipeline import evaluate_artifact, run_training
 from model_export.sasrec import KNNScorer, SASRec, ServingGraph
 from tests.unit.model_fixtures import synthetic_events
@@ -38,24 +40,45 @@ def _graph(seed: int, blend_w: float = 0.3) -> ServingGraph:
     ).eval()
 
 
+# graph -> (file, with_logprob, output names); both exported from the same ServingGraph by `export_graphs`
+GRAPHS = {
+    "full": ("model.onnx", True, OUTPUT_NAMES),
+    "topk": ("model.topk.onnx", False, TOPK_OUTPUT_NAMES),
+    "full_int8": ("model.int8.onnx", True, OUTPUT_NAMES),
+    "topk_int8": ("model.topk.int8.onnx", False, TOPK_OUTPUT_NAMES),
+}
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServingGraph, Path]:
+    """The full graph and the directory `export_graphs` wrote every graph of it into."""
     g = _graph(0)
-    p = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(g, p, opset=17)
-    return g, p
+    d = tmp_path_factory.mktemp("onnx")
+    export_graphs(g, d, opset=17)
+    return g, d
 
 
+def _torch(graph: ServingGraph, with_logprob: bool, *inputs: np.ndarray) -> dict[str, torch.Tensor]:
+    g = graph.variant(with_logprob)
+    with torch.no_grad():
+        return dict(zip(g.output_names, g(*(torch.from_numpy(a) for a in inputs)), strict=True))
+
+
+@pytest.mark.parametrize("which", ["full", "topk"])
 @pytest.mark.parametrize("batch,length", [(1, 12), (3, 7), (8, 2), (5, 12)])
-def test_onnx_matches_torch(exported: tuple[ServingGraph, Path], batch: int, length: int) -> None:
-    graph, path = exported
-    sc = OnnxScorer(path)
+def test_onnx_matches_torch(exported: tuple[ServingGraph, Path], which: str, batch: int, length: int) -> None:
+    graph, d = exported
+    file, with_logprob, names = GRAPHS[which]
+    sc = OnnxScorer(d / file)
+    assert sc.output_names == names and sc.with_logprob == with_logprob
     it, ty, ts, ex = example_inputs(N_ITEMS, N_ITEMS, batch, length, seed=batch * 100 + length)
     it[0, -1] = N_ITEMS + 1  # an unknown item in the newest position
-    with torch.no_grad():
-        ref = dict(zip(OUTPUT_NAMES, graph(*(torch.from_numpy(a) for a in (it, ty, ts, ex))), strict=True))
+    ref = _torch(graph, with_logprob, it, ty, ts, ex)
+    assert tuple(ref) == names
     got = sc.run(it, ty, ts, ex)
     for name in ("user_vector", "next_item_logprob", "topk_scores"):
+        if name not in names:
+            continue
         assert got[name].shape == ref[name].shape, name
         assert np.max(np.abs(got[name] - ref[name].numpy())) < 1e-4, name
     s_ref, s_got = ref["scores"].numpy(), got["scores"]
@@ -66,14 +89,57 @@ def test_onnx_matches_torch(exported: tuple[ServingGraph, Path], batch: int, len
         kth = s_ref[r, ref["topk_items"][r].numpy()].min()
         assert set(got["topk_items"][r].tolist()) <= set(np.flatnonzero(s_ref[r] >= kth - 1e-4).tolist())
         assert not ex[r, got["topk_items"][r]].any()
-    assert got["next_item_logprob"].shape == (batch, length - 1)
+    if with_logprob:
+        assert got["next_item_logprob"].shape == (batch, length - 1)
+
+
+@pytest.mark.parametrize("batch,length", [(1, 12), (4, 5), (8, 2)])
+def test_fast_graph_recommends_what_the_full_graph_does(
+    exported: tuple[ServingGraph, Path], batch: int, length: int
+) -> None:
+    """Same top-K, scores and user vector from both graphs: torch, onnxruntime fp32 and int8."""
+    graph, d = exported
+    it, ty, ts, ex = example_inputs(N_ITEMS, N_ITEMS, batch, length, seed=batch + length)
+    full, fast = _torch(graph, True, it, ty, ts, ex), _torch(graph, False, it, ty, ts, ex)
+    for name in TOPK_OUTPUT_NAMES:
+        assert torch.equal(full[name], fast[name]), name  # the same ops on the same hidden state
+    for prec in ("", "_int8"):
+        a = OnnxScorer(d / GRAPHS["full" + prec][0]).run(it, ty, ts, ex)
+        b = OnnxScorer(d / GRAPHS["topk" + prec][0]).run(it, ty, ts, ex)
+        assert np.array_equal(a["topk_items"], b["topk_items"]), prec
+        for name in ("topk_scores", "user_vector"):
+            assert np.max(np.abs(a[name] - b[name])) < 1e-5, (prec, name)
+        assert np.array_equal(np.isinf(a["scores"]), np.isinf(b["scores"]))
+        assert np.max(np.abs(a["scores"][~ex] - b["scores"][~ex])) < 1e-5, prec
+
+
+@pytest.mark.parametrize("which", ["full", "topk"])
+def test_int8_stays_close_to_torch(exported: tuple[ServingGraph, Path], which: str) -> None:
+    """Dynamic int8 (weights of MatMul / Gemm) of either graph: user vector and scores within a loose tolerance of
+    fp32 torch, and its top-K mostly the same items."""
+    graph, d = exported
+    file, with_logprob, names = GRAPHS[which + "_int8"]
+    sc = OnnxScorer(d / file)
+    assert sc.output_names == names
+    ops = {n.op_type for n in onnx.load(str(d / file)).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    it, ty, ts, ex = example_inputs(N_ITEMS, N_ITEMS, 6, 10, seed=11)
+    ref, got = _torch(graph, with_logprob, it, ty, ts, ex), sc.run(it, ty, ts, ex)
+    assert np.max(np.abs(got["user_vector"] - ref["user_vector"].numpy())) < 0.25
+    s_ref, s_got = ref["scores"].numpy(), got["scores"]
+    assert np.array_equal(np.isinf(s_got), ex)
+    assert np.mean(np.abs(s_got[~ex] - s_ref[~ex])) < 0.1
+    if with_logprob:
+        assert np.mean(np.abs(got["next_item_logprob"] - ref["next_item_logprob"].numpy())) < 0.1
+    overlap = [len(set(got["topk_items"][r].tolist()) & set(ref["topk_items"][r].tolist())) for r in range(6)]
+    assert np.mean(overlap) >= 0.7 * graph.top_k
 
 
 def test_surprise_is_zero_only_where_undefined(exported: tuple[ServingGraph, Path]) -> None:
-    _, path = exported
+    _, d = exported
     it, ty, ts, ex = example_inputs(N_ITEMS, N_ITEMS, 2, 6, seed=3)
     it[:] = [[N_ITEMS, N_ITEMS, 3, 4, N_ITEMS + 1, 5], [1, 2, 3, 4, 5, 6]]
-    lp = OnnxScorer(path).run(it, ty, ts, ex)["next_item_logprob"]
+    lp = OnnxScorer(d / "model.onnx").run(it, ty, ts, ex)["next_item_logprob"]
     assert lp[0, :2].tolist() == [0.0, 0.0] and lp[0, 3] == 0.0  # no context / unknown next item
     assert (lp[0, [2, 4]] < 0).all() and (lp[1] < 0).all()
 
@@ -82,12 +148,13 @@ def test_disabled_inputs_keep_the_graph_signature(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = dataclasses.replace(CFG, use_event_type=False, use_time_gap=False)
     g = ServingGraph(SASRec(cfg, N_ITEMS), top_k=5).eval()
-    export_onnx(g, tmp_path / "m.onnx")
     it, ty, ts, ex = example_inputs(N_ITEMS, N_ITEMS, 3, 9)
-    got = OnnxScorer(tmp_path / "m.onnx").run(it, ty, ts, ex)  # raises on a different signature
-    with torch.no_grad():
-        ref = g(*(torch.from_numpy(a) for a in (it, ty, ts, ex)))
-    assert np.max(np.abs(got["user_vector"] - ref[2].numpy())) < 1e-4
+    for with_logprob in (True, False):
+        export_onnx(g.variant(with_logprob), tmp_path / "m.onnx")
+        got = OnnxScorer(tmp_path / "m.onnx").run(it, ty, ts, ex)  # raises on a different signature
+        with torch.no_grad():
+            ref = g.variant(with_logprob)(*(torch.from_numpy(a) for a in (it, ty, ts, ex)))
+        assert np.max(np.abs(got["user_vector"] - ref[2].numpy())) < 1e-4
 
 
 def test_version_hash_follows_weights(tmp_path: Path) -> None:
@@ -123,7 +190,18 @@ def test_smoke_train_writes_a_loadable_artifact(tmp_path: Path) -> None:
     assert art.item_index("i3") == art.vocab.item_ids.index("i3") and art.item_index("nope") == 81
     assert art.knn_neighbours.shape == (80, 5) and art.item_embeddings.shape == (80, 16)
     assert art.popular.shape == (5,) and np.all(np.diff(art.popular_counts) <= 0)
-    assert {o["name"] for o in art.outputs} == set(OUTPUT_NAMES)
+    assert tuple(o["name"] for o in art.outputs) == OUTPUT_NAMES
+    assert art.topk_outputs is not None and tuple(o["name"] for o in art.topk_outputs) == TOPK_OUTPUT_NAMES
+    assert art.topk_path == out / "model.topk.onnx" and art.topk_int8_path == out / "model.topk.int8.onnx"
+    onnx_files = {"model.onnx", "model.int8.onnx", "model.topk.onnx", "model.topk.int8.onnx"}
+    assert {p.name for p in out.glob("*.onnx")} == onnx_files
+    graphs = json.loads((out / "config.json").read_text())["graphs"]
+    assert {(g["fp32"], g["int8"]) for g in graphs.values()} == {("model.onnx", "model.int8.onnx"),
+                                                                  ("model.topk.onnx", "model.topk.int8.onnx")}
+    assert tuple(graphs["topk"]["outputs"]) == TOPK_OUTPUT_NAMES
+    for int8 in (False, True):
+        assert art.scorer(int8=int8, topk=True).output_names == TOPK_OUTPUT_NAMES
+        assert art.scorer(int8=int8).output_names == OUTPUT_NAMES
     res = evaluate_artifact(art, events)
     assert res["_meta"]["same_training_data"]
     for m in ("model", "model_int8", "mostpop", "itemknn"):
@@ -137,11 +215,48 @@ def test_smoke_train_writes_a_loadable_artifact(tmp_path: Path) -> None:
     assert ex[0].sum() == 2 and ty[0, -1] == 3 and ts[0, -1] == 2500
     top = art.scorer().run(it, ty, ts, ex, outputs=("topk_items",))["topk_items"]
     assert top.shape == (2, 7) and not set(top[0].tolist()) & {art.item_index("i1"), art.item_index("i2")}
+    _old_and_tampered_artifacts(out, tmp_path)
     doc = json.loads((out / "config.json").read_text())
     doc["version"] = "sasrec-0000"
     (out / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ArtifactError, match="does not match version"):
         load_artifact(out)
+
+
+def _old_and_tampered_artifacts(out: Path, tmp_path: Path) -> None:
+    """An artefact written before the fast graph existed still loads (and scores through the full graph); a fast
+    graph that is not the model's, or described but missing, is refused."""
+    from operators.scorer import Scorer, ScoreRequest
+
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    doc = json.loads((old / "config.json").read_text())
+    del doc["graphs"]
+    (old / "config.json").write_text(json.dumps(doc))
+    for f in ("model.topk.onnx", "model.topk.int8.onnx"):
+        (old / f).unlink()
+    art = load_artifact(old)
+    assert art.topk_path is None and art.topk_int8_path is None and art.topk_outputs is None
+    with pytest.raises(ArtifactError, match="no fast graph"):
+        art.scorer(topk=True)
+    sc = Scorer(art, threads=1)
+    assert sc.topk_session is None
+    req = ScoreRequest([1, 2, 3], [1, 2, 3], [1000, 2000, 3000], exclude=[1])
+    res = sc.score([req])[0]  # the full graph: log-probs whether asked for or not
+    assert res.next_item_logprob.shape == (2,) and res.items.shape == (7,)
+    new = Scorer(load_artifact(out), threads=1)
+    fast, full = new.score([req])[0], new.score([req], need_logprob=True)[0]
+    assert fast.next_item_logprob.shape == (0,) and fast.next_item_logprob.dtype == np.float32
+    assert np.array_equal(fast.items, res.items) and np.array_equal(full.next_item_logprob, res.next_item_logprob)
+
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    shutil.copy(bad / "model.topk.int8.onnx", bad / "model.topk.onnx")  # another graph's weights
+    with pytest.raises(ArtifactError, match="model.topk.onnx weights"):
+        load_artifact(bad)
+    (bad / "model.topk.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing model.topk.onnx"):
+        load_artifact(bad, verify=False)
 
 
 def test_load_artifact_rejects_a_non_model_dir(tmp_path: Path) -> None:

@@ -46,3 +46,20 @@ def test_instrument_times_stages_and_restores(bench_model: Path, bench_sim: Any)
     assert s["model_onnxruntime_run"] < s["model_total"] < s["user_operator"] + s["user_timer"]
     rows = micro.profile_breakdown(s, r["events"])
     assert sum(x["share"] for x in rows) > 0.99
+
+
+def test_scorer_grid_times_both_graphs(bench_model: Path, bench_sim: Any) -> None:
+    from streamrec.bench import micro, models
+
+    rows = micro.scorer_grid([("tiny", bench_model)], (1, 4), 0.01, 20, 1.0, lambda _s: None)
+    assert [(r["precision"], r["graph"], r["batch"]) for r in rows] == [
+        (p, g, b) for p in ("fp32", "int8") for g in ("topk", "full") for b in (1, 4)]  # fmt: skip
+    assert all(r["us_per_event"] > 0 and r["n_items"] == 300 and "skipped" not in r for r in rows)
+    # the first cell of a (model, precision, batch) is the fast graph's: what serves a list
+    first = next(r for r in rows if r["precision"] == "fp32" and r["batch"] == 1)
+    assert first["graph"] == "topk"
+    size = models.model_size(bench_model)
+    assert size["topk_fp32_mb"] is not None and size["topk_int8_mb"] is not None
+    cat = micro.catalogue_throughput([("tiny", bench_model)], bench_sim.stream, 600, 60, lambda _s: None)[0]
+    assert 0 < cat["model_calls_full"] < cat["model_calls"]
+    assert cat["model_calls_full_per_event"] < cat["model_calls_per_event"]

@@ -1,4 +1,5 @@
-"""The fast paths (state codec, MMR, regularity, batch-1 scoring) compute exactly what the reference code does."""
+"""The fast paths (state codec, MMR, regularity, batch-1 scoring, the fast graph) compute exactly what the reference
+code does."""
 
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def test_regularity_median_matches_numpy(k: int) -> None:
             assert det is not None and det.evidence["median_gap_ms"] == med
 
 
-def test_batch_of_one_matches_the_batch_path(scorer: Any, artifact: Any) -> None:
+@pytest.mark.parametrize("need_logprob", [False, True])
+def test_batch_of_one_matches_the_batch_path(scorer: Any, artifact: Any, need_logprob: bool) -> None:
     rng = np.random.default_rng(0)
     mask = np.zeros(artifact.n_items, dtype=bool)
     mask[:3] = True
@@ -151,10 +153,45 @@ def test_batch_of_one_matches_the_batch_path(scorer: Any, artifact: Any) -> None
         items = rng.integers(-2, artifact.n_items + 3, size=n).tolist()
         req = ScoreRequest(items, [1 + i % 5 for i in range(n)], [T + 1000 * i for i in range(n)],
                            exclude=items[:3] + [-1, 10**6], extra_exclude=mask if n % 2 else None)  # fmt: skip
-        one, ref = _call(scorer._score_one, req), _call(scorer._score_batch, [req])
+        one, ref = _call(scorer._score_one, req, need_logprob), _call(scorer._score_batch, [req], need_logprob)
         if isinstance(ref, type):  # an empty history is refused by the graph, on either path
             assert one is ref
             continue
         ref = ref[0]
         for f in ("items", "scores", "next_item_logprob", "user_vector"):
             assert np.array_equal(getattr(one, f), getattr(ref, f)), f
+        want = (min(n, artifact.max_len) - 1,) if need_logprob else (0,)
+        assert one.next_item_logprob.shape == want and one.next_item_logprob.dtype == np.float32
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_fast_graph_lists_match_the_full_graph(artifact: Any, int8: bool) -> None:
+    """The trained model's fast graph (model.topk.onnx, what serves the lists) recommends exactly what its full graph
+    (model.onnx) does: same top-K items, scores within 1e-5, on batches of random histories of every length (left
+    padding in the batch path), with unknown items, exclusions and a business mask; batch and batch-of-one paths."""
+    from operators.scorer import Scorer
+
+    sc = Scorer(artifact, int8=int8, threads=1)
+    assert sc.topk_session is not None
+    rng = np.random.default_rng(int8)
+    n_items = artifact.n_items
+    mask = rng.random(n_items) < 0.05
+    reqs = []
+    for r in range(24):
+        n = int(rng.integers(2, artifact.max_len + 6))
+        items = rng.integers(0, n_items + 2, size=n).tolist()  # n_items + 1: the unknown item
+        ex = rng.choice(n_items, size=int(rng.integers(0, 30)), replace=False).tolist()
+        ts = (T + np.cumsum(rng.integers(0, 10**7, n))).tolist()
+        reqs.append(ScoreRequest(items, rng.integers(1, 6, size=n).tolist(), ts, exclude=ex,
+                                 extra_exclude=mask if r % 3 else None))  # fmt: skip
+    fast, full = sc.score(reqs), sc.score(reqs, need_logprob=True)
+    fast += [sc.score([q])[0] for q in reqs[:6]]
+    full += [sc.score([q], need_logprob=True)[0] for q in reqs[:6]]
+    for q, a, b in zip(reqs + reqs[:6], fast, full, strict=True):
+        assert np.array_equal(a.items, b.items)
+        assert np.max(np.abs(a.scores - b.scores)) < 1e-5
+        assert np.max(np.abs(a.user_vector - b.user_vector)) < 1e-5
+        assert a.next_item_logprob.shape == (0,)
+        assert b.next_item_logprob.shape == (min(len(q.items), artifact.max_len) - 1,)
+        banned = set(q.exclude) | set(np.flatnonzero(q.extra_exclude if q.extra_exclude is not None else mask & False))
+        assert not banned & set(a.items.tolist())

@@ -144,12 +144,17 @@ def _flink_like(op: Any, events: list[Any], timer_lag: int | None) -> tuple[list
 
 
 class _CountingScorer:
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.calls = inner, 0
+    """Counts calls, and those asking for log-probs (the full graph); `always_full`: every call asks for them (the
+    behaviour before the fast graph)."""
 
-    def score(self, batch: Any) -> Any:
+    def __init__(self, inner: Any, always_full: bool = False) -> None:
+        self.inner, self.calls, self.full_calls, self.always_full = inner, 0, 0, always_full
+
+    def score(self, batch: Any, need_logprob: bool = False) -> Any:
         self.calls += 1
-        return self.inner.score(batch)
+        need = need_logprob or self.always_full
+        self.full_calls += need
+        return self.inner.score(batch, need_logprob=need)
 
 
 def test_model_surprise_is_a_function_of_the_events_not_of_timers(artifact: Any, scorer: Any, pseud: Any) -> None:
@@ -161,21 +166,65 @@ def test_model_surprise_is_a_function_of_the_events_not_of_timers(artifact: Any,
     uf = {"surprise_min_events": 5, "surprise_every": 10, "surprise_factor": 0.01, "cooldown_ms": 1,
           "velocity_max_events": 10**6, "regular_min_gaps": 1000}  # fmt: skip
     runs = {}
+    full_calls: dict[str, int] = {}
     for name, interval, lag in (("no debounce", 0, 0), ("timers on time", 60_000, 0),
                                 ("watermark 10 min late", 60_000, 600_000), ("timers never fire", 10**12, None)):
         counting = _CountingScorer(scorer)
         op = UserOperator(artifact, conf_with(user_fraud=uf, debounce={"interval_ms": interval}), pseud, counting)
         flags, lists = _flink_like(op, events, lag)
         runs[name] = ([(f["flag_id"], f["event_id"], f["evidence"]) for f in flags], lists, counting.calls)
+        full_calls[name] = counting.full_calls
     expected_ids = ["e9", "e19", "e29", "e39"]  # every 10th event of the user
     for name, (flags, _, _) in runs.items():
         assert [f[1] for f in flags] == expected_ids, name
         assert flags == runs["no debounce"][0], name  # same ids, same numbers
+        assert full_calls[name] == len(expected_ids), name  # the full graph runs for the judged events only
     assert runs["no debounce"][1] > runs["timers on time"][1] > runs["timers never fire"][1] == 1  # lists differ
     # cost: the only list of "timers never fire" is a cold start (no model): the model runs for the 4 checks only;
     # without debounce every list after the first calls the model and the checks reuse those calls
     assert runs["timers never fire"][2] == len(expected_ids)
     assert runs["no debounce"][2] == len(events) - 1
+
+
+def test_lists_and_flags_do_not_depend_on_which_graph_scored_them(artifact: Any, scorer: Any, pseud: Any) -> None:
+    """The operator with the fast graph for lists the surprise detector does not judge gives the very lists and flags
+    it gives when every call runs the full graph (as before the fast graph existed)."""
+    from operators.user import UserOperator
+
+    its = [artifact.item_id(i) for i in range(artifact.n_items)]
+    rng = np.random.default_rng(9)
+    events = []
+    for u in range(6):
+        ts = T0 + np.cumsum(rng.integers(1_000, 200_000, 60))
+        picks = rng.integers(0, len(its), 60)
+        types = rng.choice(["view", "click", "cart", "purchase"], 60)
+        events += [ev(u * 100 + i, its[int(picks[i])], int(ts[i]), str(types[i]), user=f"u{u}") for i in range(60)]
+    events.sort(key=lambda e: e.ts)
+    uf = {"surprise_min_events": 5, "surprise_every": 7, "surprise_factor": 0.9, "cooldown_ms": 1}
+    out = {}
+    for always_full in (False, True):
+        counting = _CountingScorer(scorer, always_full=always_full)
+        op = UserOperator(artifact, conf_with(user_fraud=uf, debounce={"interval_ms": 60_000}), pseud, counting)
+        states: dict[str, bytes | None] = {}
+        recs, flags = [], []
+        for e in events:
+            r = op.step(states.get(e.user_id), e)
+            states[e.user_id] = r.state
+            recs += r.recommendations
+            flags += r.fraud_flags
+            if r.timer_ts is not None:  # fire at once: exercises the timer path too
+                t = op.on_timer(r.state, r.timer_ts)
+                states[e.user_id] = t.state
+                recs += t.recommendations
+        out[always_full] = (recs, flags, counting.calls, counting.full_calls)
+    (recs, flags, calls, full), (recs_ref, flags_ref, calls_ref, _) = out[False], out[True]
+    assert calls == calls_ref and 0 < full < calls / 3  # same calls; most of them by the fast graph
+    assert [f["flag_id"] for f in flags] == [f["flag_id"] for f in flags_ref] and any(
+        f["detector"] == fraud.SURPRISE for f in flags)  # fmt: skip
+    assert len(recs) == len(recs_ref) > 100
+    for a, b in zip(recs, recs_ref, strict=True):
+        assert a["items"] == b["items"] and a["rec_id"] == b["rec_id"] and a["source"] == b["source"]
+        assert np.allclose(a["scores"], b["scores"], atol=1e-5, rtol=0)
 
 
 def _key(user: str) -> str:
