@@ -70,9 +70,12 @@ class JobConf:
     parallelism: int = 1  # operator parallelism
     execution_mode: str = "process"  # python.execution-mode
     model_store: str = ".state/models"  # where `streamrec model publish` copies artefacts (workers read them here)
-    python_workers: str = "loopback"  # minicluster: loopback (one Python process) | process (one per operator)
+    python_workers: str = "auto"  # minicluster: loopback (one Python process) | process (one per operator) | auto
     bundle_size: int = 1000  # python.fn-execution.bundle.size
     bundle_time_ms: int = 1000  # python.fn-execution.bundle.time
+    state_cache_size: int = 100_000  # python.state.cache-size: keyed states cached per Python worker
+    python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
+    object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model
     scorer_threads: int = 1  # onnxruntime intra-op threads
@@ -86,6 +89,13 @@ class JobConf:
     state: StateConf = field(default_factory=StateConf)
     kafka_sink: KafkaSinkConf = field(default_factory=KafkaSinkConf)
     cassandra_sink: CassandraSinkConf = field(default_factory=CassandraSinkConf)
+
+    def worker_mode(self) -> str:
+        """The minicluster's Python worker mode: `python_workers`, with auto = loopback at parallelism 1 (one
+        process, fastest start-up) and process above (one worker process per operator instance: more than one core)."""
+        if self.python_workers == "auto":
+            return "loopback" if self.parallelism <= 1 else "process"
+        return self.python_workers
 
     def path(self, p: str) -> Path:
         """A config path made absolute against the repo root."""

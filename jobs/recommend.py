@@ -92,6 +92,9 @@ def flink_configuration(job: Any) -> Any:
     conf.set_string("pipeline.name", job.job_name)
     conf.set_string("python.fn-execution.bundle.size", str(job.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(job.bundle_time_ms))
+    conf.set_string("python.state.cache-size", str(job.state_cache_size))
+    conf.set_string("python.metric.enabled", str(job.python_metrics).lower())
+    conf.set_string("pipeline.object-reuse", str(job.object_reuse).lower())
     return conf
 
 
@@ -190,12 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pseudonymizer = Pseudonymizer.from_env(allow_dev_key=operators_conf.privacy.allow_dev_key)
     svc = services()
 
-    if job.python_workers not in ("loopback", "process"):
-        raise SystemExit(f"python_workers must be loopback or process, not {job.python_workers!r}")
+    if job.python_workers not in ("auto", "loopback", "process"):
+        raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
     # Read by PyFlink when the environment opens. Unset, the minicluster runs every Python operator inside this
     # process (loopback) and a cluster starts Python worker processes; "process" forces the latter everywhere
     # (setting "loopback" explicitly would make `flink run` on a cluster fail, so it is left unset).
-    if job.python_workers == "process":
+    if job.worker_mode() == "process":
         os.environ["_python_worker_execution_mode"] = "process"  # noqa: SIM112 - PyFlink reads this exact name
     conf = flink_configuration(job)
     if args.from_checkpoint:

@@ -62,7 +62,9 @@ def register(sub: Any) -> None:
     p.add_argument("--conf", default="local.yaml", help="job config (default conf/local.yaml)")
     p.add_argument("--operators-conf", default="operators.yaml")
     p.add_argument("--parallelism", default="1,2", help="comma-separated parallelisms (default 1,2)")
-    p.add_argument("--rates", default="1000,5000,max", help="offered rates, events/s; 'max' = pre-produced backlog")
+    p.add_argument("--rates", default="100,1000,5000,max",
+                   help="offered rates, events/s; 'max' = pre-produced backlog (100/s: a rate the job keeps up with, "
+                        "so its latency is not a backlog's)")
     p.add_argument("--systems", default="job,consumer", help="which systems to run end to end")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: e2e,profile,scorer,catalogue,growth")
     p.add_argument("--window-s", type=float, default=0, help="override the end-to-end window per phase")
@@ -116,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     work = REPO_ROOT / ".state" / "bench" / "runs" / stamp
     work.mkdir(parents=True, exist_ok=True)
     argv = ["streamrec", "bench"] + (["--quick"] if args.quick else [])
-    for flag, val, default in (("--parallelism", args.parallelism, "1,2"), ("--rates", args.rates, "1000,5000,max"),
+    for flag, val, default in (("--parallelism", args.parallelism, "1,2"), ("--rates", args.rates, "100,1000,5000,max"),
                                ("--systems", args.systems, "job,consumer"), ("--skip", args.skip, ""),
                                ("--conf", args.conf, "local.yaml")):  # fmt: skip
         if val != default:

@@ -56,7 +56,8 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
     def us(precision: str) -> float | None:
         for r in scorer.get("grid", []):
-            if r["model"] == served and r["precision"] == precision and r["batch"] == 1:
+            if (r["model"] == served and r["precision"] == precision and r["batch"] == 1
+                    and r.get("graph", "topk") == "topk"):
                 return r.get("us_per_event")
         return None
 
@@ -168,8 +169,9 @@ def plot_throughput(result: dict[str, Any], path: Path) -> Path | None:
     x = np.arange(len(labels))
     fig, ax = _figure("End-to-end sustained throughput: Flink job vs plain Python consumer",
                       "Setup: " + setup_text(result, **_e2e_setup(result), parallelism="1 and 2 (x axis)",
-                                             offered_rate="1,000 / 5,000 events/s paced, or max (pre-produced "
-                                                          "backlog)") +
+                                             offered_rate=" / ".join(f"{r:,.0f}" for r in sorted(
+                                                 {x[1] for x in labels if x[1]})) + " events/s paced (x axis), "
+                                                 "or max (pre-produced backlog)") +
                       ". Events/s = slope of processing progress (newest event whose recommendation appeared, per "
                       "partition); dashes: offered rate.")  # fmt: skip
     for k, (system, color) in enumerate((("job", "#1f77b4"), ("consumer", "#ff7f0e"))):
@@ -263,11 +265,16 @@ def plot_scorer(result: dict[str, Any], path: Path) -> Path | None:
                                              model=sc.get("shape", "?"), catalogue="per line",
                                              offered_rate="n/a (closed loop)", history=f"{sc.get('history')} events") +
                       ". Synthetic catalogues: random untrained weights (timing only). Missing points: skipped for "
-                      "memory (see the table).")
+                      "memory (see the table). Solid markers: the fast graph (last position: every list); x, faded: "
+                      "the full graph (all positions' next-item log-probs: only events the surprise detector judges).")
     for (model, prec), color_style in _series_styles(grid).items():
-        pts = sorted((r["batch"], r["us_per_event"]) for r in grid if r["model"] == model and r["precision"] == prec)
-        ax.plot([b for b, _ in pts], [u for _, u in pts], color_style[1], color=color_style[0], marker="o",
-                label=f"{model} {prec}")
+        for graph, marker, alpha in (("topk", "o", 1.0), ("full", "x", 0.45)):
+            pts = sorted((r["batch"], r["us_per_event"]) for r in grid if r["model"] == model
+                         and r["precision"] == prec and r.get("graph", "topk") == graph)  # fmt: skip
+            if pts:
+                ax.plot([b for b, _ in pts], [u for _, u in pts], color_style[1], color=color_style[0],
+                        marker=marker, alpha=alpha, label=f"{model} {prec}" + (" full graph" if graph == "full"
+                                                                               else ""))  # fmt: skip
     ax.set_xscale("log", base=2)
     batches = sorted({r["batch"] for r in grid})
     ax.set_xticks(batches, [str(b) for b in batches])
@@ -444,8 +451,9 @@ def _findings(result: dict[str, Any]) -> list[str]:
         jc = [ph["cpu_cores"].get("system_under_test", 0) for ph in jobs if ph.get("cpu_cores")]
         cc = [ph["cpu_cores"].get("system_under_test", 0) for ph in cons if ph.get("cpu_cores")]
         workers = result.get("e2e", {}).get("job_conf", {}).get("python_workers")
-        why = (" (`python_workers: loopback`: one Python process runs every Python operator)"
-               if workers == "loopback" else "")
+        why = {"loopback": " (`python_workers: loopback`: one Python process runs every Python operator)",
+               "auto": " (`python_workers: auto`: one Python process runs every Python operator at p=1, one worker "
+                       "process per operator instance at p=2)"}.get(str(workers), "")
         out.append(f"CPU per processed event: job {cpu_us(jobs)} µs, plain consumer {cpu_us(cons)} µs. The job's "
                    f"processes used {min(jc):.2f}–{max(jc):.2f} cores at parallelism 1 and 2{why}; the consumer's "
                    f"{min(cc):.2f}–{max(cc):.2f} (one single-threaded process per unit of parallelism, on a machine "
@@ -481,7 +489,9 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
         return ["## End to end", "", "Not run" + (f": {e['skipped']}" if e.get("skipped") else "."), ""]
     out = ["## End to end: the Flink job vs a plain Python consumer", ""]
     jc = e.get("job_conf", {})
-    knobs = ", ".join(f"{k} {jc[k]}" for k in ("python_workers", "bundle_size", "bundle_time_ms") if k in jc)
+    knob_names = ("python_workers", "bundle_size", "bundle_time_ms", "state_cache_size", "python_metrics",
+                  "object_reuse")
+    knobs = ", ".join(f"{k} {jc[k]}" for k in knob_names if k in jc)
     out += [f"Model: {e.get('model_desc', '?')}. Job: `python -m jobs.recommend --conf {e.get('conf')}` on the Flink "
             f"minicluster, execution mode `{e.get('execution_mode')}`" + (f" ({knobs})" if knobs else "") +
             f", checkpoints every {e.get('checkpoint_ms')} ms, state backend "
@@ -622,22 +632,26 @@ def _notes_scorer(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
     batches = sorted({r["batch"] for r in s["grid"]})
     models = list(dict.fromkeys((r["model"], r["n_items"]) for r in s["grid"]))
     rows = []
+    graphs = list(dict.fromkeys(r.get("graph", "topk") for r in s["grid"]))
     for model, n in models:
-        for prec in ("fp32", "int8"):
-            row: list[Any] = [model, f"{n:,}", prec]
-            for b in batches:
-                r = next((r for r in s["grid"] if r["model"] == model and r["precision"] == prec
-                          and r["batch"] == b), None)  # fmt: skip
-                row.append("skipped" if r and r.get("skipped") else _fmt((r or {}).get("us_per_event"), "", 0))
-            rows.append(row)
-    out += [_table(["model", "items", "precision", *[f"batch {b} µs/event" for b in batches]], rows), ""]
+        for graph in graphs:
+            for prec in ("fp32", "int8"):
+                row: list[Any] = [model, f"{n:,}", graph, prec]
+                for b in batches:
+                    r = next((r for r in s["grid"] if r["model"] == model and r["precision"] == prec
+                              and r["batch"] == b and r.get("graph", "topk") == graph), None)  # fmt: skip
+                    row.append("skipped" if r and r.get("skipped") else _fmt((r or {}).get("us_per_event"), "", 0))
+                rows.append(row)
+    out += [_table(["model", "items", "graph", "precision", *[f"batch {b} µs/event" for b in batches]], rows), ""]
     skipped = [r for r in s["grid"] if r.get("skipped")]
     if skipped:
         out += ["Skipped: " + "; ".join(f"{r['model']} {r['precision']} batch {r['batch']}: {r['skipped']}"
                                         for r in skipped) + ".", ""]  # fmt: skip
-    out += ["Batching does not amortise much here: the graph scores every history position against the whole "
-            "catalogue (for the next-item log-probabilities the surprise detector uses), so its cost is "
-            "B × L × N and grows with the catalogue, not per call.", ""]
+    out += ["Two graphs of the same model (`model_export/sasrec.py` `ServingGraph`): *topk* (model.topk.onnx) scores "
+            "the last position only, B × N work, and serves every list; *full* (model.onnx) also scores every "
+            "history position for the next-item log-probabilities the surprise detector uses (B × L × N), and runs "
+            "only for the events that detector judges (every `surprise_every`-th event of a user, 1 in 20 by "
+            "default). The headline `scorer_us_*_b1` are the topk graph's.", ""]
     out += _img(figures, "scorer")
     return out
 

@@ -65,3 +65,14 @@ def test_shipped_services_config_loads() -> None:
     c = config.load(ServicesConf, config.CONF_DIR / "services.yaml", env={})
     assert c.kafka.bootstrap == f"{c.kafka.host}:{c.kafka.port}"
     assert "events" in c.kafka.topics
+
+
+@pytest.mark.parametrize(("workers", "parallelism", "mode"), [
+    ("auto", 1, "loopback"), ("auto", 2, "process"), ("loopback", 2, "loopback"), ("process", 1, "process")])
+def test_python_worker_mode(monkeypatch: pytest.MonkeyPatch, workers: str, parallelism: int, mode: str) -> None:
+    from jobs.config import load_job_conf
+
+    monkeypatch.setenv("STREAMREC_JOB_PYTHON_WORKERS", workers)
+    monkeypatch.setenv("STREAMREC_JOB_PARALLELISM", str(parallelism))
+    assert load_job_conf("local.yaml").worker_mode() == mode
+
