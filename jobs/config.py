@@ -23,6 +23,7 @@ class Topics:
 class Watermark:
     out_of_orderness_ms: int = 5000  # bounded out-of-orderness of event time
     idleness_ms: int = 10000  # idle partitions stop holding the watermark after this
+    interval_ms: int = 1000  # pipeline.auto-watermark-interval: how often sources emit watermarks
 
 
 @dataclass(frozen=True)
