@@ -77,6 +77,7 @@ class JobConf:
     state_cache_size: int = 100_000  # python.state.cache-size: keyed states cached per Python worker
     python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
+    buffer_timeout_ms: int = 100  # execution.buffer-timeout.interval: network buffers flushed at least this often
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model
     scorer_threads: int = 1  # onnxruntime intra-op threads

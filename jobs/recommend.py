@@ -96,6 +96,7 @@ def flink_configuration(job: Any) -> Any:
     conf.set_string("python.state.cache-size", str(job.state_cache_size))
     conf.set_string("python.metric.enabled", str(job.python_metrics).lower())
     conf.set_string("pipeline.object-reuse", str(job.object_reuse).lower())
+    conf.set_string("execution.buffer-timeout.interval", f"{job.buffer_timeout_ms} ms")
     return conf
 
 

@@ -121,6 +121,13 @@ def load(cls: type[T], path: str | Path, prefix: str = "STREAMREC", env: Mapping
     p = Path(path)
     if not p.is_absolute() and not p.exists():
         p = CONF_DIR / p
+    raw = _read(p, ())
+    merged = _merge(raw, _env_overrides(cls, prefix, os.environ if env is None else env))
+    return _build(cls, merged, str(p))
+
+
+def _read(p: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """One YAML mapping; a top-level `base: other.yaml` (next to it) is read first and overridden key by key."""
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except FileNotFoundError as e:
@@ -129,8 +136,16 @@ def load(cls: type[T], path: str | Path, prefix: str = "STREAMREC", env: Mapping
         raise ConfigError(f"{p}: invalid YAML: {e}") from e
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{p}: top level must be a mapping")
-    merged = _merge(raw, _env_overrides(cls, prefix, os.environ if env is None else env))
-    return _build(cls, merged, str(p))
+    raw = dict(raw)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p}: base must be a file name, not {base!r}")
+    bp = p.parent / base
+    if bp.resolve() in seen or bp.resolve() == p.resolve():
+        raise ConfigError(f"{p}: base {base!r} includes itself")
+    return _merge(_read(bp, (*seen, p.resolve())), raw)
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "<mapping>") -> T:

@@ -66,6 +66,10 @@ def register(sub: Any) -> None:
                    help="offered rates, events/s; 'max' = pre-produced backlog (100/s: a rate the job keeps up with, "
                         "so its latency is not a backlog's)")
     p.add_argument("--systems", default="job,consumer", help="which systems to run end to end")
+    p.add_argument("--latency-conf", default="low-latency.yaml",
+                   help="after the end-to-end phases, the job again with this config at --latency-rates, "
+                        "parallelism 1 ('' = skip)")
+    p.add_argument("--latency-rates", default="100,1000", help="offered rates of the --latency-conf phases")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: e2e,profile,scorer,catalogue,growth")
     p.add_argument("--window-s", type=float, default=0, help="override the end-to-end window per phase")
     p.add_argument("--scorer-max-gb", type=float, default=4.0,
@@ -120,7 +124,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     argv = ["streamrec", "bench"] + (["--quick"] if args.quick else [])
     for flag, val, default in (("--parallelism", args.parallelism, "1,2"), ("--rates", args.rates, "100,1000,5000,max"),
                                ("--systems", args.systems, "job,consumer"), ("--skip", args.skip, ""),
-                               ("--conf", args.conf, "local.yaml")):  # fmt: skip
+                               ("--conf", args.conf, "local.yaml"),
+                               ("--latency-conf", args.latency_conf, "low-latency.yaml"),
+                               ("--latency-rates", args.latency_rates, "100,1000")):  # fmt: skip
         if val != default:
             argv += [flag, val]
     result: dict[str, Any] = {"stamp": stamp, "mode": "quick" if args.quick else "full", "command": " ".join(argv),
@@ -185,6 +191,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              + (f", ERROR {ph['error']}" if ph.get("error") else ""))  # fmt: skip
                         if ph.get("error"):
                             e2e_res["errors"].append(f"{ph['label']}: {ph['error']}")
+            if args.latency_conf and "job" in systems:
+                default_conf = runner.conf
+                runner.conf = args.latency_conf
+                try:
+                    for rate in [float(r) for r in args.latency_rates.split(",") if r.strip()]:
+                        _say(f"end to end: job with {args.latency_conf}, p=1 {rate:,.0f} events/s ...")
+                        ph = runner.run_phase("job", 1, rate, workload)
+                        ph["system"], ph["conf"] = f"job ({args.latency_conf})", args.latency_conf
+                        ph["label"] = f"job[{args.latency_conf}]-p1-{int(rate)}eps"
+                        e2e_res["phases"].append(ph)
+                        lat = ph.get("latency_ms", {}).get("read_committed", {})
+                        _say(f"  → processed {ph.get('throughput_eps') or 0:,.0f} events/s, kept up: "
+                             f"{ph.get('caught_up')}, p50 {lat.get('p50')} / p99 {lat.get('p99')} ms (n={lat.get('n')})"
+                             + (f", ERROR {ph['error']}" if ph.get("error") else ""))  # fmt: skip
+                        if ph.get("error"):
+                            e2e_res["errors"].append(f"{ph['label']}: {ph['error']}")
+                finally:
+                    runner.conf = default_conf
+                e2e_res["latency_conf"] = args.latency_conf
             result["durations_s"]["e2e"] = time.monotonic() - t0
         elif "e2e" in skip:
             e2e_res["skipped"] = "--skip e2e"

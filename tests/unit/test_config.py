@@ -76,3 +76,26 @@ def test_python_worker_mode(monkeypatch: pytest.MonkeyPatch, workers: str, paral
     monkeypatch.setenv("STREAMREC_JOB_PARALLELISM", str(parallelism))
     assert load_job_conf("local.yaml").worker_mode() == mode
 
+
+
+def test_base_file_is_read_first_and_overridden(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\ntags: [x]\ninner: {port: 1, ratio: 0.25}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ninner: {port: 2}\n")
+    got = config.load(Outer, tmp_path / "b.yaml", env={})
+    assert (got.name, got.tags, got.inner.port, got.inner.ratio) == ("a", ("x",), 2, 0.25)
+
+
+def test_base_cycle_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(config.ConfigError, match="includes itself"):
+        config.load(Outer, tmp_path / "a.yaml", env={})
+
+
+def test_low_latency_profile_overrides_local() -> None:
+    from jobs.config import load_job_conf
+
+    local, low = load_job_conf("local.yaml"), load_job_conf("low-latency.yaml")
+    assert low.kafka_sink.delivery == "AT_LEAST_ONCE" != local.kafka_sink.delivery
+    assert low.bundle_time_ms < local.bundle_time_ms
+    assert (low.topics, low.model_dir, low.state) == (local.topics, local.model_dir, local.state)
