@@ -104,7 +104,7 @@ class SASRec(nn.Module):
         b = 1 + (gap.unsqueeze(-1) >= self.gap_thresholds).sum(-1)  # (B, L-1)
         has_prev = valid[:, 1:] & valid[:, :-1]
         b = torch.where(has_prev, b, torch.zeros_like(b))
-        return torch.cat([torch.zeros_like(b[:, :1]), b], dim=1)  # (B, L)
+        return torch.cat([torch.zeros_like(ts[:, :1]), b], dim=1)  # (B, L)
 
     def encode(self, items: torch.Tensor, types: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """items/types/ts (B, L), left-padded -> hidden states (B, L, d) after the final LayerNorm."""
