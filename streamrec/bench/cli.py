@@ -388,9 +388,14 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
         "The job is measured as configured in conf/local.yaml (process mode, exactly-once Kafka sink, Cassandra "
         "sink on, checkpoint interval as stated), with only topics, group, keyspace, model dir, pseudonym key and "
         "parallelism overridden.",
-        f"Windows are short in --quick ({plan.window_s:.0f} s per phase): throughput is a slope over that window "
-        "after the first output, latency percentiles cover what was processed in it.",
+        f"Windows are {plan.window_s:.0f} s per phase" + (" (short: --quick)" if result.get("mode") == "quick" else "")
+        + ": throughput is a slope over that window after the first output, latency percentiles cover what was "
+        "processed in it.",
+        f"After the main phases the job runs again with {result.get('e2e', {}).get('latency_conf')} (parallelism 1; "
+        "rows marked with it): the same code with at-least-once Kafka outputs and short Python bundles."
+        if result.get("e2e", {}).get("latency_conf") else "",
     ]
+    notes = [n for n in notes if n]
     if any(not ph.get("balanced", True) for ph in result.get("e2e", {}).get("phases", [])):
         notes.append("At least one consumer phase ended with a process without partitions (the group did not "
                      "rebalance in time); its throughput is that of fewer processes.")

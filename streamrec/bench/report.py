@@ -69,6 +69,10 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "e2e_max_eps": max((v for v in job_max.values() if v), default=None),
         "e2e_p99_ms_at_5k": min(measured_p99) if measured_p99 else None,
+        # the job fell behind in the phase that gave it: events it never reached are not counted (p99 only grows)
+        "e2e_p99_ms_at_5k_is_lower_bound": any(
+            _p99(ph) == min(measured_p99) and ph.get("latency_ms", {}).get("read_committed", {}).get("lower_bound")
+            for ph in at5k) if measured_p99 else None,
         "consumer_max_eps": max((v for v in con_max.values() if v), default=None),
         "ratio_vs_consumer": min(ratios.values()) if ratios else None,
         "state_bytes_per_user_p50": state.get("p50"),
@@ -394,7 +398,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
          "yes" if e["met"] else "**no**",
          f"{(e['fraction_of_target'] or 0) * 100:.1f} % of target" if e["measured"] else "not measured"],
         ["job p99 latency at 5,000 events/s offered", "≤ 100 ms", _p99_text(h), "yes" if p99["met"] else "**no**",
-         f"{p99['times_over_target']}× the target" if p99["measured"] else (
+         ("≥ " if h.get("e2e_p99_ms_at_5k_is_lower_bound") else "") + f"{p99['times_over_target']}× the target"
+         if p99["measured"] else (
              f"> {h['e2e_p99_ms_at_5k_lower_bound'] / TARGET_P99_MS_AT_5K:,.0f}× the target"
              if h.get("e2e_p99_ms_at_5k_lower_bound") else "–")],
         ["job / plain consumer at equal processes", "≥ 2×", _fmt(ratio["measured"], "×", 2),
@@ -416,6 +421,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
 
 def _p99_text(h: dict[str, Any]) -> str:
     if h["e2e_p99_ms_at_5k"] is not None:
+        if h.get("e2e_p99_ms_at_5k_is_lower_bound"):
+            return "≥ " + _fmt(h["e2e_p99_ms_at_5k"], " ms") + " (lower bound: the job fell behind the offered rate)"
         return _fmt(h["e2e_p99_ms_at_5k"], " ms")
     if h.get("e2e_p99_ms_at_5k_lower_bound"):
         unc = h.get("e2e_p99_ms_at_5k_read_uncommitted")
@@ -436,12 +443,17 @@ def _findings(result: dict[str, Any]) -> list[str]:
                                                          "none (neither system kept up in any phase)") + ".")
     stuck = [ph for ph in jobs if not ph.get("committed_eps")]
     seen = [ph for ph in jobs if (ph.get("recommendations_seen") or {}).get("read_committed")]
-    if jobs:
+    if jobs and (stuck or len(seen) < len(jobs)):
         out.append(f"Read committed, the job's recommendations appeared in only {len(seen)} of {len(jobs)} phases "
                    f"within the window, and its group offsets did not advance in {len(stuck)} of them: the "
                    "exactly-once Kafka sink publishes when a checkpoint completes, and under backpressure the "
                    "checkpoint barriers queue behind the backlog, so checkpoints complete late or not at all. Read "
                    "uncommitted, its outputs appear in bursts every few seconds (see the progress plot).")
+    elif jobs:
+        out.append("Read committed, the job's recommendations appeared in every phase, but only as checkpoints "
+                   "complete (the exactly-once Kafka sink commits its transaction then): even at a rate it keeps up "
+                   "with, a reader waits up to the checkpoint interval plus the checkpoint's own duration; read "
+                   "uncommitted adds the Python bundle time of each Python operator the event crosses.")
 
     def cpu_us(rows: list[dict[str, Any]]) -> str:
         v = sorted(1e6 / ph["events_per_core_second"] for ph in rows if ph.get("events_per_core_second"))
