@@ -11,17 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.onnx_io import (  # noqa: F401  (re-exported; torch-free home)
-    INPUT_NAMES,
-    INT8_FILE,
-    MODEL_FILE,
-    OUTPUT_NAMES,
-    TOPK_FILE,
-    TOPK_INT8_FILE,
-    TOPK_OUTPUT_NAMES,
-    OnnxScorer,
-    weights_hash,
-)
+from model_export.onnx_io import INPUT_NAMES, INT8_FILE, MODEL_FILE, TOPK_FILE, TOPK_INT8_FILE, OnnxScorer, weights_hash  # noqa: F401  (re-exported; torch-free home)
 from model_export.sasrec import ServingGraph
 
 

@@ -27,8 +27,9 @@ from model_export.dataset import (
     make_split,
     user_sequences,
 )
-from model_export.export import TOPK_FILE, TOPK_INT8_FILE, OnnxScorer, example_inputs, export_graphs
+from model_export.export import OnnxScorer, example_inputs, export_graphs
 from model_export.metrics import Result, ScoreFn, evaluate, ranks_full, sample_negatives, summarise
+from model_export.onnx_io import TOPK_FILE, TOPK_INT8_FILE
 from model_export.sasrec import KNNScorer, SASRec, ServingGraph
 from model_export.train import sasrec_logp, train_sasrec
 

@@ -67,7 +67,6 @@ class Scorer:
         self.session = open_session(artifact.int8_path if int8 else artifact.model_path, _WANT_FULL)
         topk = artifact.topk_int8_path if int8 else artifact.topk_path
         self.topk_session: Any = open_session(topk, _WANT_TOPK) if topk is not None else None
-        self.output_names = [o["name"] for o in artifact.outputs]
         self.n_items = artifact.n_items
         self.pad = artifact.pad_index
         self.unk = artifact.unknown_index

@@ -36,14 +36,16 @@ def percentile(values: list[float], q: float) -> float | None:
 def ensure_model(model_dir: Path, events: int, epochs: int, say: Any) -> None:
     """Train a small model into `model_dir` unless it holds one with both graphs (an artefact written before the
     fast graph model.topk.onnx existed is replaced)."""
-    if (model_dir / "model.onnx").exists() and (model_dir / "model.topk.onnx").exists():
+    from model_export.onnx_io import MODEL_FILE, TOPK_FILE
+
+    if (model_dir / MODEL_FILE).exists() and (model_dir / TOPK_FILE).exists():
         say(f"model: using {model_dir}")
         return
     from streamrec.cli import main
     from streamrec.data import simulator
 
     train_dir = REPO_ROOT / ".state" / "demo" / "train"
-    what = "an old one without the fast graph (model.topk.onnx)" if (model_dir / "model.onnx").exists() else "none"
+    what = f"an old one without the fast graph ({TOPK_FILE})" if (model_dir / MODEL_FILE).exists() else "none"
     say(f"model: {what} at {model_dir}; simulating {events:,} training events and training ({epochs} epochs) ...")
     conf = simulator.with_overrides(simulator.load_conf(), events=events, seed=1)
     simulator.write_outputs(simulator.simulate(conf), train_dir)

@@ -124,7 +124,9 @@ def model_size(model_dir: Path) -> dict[str, Any]:
     graph's (the fast graph has the same weights), and the fast graph's file sizes (None without one)."""
     import onnx
 
-    m = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    from model_export.onnx_io import INT8_FILE, MODEL_FILE, TOPK_FILE, TOPK_INT8_FILE
+
+    m = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)
     params = 0
     knn_params = 0
     for init in m.graph.initializer:
@@ -133,9 +135,9 @@ def model_size(model_dir: Path) -> dict[str, Any]:
         if "nbr" in init.name or init.data_type == onnx.TensorProto.INT64:
             knn_params += n
     doc = json.loads((model_dir / "config.json").read_text())
-    fp32 = (model_dir / "model.onnx").stat().st_size
-    int8 = (model_dir / "model.int8.onnx").stat().st_size
-    topk_fp32, topk_int8 = (model_dir / "model.topk.onnx"), (model_dir / "model.topk.int8.onnx")
+    fp32 = (model_dir / MODEL_FILE).stat().st_size
+    int8 = (model_dir / INT8_FILE).stat().st_size
+    topk_fp32, topk_int8 = model_dir / TOPK_FILE, model_dir / TOPK_INT8_FILE
     return {
         "n_items": int(doc["n_items"]),
         "dim": int(doc["dim"]),
