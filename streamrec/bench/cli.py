@@ -177,39 +177,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
             t0 = time.monotonic()
             if 0.0 in rates:
                 e2e_res["backlog"] = runner.prepare_backlog(workload)
-            for p in pars:
-                for rate in rates:
-                    for system in systems:
-                        what = f"{system} p={p} " + (f"{rate:,.0f} events/s" if rate else "max (backlog)")
-                        _say(f"end to end: {what} ...")
-                        ph = runner.run_phase(system, p, rate, workload)
-                        e2e_res["phases"].append(ph)
-                        lat = ph.get("latency_ms", {}).get("read_committed", {})
-                        _say(f"  → processed {ph.get('throughput_eps') or 0:,.0f} events/s, committed "
-                             f"{ph.get('committed_eps') or 0:,.0f}/s, kept up: {ph.get('caught_up')}, p99 "
-                             f"{lat.get('p99')} ms (n={lat.get('n')}), start-up {ph.get('startup_s')} s"
-                             + (f", ERROR {ph['error']}" if ph.get("error") else ""))  # fmt: skip
-                        if ph.get("error"):
-                            e2e_res["errors"].append(f"{ph['label']}: {ph['error']}")
-            if args.latency_conf and "job" in systems:
-                default_conf = runner.conf
-                runner.conf = args.latency_conf
-                try:
-                    for rate in [float(r) for r in args.latency_rates.split(",") if r.strip()]:
-                        _say(f"end to end: job with {args.latency_conf}, p=1 {rate:,.0f} events/s ...")
-                        ph = runner.run_phase("job", 1, rate, workload)
-                        ph["system"], ph["conf"] = f"job ({args.latency_conf})", args.latency_conf
-                        ph["label"] = f"job[{args.latency_conf}]-p1-{int(rate)}eps"
-                        e2e_res["phases"].append(ph)
-                        lat = ph.get("latency_ms", {}).get("read_committed", {})
-                        _say(f"  → processed {ph.get('throughput_eps') or 0:,.0f} events/s, kept up: "
-                             f"{ph.get('caught_up')}, p50 {lat.get('p50')} / p99 {lat.get('p99')} ms (n={lat.get('n')})"
-                             + (f", ERROR {ph['error']}" if ph.get("error") else ""))  # fmt: skip
-                        if ph.get("error"):
-                            e2e_res["errors"].append(f"{ph['label']}: {ph['error']}")
-                finally:
-                    runner.conf = default_conf
+            runs: list[tuple[str, int, float, str | None]] = [
+                (system, p, rate, None) for p in pars for rate in rates for system in systems]
+            if args.latency_conf and "job" in systems:  # the job again with the latency profile, parallelism 1
+                runs += [("job", 1, float(r), args.latency_conf) for r in args.latency_rates.split(",") if r.strip()]
                 e2e_res["latency_conf"] = args.latency_conf
+            for system, p, rate, conf in runs:
+                what = (f"{system}" + (f" with {conf}" if conf else "") + f" p={p} "
+                        + (f"{rate:,.0f} events/s" if rate else "max (backlog)"))  # fmt: skip
+                _say(f"end to end: {what} ...")
+                ph = runner.run_phase(system, p, rate, workload, conf=conf)
+                e2e_res["phases"].append(ph)
+                lat = ph.get("latency_ms", {}).get("read_committed", {})
+                _say(f"  → processed {ph.get('throughput_eps') or 0:,.0f} events/s, committed "
+                     f"{ph.get('committed_eps') or 0:,.0f}/s, kept up: {ph.get('caught_up')}, p50 / p99 "
+                     f"{lat.get('p50')} / {lat.get('p99')} ms (n={lat.get('n')}), start-up {ph.get('startup_s')} s"
+                     + (f", ERROR {ph['error']}" if ph.get("error") else ""))  # fmt: skip
+                if ph.get("error"):
+                    e2e_res["errors"].append(f"{ph['label']}: {ph['error']}")
             result["durations_s"]["e2e"] = time.monotonic() - t0
         elif "e2e" in skip:
             e2e_res["skipped"] = "--skip e2e"

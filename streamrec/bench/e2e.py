@@ -386,7 +386,8 @@ class E2E:
         })  # fmt: skip
         return env
 
-    def _start(self, system: str, parallelism: int, env: dict[str, str], tag: str) -> tuple[list[Any], list[Path]]:
+    def _start(self, system: str, parallelism: int, env: dict[str, str], tag: str,
+               conf: str) -> tuple[list[Any], list[Path]]:  # fmt: skip
         """Processes of the system under test (each in its own session, so it can be stopped as a group)."""
         from streamrec.jobcli import job_argv
 
@@ -395,13 +396,13 @@ class E2E:
         procs, stats = [], []
         if system == "job":
             log = open(logs_dir / f"{tag}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append(subprocess.Popen(job_argv(self.conf, self.operators_conf), cwd=REPO_ROOT, env=env,
+            procs.append(subprocess.Popen(job_argv(conf, self.operators_conf), cwd=REPO_ROOT, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
         else:
             for i in range(parallelism):
                 st = logs_dir / f"{tag}-{i}.stats.json"
                 log = open(logs_dir / f"{tag}-{i}.log", "wb")  # noqa: SIM115
-                argv = [sys.executable, "-m", "streamrec.bench.consumer", "--conf", self.conf,
+                argv = [sys.executable, "-m", "streamrec.bench.consumer", "--conf", conf,
                         "--operators-conf", self.operators_conf, "--stats", str(st)]  # fmt: skip
                 procs.append(subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))  # fmt: skip
@@ -432,10 +433,13 @@ class E2E:
 
     # ------------------------------------------------------------------ one phase
 
-    def run_phase(self, system: str, parallelism: int, rate: float, workload: Workload) -> dict[str, Any]:
-        """One bounded phase; `rate` 0 = max (the pre-produced backlog)."""
+    def run_phase(self, system: str, parallelism: int, rate: float, workload: Workload,
+                  conf: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """One bounded phase; `rate` 0 = max (the pre-produced backlog). `conf`: another config than the run's
+        (the phase is then reported as "<system> (<conf>)", apart from the comparison)."""
         b = self.budget
-        label = f"{system}-p{parallelism}-" + (f"{int(rate)}eps" if rate else "max")
+        label = f"{system}-{Path(conf).stem}" if conf else system
+        label += f"-p{parallelism}-" + (f"{int(rate)}eps" if rate else "max")
         tag = f"{label}-{uuid.uuid4().hex[:4]}"
         group = f"bench-{self.run_id}-{tag}"
         self.groups.append(group)
@@ -447,7 +451,8 @@ class E2E:
         else:
             assert self.backlog_topic is not None, "prepare_backlog first"
             topics["events"] = self.backlog_topic
-        result: dict[str, Any] = {"system": system, "parallelism": parallelism, "offered_rate": rate or None,
+        result: dict[str, Any] = {"system": f"{system} ({conf})" if conf else system, "conf": conf,
+                                  "parallelism": parallelism, "offered_rate": rate or None,
                                   "mode": "paced" if rate else "backlog", "label": label, "error": None}  # fmt: skip
         env = self._env(topics, group, parallelism)
         svc_pids = sysinfo.service_pids()
@@ -457,7 +462,7 @@ class E2E:
                                                       "read_uncommitted").start()  # fmt: skip
         sampler = OffsetSampler(self.bootstrap, group, topics["events"]).start()
         t_spawn = time.monotonic()
-        procs, stats_files = self._start(system, parallelism, env, tag)
+        procs, stats_files = self._start(system, parallelism, env, tag, conf or self.conf)
         sys_pids = [p.pid for p in procs]
         load_proc: list[Any] = []
         meter = sysinfo.CpuMeter({
