@@ -37,6 +37,13 @@ def test_progress_throughput_is_robust_to_bursts() -> None:
         assert progress_throughput(series, 0.0, t_to)["eps"] == pytest.approx(100.0, rel=0.25), t_to
 
 
+def test_progress_throughput_of_a_backlog_done_in_seconds() -> None:
+    # 600 events at 400/s: done 1.5 s after the first output; a 1 s grid would have too few points (was None)
+    series = [(10.0 + i / 400.0, i + 1) for i in range(600)]
+    assert progress_throughput(series, 10.0, series[-1][0])["eps"] == pytest.approx(400.0, rel=0.05)
+    assert progress_throughput(series, 10.0, 10.0)["eps"] is None  # no span, no rate
+
+
 def test_commit_throughput_is_the_window_average() -> None:
     samples = [(float(t), 500 * (t // 5)) for t in range(0, 31)]  # commits of 500 every 5 s
     tp = commit_throughput(samples, 5.0, 30.0)
