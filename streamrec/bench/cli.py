@@ -237,6 +237,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001
             result["scorer"]["skipped"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
+        _say("scorer memory (RSS of one Scorer, the two graphs' tables shared and not) ...")
+        try:
+            result["scorer"]["memory"] = micro.scorer_memory([("served", model_dir), *synth], _say)
+        except Exception as e:  # noqa: BLE001
+            result["scorer"]["memory_skipped"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
         result["durations_s"]["scorer"] = time.monotonic() - t0
         gc.collect()
 

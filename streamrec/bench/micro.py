@@ -434,12 +434,68 @@ def growth(templates: list[bytes], users: tuple[int, ...], work_dir: Path, say: 
     return rows
 
 
+def scorer_rss_child(model_dir: Path, int8: bool, share_tables: bool) -> dict[str, Any]:
+    """(In a fresh process.) Memory of one `Scorer` (both graphs' sessions) over an artefact: RSS after − before,
+    the artefact's numpy tables and onnxruntime's import already in the baseline."""
+    import onnxruntime  # noqa: F401 - the library itself is not the scorer's memory
+
+    from model_export.artifact import load_artifact
+    from operators.scorer import Scorer
+
+    art = load_artifact(model_dir, verify=False)
+    gc.collect()
+    before = _rss_kb()
+    t0 = time.perf_counter()
+    scorer = Scorer(art, int8=int8, threads=1, share_tables=share_tables)
+    load_s = time.perf_counter() - t0
+    gc.collect()
+    after = _rss_kb()
+    scorer.score(_requests(art, 1, 50, np.random.default_rng(0)))  # both sessions usable
+    scorer.score(_requests(art, 1, 50, np.random.default_rng(1)), need_logprob=True)
+    return {"rss_mb": round((after - before) / 1024, 1), "load_s": round(load_s, 2)}
+
+
+def scorer_memory(models: list[tuple[str, Path]], say: Callable[[str], None],
+                  timeout_s: float = 600) -> list[dict[str, Any]]:  # fmt: skip
+    """`scorer_rss_child` per (model, precision), tables shared between the two sessions and not, side by side."""
+    from model_export.artifact import load_artifact
+
+    rows = []
+    for label, path in models:
+        art = load_artifact(path, verify=False)
+        for int8 in (False, True):
+            files = [art.int8_path if int8 else art.model_path, art.topk_int8_path if int8 else art.topk_path]
+            row: dict[str, Any] = {"model": label, "n_items": art.n_items, "precision": "int8" if int8 else "fp32",
+                                   "files_mb": round(sum(f.stat().st_size for f in files if f) / 2**20, 1)}
+            for share in (True, False):
+                proc = subprocess.run([sys.executable, "-m", "streamrec.bench.micro", "scorer-rss", str(path),
+                                       "int8" if int8 else "fp32", "shared" if share else "separate"],
+                                      cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+                key = "shared" if share else "separate"
+                if proc.returncode != 0:
+                    row[f"{key}_error"] = proc.stderr[-1500:]
+                    continue
+                got = json.loads(proc.stdout.strip().splitlines()[-1])
+                row[f"{key}_rss_mb"], row[f"{key}_load_s"] = got["rss_mb"], got["load_s"]
+            rows.append(row)
+            say(f"    {label:>10} {row['precision']}: scorer RSS {row.get('shared_rss_mb')} MB with the tables "
+                f"shared, {row.get('separate_rss_mb')} MB without (graph files {row['files_mb']} MB)")
+        del art
+        gc.collect()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 3 and args[0] == "rss":
         print(json.dumps(rss_child(Path(args[1]), int(args[2]))))
         return 0
-    print("usage: python -m streamrec.bench.micro rss TEMPLATES_PICKLE N_USERS", file=sys.stderr)
+    if len(args) == 4 and args[0] == "scorer-rss" and args[2] in ("fp32", "int8") \
+            and args[3] in ("shared", "separate"):
+        print(json.dumps(scorer_rss_child(Path(args[1]), args[2] == "int8", args[3] == "shared")))
+        return 0
+    print("usage: python -m streamrec.bench.micro rss TEMPLATES_PICKLE N_USERS\n"
+          "       python -m streamrec.bench.micro scorer-rss MODEL_DIR fp32|int8 shared|separate", file=sys.stderr)
     return 2
 
 

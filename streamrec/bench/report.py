@@ -680,6 +680,33 @@ def _notes_scorer(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
             "only for the events that detector judges (every `surprise_every`-th event of a user, 1 in 20 by "
             "default). The headline `scorer_us_*_b1` are the topk graph's.", ""]
     out += _img(figures, "scorer")
+    out += _scorer_memory(s)
+    return out
+
+
+def _scorer_memory(s: dict[str, Any]) -> list[str]:
+    mem = s.get("memory") or []
+    if not mem:
+        return ["Scorer memory: not measured" + (f": {s['memory_skipped']}." if s.get("memory_skipped") else "."), ""]
+    out = ["### Scorer memory", "",
+           "RSS of one `Scorer` (onnxruntime sessions of both graphs), each measured in a fresh process after the "
+           "artefact's numpy tables and onnxruntime are loaded (`python -m streamrec.bench.micro scorer-rss`). "
+           "*shared*: the tables both graphs hold (item-KNN neighbours and similarities, any weight with the same "
+           "contents) are loaded once and given to both sessions (`operators.scorer.shared_initializers`), what the "
+           "job does; *separate*: each session loads its own.", ""]
+    rows = []
+    for r in mem:
+        sh, sep = r.get("shared_rss_mb"), r.get("separate_rss_mb")
+        ratio = f"{sep / sh:.2f}×" if sh and sep else "–"
+        rows.append([r["model"], f"{r['n_items']:,}", r["precision"], _fmt(r.get("files_mb"), "", 1),
+                     _fmt(sh, "", 1), _fmt(sep, "", 1), ratio,
+                     f"{r.get('shared_load_s', '–')} / {r.get('separate_load_s', '–')}"])  # fmt: skip
+    out += [_table(["model", "items", "precision", "graph files MB", "shared MB", "separate MB", "separate/shared",
+                    "load s shared / separate"], rows), ""]  # fmt: skip
+    errs = [f"{r['model']} {r['precision']}: {r[k][-300:]}" for r in mem for k in ("shared_error", "separate_error")
+            if r.get(k)]  # fmt: skip
+    if errs:
+        out += ["Errors: " + "; ".join(errs), ""]
     return out
 
 

@@ -63,3 +63,23 @@ def test_scorer_grid_times_both_graphs(bench_model: Path, bench_sim: Any) -> Non
     cat = micro.catalogue_throughput([("tiny", bench_model)], bench_sim.stream, 600, 60, lambda _s: None)[0]
     assert 0 < cat["model_calls_full"] < cat["model_calls"]
     assert cat["model_calls_full_per_event"] < cat["model_calls_per_event"]
+
+
+def test_scorer_memory_shows_the_shared_tables(tmp_path: Path) -> None:
+    """One Scorer's RSS, measured in fresh processes, with the two graphs' item-KNN tables shared and not: sharing
+    saves about one copy of the tables (20k items × 200 neighbours × 12 B ≈ 46 MB)."""
+    from streamrec.bench import micro
+    from streamrec.bench.models import synthetic_artifact
+    from tests.tiny_model import TINY_MODEL_YAML
+
+    conf = tmp_path / "knn200.yaml"
+    conf.write_text(TINY_MODEL_YAML.replace("neighbours: 20,", "neighbours: 200,"))
+    model = synthetic_artifact(20_000, model_conf=conf, cache_dir=tmp_path / "cache")
+    rows = micro.scorer_memory([("20k", model)], lambda _s: None)
+    assert [r["precision"] for r in rows] == ["fp32", "int8"]
+    tables_mb = 20_002 * 200 * (8 + 4) / 2**20  # + the pad and unknown rows; int64 indices, float32 similarities
+    for r in rows:
+        assert not any(k.endswith("_error") for k in r), r
+        assert r["files_mb"] > 2 * tables_mb  # both graph files carry the tables
+        assert r["shared_rss_mb"] > 0.5 * tables_mb  # the one copy
+        assert r["separate_rss_mb"] - r["shared_rss_mb"] > 0.7 * tables_mb, r

@@ -47,7 +47,12 @@ def synthetic_result() -> dict[str, Any]:
                 "execution_mode": "process", "checkpoint_ms": 5000, "conf": "local.yaml", "seed": 7, "users": 10,
                 "partitions": 2, "window_s": 15, "backlog_events": 1000},
         "scorer": {"served_model_label": "served", "grid": grid, "shape": "s", "history": 50,
-                   "synthetic_sizes_label": ["20k", "100k"], "seconds_per_cell": 0.1},
+                   "synthetic_sizes_label": ["20k", "100k"], "seconds_per_cell": 0.1,
+                   "memory": [{"model": "100k", "n_items": 100000, "precision": "fp32", "files_mb": 785.6,
+                               "shared_rss_mb": 400.0, "separate_rss_mb": 800.0, "shared_load_s": 7.9,
+                               "separate_load_s": 3.8},
+                              {"model": "100k", "n_items": 100000, "precision": "int8", "files_mb": 748.7,
+                               "separate_rss_mb": 700.0, "separate_load_s": 5.0, "shared_error": "boom"}]},
         "growth": {"operator_states": {"n": 5, "p50": 480, "p90": 700, "p99": 1000, "max": 1100},
                    "users": [{"users": n, "payload_bytes": 512 * n, "payload_bytes_per_user": 512.0,
                               "rss_before_mb": 50.0, "rss_after_mb": 50.0 + 0.0007 * n, "rss_bytes_per_user": 700.0,
@@ -100,6 +105,8 @@ def test_write_produces_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "1.25×" in md and "skipped" in md
     assert "| model: onnxruntime run | 600.0 | 60.0 % | 150.0 |" in md  # with vs without the sinks
     assert "3,000 events/s alone and 800 events/s with the Kafka and Cassandra clients" in md
+    assert "| 100k | 100,000 | fp32 | 785.6 | 400.0 | 800.0 | 2.00× | 7.9 / 3.8 |" in md  # scorer memory
+    assert "| 100k | 100,000 | int8 | 748.7 | – | 700.0 | – |" in md and "100k int8: boom" in md
     for name in ("throughput", "latency", "progress", "scorer", "growth", "catalogue", "profile"):
         png = paths[name]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -194,3 +194,39 @@ def test_fast_graph_lists_match_the_full_graph(artifact: Any, int8: bool) -> Non
         assert b.next_item_logprob.shape == (min(len(q.items), artifact.max_len) - 1,)
         banned = set(q.exclude) | set(np.flatnonzero(q.extra_exclude if q.extra_exclude is not None else mask & False))
         assert not banned & set(a.items.tolist())
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_two_graphs_share_their_tables(artifact: Any, int8: bool) -> None:
+    """The Scorer loads each big table the fast and full graphs both hold (item-KNN neighbours and similarities) once
+    and gives the one buffer to both sessions; the scores are bit for bit those of sessions that load their own."""
+    import onnxruntime as ort
+
+    from operators.scorer import Scorer, shared_initializers
+
+    full = artifact.int8_path if int8 else artifact.model_path
+    topk = artifact.topk_int8_path if int8 else artifact.topk_path
+    shared = shared_initializers([full, topk])
+    assert set(shared) == {full, topk}
+    assert {"knn.nbr_idx", "knn.nbr_sim"} <= set(shared[full]) & set(shared[topk])
+    for name in ("knn.nbr_idx", "knn.nbr_sim"):
+        assert shared[full][name] is shared[topk][name]
+        assert shared[full][name].shape()[0] == artifact.n_items + 2  # + the pad and unknown rows
+    assert shared_initializers([full]) == {}  # one graph: nothing to share
+
+    sc = Scorer(artifact, int8=int8, threads=1)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    own = {p: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in (full, topk)}
+    rng = np.random.default_rng(3)
+    for need_logprob, path in ((False, topk), (True, full)):
+        reqs = [ScoreRequest(rng.integers(0, artifact.n_items, 9).tolist(), [1] * 9, list(range(0, 9000, 1000)))
+                for _ in range(5)]  # fmt: skip
+        got = sc.score(reqs, need_logprob=need_logprob)
+        sc_session, want = sc._graph(need_logprob)
+        sc._graph = lambda _n, s=own[path], w=want: (s, w)  # type: ignore[method-assign]
+        ref = sc.score(reqs, need_logprob=need_logprob)
+        del sc._graph
+        for a, b in zip(got, ref, strict=True):
+            assert np.array_equal(a.items, b.items) and np.array_equal(a.scores, b.scores)
+            assert np.array_equal(a.next_item_logprob, b.next_item_logprob)
