@@ -5,7 +5,9 @@ left-pads them to a common length, builds the exclusion mask and splits the outp
 
 Two graphs of the same model: the fast one (model.topk.onnx: top-K from the last position only) serves every list;
 the full one (model.onnx: also the next-item log-probs of every position, (B, L, N) work) runs only when the caller
-needs those log-probs (the model-surprise detector), or when the artefact predates the fast graph.
+needs those log-probs (the model-surprise detector), or when the artefact predates the fast graph. The tables both
+graphs hold (item-KNN neighbours and similarities: most of a large catalogue's model) are in memory once, shared by
+the two sessions (`shared_initializers`).
 """
 
 from __future__ import annotations

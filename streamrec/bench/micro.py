@@ -436,8 +436,10 @@ def growth(templates: list[bytes], users: tuple[int, ...], work_dir: Path, say: 
 
 def scorer_rss_child(model_dir: Path, int8: bool, share_tables: bool) -> dict[str, Any]:
     """(In a fresh process.) Memory of one `Scorer` (both graphs' sessions) over an artefact: RSS after − before,
-    the artefact's numpy tables and onnxruntime's import already in the baseline."""
-    import onnxruntime  # noqa: F401 - the library itself is not the scorer's memory
+    the artefact's numpy tables and the onnxruntime and onnx imports already in the baseline (the job imports onnx
+    when it verifies the artefact's weights: `load_artifact(verify=True)`)."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401 - the libraries themselves are not the scorer's memory
 
     from model_export.artifact import load_artifact
     from operators.scorer import Scorer
