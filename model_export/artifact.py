@@ -72,6 +72,10 @@ class ModelArtifact:
     popular_counts: np.ndarray  # (P,) float64 their training counts
     metrics: dict[str, Any]  # offline metrics at training time
     topk_outputs: tuple[dict[str, Any], ...] | None = None  # outputs of the fast graph; None: the artefact has none
+    # The item-KNN tables as the graphs hold them, (N+2, M): + the pad and unknown rows (zeros, as
+    # model_export.sasrec.KNNScorer builds them). knn_neighbours / knn_similarities are views of their first N rows,
+    # so a scorer that hands these to onnxruntime (operators.scorer) keeps one copy of the tables in memory.
+    knn_graph_tables: tuple[np.ndarray, ...] = ()
 
     @property
     def n_items(self) -> int:
@@ -366,6 +370,14 @@ def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
     for n in ("knn_neighbours", "knn_similarities", "item_embeddings", "item_bias"):
         if arrays[n].shape[0] != vocab.n_items:
             raise ArtifactError(f"{d}: {n}.npy has {arrays[n].shape[0]} rows for {vocab.n_items} items")
+    graph_tables = []
+    for n in ("knn_neighbours", "knn_similarities"):
+        a = arrays[n]
+        padded = np.zeros((a.shape[0] + 2, *a.shape[1:]), dtype=a.dtype)
+        padded[: a.shape[0]] = a
+        arrays[n] = padded[: a.shape[0]]
+        graph_tables.append(padded)
+        del a
     metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
     return ModelArtifact(
         path=d,
@@ -388,4 +400,5 @@ def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
         popular_counts=arrays["popular_counts"],
         metrics=metrics,
         topk_outputs=topk_outputs,
+        knn_graph_tables=tuple(graph_tables),
     )

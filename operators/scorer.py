@@ -55,10 +55,11 @@ class Scorer:
         want = tuple(i["name"] for i in artifact.inputs)
         full = artifact.int8_path if int8 else artifact.model_path
         topk = artifact.topk_int8_path if int8 else artifact.topk_path
-        # The two graphs hold the same big tables (item-KNN neighbours and similarities): loaded once, given to both
-        # sessions (without this the scorer's memory is twice the model's). `share_tables=False`: each session
-        # loads its own (the bench measures the difference).
-        self._shared = shared_initializers([full, topk]) if topk is not None and share_tables else {}
+        # The two graphs hold the same big tables (item-KNN neighbours and similarities), and so does the artefact
+        # (the operator's cold-start candidates): one copy, the artefact's, given to both sessions (without this
+        # the tables are in memory three times). `share_tables=False`: each session loads its own (the bench
+        # measures the difference).
+        self._shared = shared_initializers([full, topk], known=artifact.knn_graph_tables) if share_tables else {}
 
         def open_session(path: Path, outputs: tuple[str, ...]) -> Any:
             so = ort.SessionOptions()
@@ -176,18 +177,26 @@ class Scorer:
         )
 
 
-def shared_initializers(paths: Sequence[Path], min_bytes: int = 1 << 12) -> dict[Path, dict[str, Any]]:
-    """Per graph file, the initializers (name → onnxruntime OrtValue) whose contents another of the files also
-    holds, under its own name or another (the exporter names some weights per graph): one host buffer each, to pass
-    to `SessionOptions.add_initializer` so the sessions share it. Tensors under `min_bytes` are not worth it.
-    The OrtValues wrap numpy arrays without copying; they must outlive the sessions (the Scorer keeps them)."""
+def shared_initializers(paths: Sequence[Path | None], known: Sequence[np.ndarray] = (),
+                        min_bytes: int = 1 << 12) -> dict[Path, dict[str, Any]]:  # fmt: skip
+    """Per graph file, the initializers (name → onnxruntime OrtValue) whose contents another of the files, or one of
+    the `known` arrays already in memory, also holds, under its own name or another (the exporter names some weights
+    per graph): one host buffer each (the known array's if there is one), to pass to
+    `SessionOptions.add_initializer` so the sessions share it. Tensors under `min_bytes` are not worth it; None
+    paths are skipped. The OrtValues wrap numpy arrays without copying; they must outlive the sessions (the Scorer
+    keeps them)."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
     # contents → the (file, name, array) holding them; equal contents are found among same dtype and shape
-    by_content: dict[tuple[str, tuple[int, ...]], list[list[tuple[Path, str, np.ndarray]]]] = {}
+    by_content: dict[tuple[str, tuple[int, ...]], list[list[tuple[Path | None, str, np.ndarray]]]] = {}
+    for arr in known:  # first: a group's buffer is its first holder's
+        if arr.nbytes >= min_bytes and arr.flags.c_contiguous:
+            by_content.setdefault((arr.dtype.str, arr.shape), []).append([(None, "", arr)])
     for path in paths:
+        if path is None:
+            continue
         graph = onnx.load(str(path)).graph
         for init in graph.initializer:
             arr = numpy_helper.to_array(init)
@@ -203,11 +212,12 @@ def shared_initializers(paths: Sequence[Path], min_bytes: int = 1 << 12) -> dict
     out: dict[Path, dict[str, Any]] = {}
     for holders in (g for groups in by_content.values() for g in groups):
         if len({p for p, _, _ in holders}) < 2:
-            continue  # in one graph only: the session loads it as usual
+            continue  # in one graph only (the session loads it as usual), or a known array no graph holds
         arr = np.ascontiguousarray(holders[0][2])
         value = ort.OrtValue.ortvalue_from_numpy(arr)  # wraps `arr`'s buffer; holds a reference to it
         for path, name, _ in holders:
-            out.setdefault(path, {})[name] = value
+            if path is not None:
+                out.setdefault(path, {})[name] = value
     return out
 
 

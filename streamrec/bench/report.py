@@ -690,11 +690,11 @@ def _scorer_memory(s: dict[str, Any]) -> list[str]:
         return ["Scorer memory: not measured" + (f": {s['memory_skipped']}." if s.get("memory_skipped") else "."), ""]
     out = ["### Scorer memory", "",
            "RSS of one `Scorer` (onnxruntime sessions of both graphs), each measured in a fresh process after the "
-           "artefact's numpy tables, onnxruntime and onnx are loaded (`python -m streamrec.bench.micro scorer-rss`; "
-           "the numpy tables, 12 B per item-KNN entry, come on top). "
-           "*shared*: the tables both graphs hold (item-KNN neighbours and similarities, any weight with the same "
-           "contents) are loaded once and given to both sessions (`operators.scorer.shared_initializers`), what the "
-           "job does; *separate*: each session loads its own.", ""]
+           "artefact (with its item-KNN tables, 12 B per entry, which the operator reads for cold-start candidates), "
+           "onnxruntime and onnx are loaded (`python -m streamrec.bench.micro scorer-rss`). *shared*, what the job "
+           "does: the artefact's item-KNN arrays serve as both sessions' tables, and any other weight both graphs "
+           "hold is loaded once (`operators.scorer.shared_initializers`); *separate*: each session loads its own "
+           "copies, on top of the artefact's.", ""]
     rows = []
     for r in mem:
         sh, sep = r.get("shared_rss_mb"), r.get("separate_rss_mb")

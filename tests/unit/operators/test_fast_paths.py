@@ -198,8 +198,9 @@ def test_fast_graph_lists_match_the_full_graph(artifact: Any, int8: bool) -> Non
 
 @pytest.mark.parametrize("int8", [False, True])
 def test_the_two_graphs_share_their_tables(artifact: Any, int8: bool) -> None:
-    """The Scorer loads each big table the fast and full graphs both hold (item-KNN neighbours and similarities) once
-    and gives the one buffer to both sessions; the scores are bit for bit those of sessions that load their own."""
+    """The big tables the fast and full graphs both hold (item-KNN neighbours and similarities) are in memory once:
+    the artefact's own arrays (the operator's cold-start candidates read them) are given to both sessions; the
+    scores are bit for bit those of sessions that load their own copies."""
     import onnxruntime as ort
 
     from operators.scorer import Scorer, shared_initializers
@@ -212,7 +213,17 @@ def test_the_two_graphs_share_their_tables(artifact: Any, int8: bool) -> None:
     for name in ("knn.nbr_idx", "knn.nbr_sim"):
         assert shared[full][name] is shared[topk][name]
         assert shared[full][name].shape()[0] == artifact.n_items + 2  # + the pad and unknown rows
-    assert shared_initializers([full]) == {}  # one graph: nothing to share
+    assert shared_initializers([full]) == {}  # one graph, nothing known: nothing to share
+    n = artifact.n_items
+    for table, view in zip(artifact.knn_graph_tables, (artifact.knn_neighbours, artifact.knn_similarities),
+                           strict=True):  # fmt: skip
+        assert table.shape[0] == n + 2 and not table[n:].any() and np.shares_memory(table, view)
+    known = shared_initializers([full, topk], known=artifact.knn_graph_tables)
+    for name, table in zip(("knn.nbr_idx", "knn.nbr_sim"), artifact.knn_graph_tables, strict=True):
+        assert known[full][name] is known[topk][name]
+        assert known[full][name].data_ptr() == table.ctypes.data  # the artefact's buffer, not a copy
+    only_full = shared_initializers([full, None], known=artifact.knn_graph_tables)
+    assert only_full[full]["knn.nbr_idx"].data_ptr() == artifact.knn_graph_tables[0].ctypes.data
 
     sc = Scorer(artifact, int8=int8, threads=1)
     so = ort.SessionOptions()
