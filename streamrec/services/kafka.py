@@ -40,6 +40,16 @@ logger.state.level = warn
 """
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: a UUID in unpadded URL-safe base64, never starting with "-" (kafka-storage's
+    argument parser reads `-t -abc…` as a missing value and an unknown option: 1 start in 64 failed that way). Kafka's
+    own `Uuid.randomUuid` rejects such ids for the same reason."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
 class KafkaService:
     name = "kafka"
 
@@ -109,8 +119,7 @@ class KafkaService:
         if not (self.home / "data" / "meta.properties").exists():
             import subprocess
 
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-            proc = subprocess.run(self._jvm(STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props)),
+            proc = subprocess.run(self._jvm(STORAGE_TOOL, "format", "-t", new_cluster_id(), "-c", str(props)),
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise ServiceError(f"Kafka storage format failed:\n{proc.stdout}\n{proc.stderr}")

@@ -11,7 +11,7 @@ import pytest
 from streamrec import config
 from streamrec.services.cassandra import CassandraService, jvm_options, schema_statements
 from streamrec.services.flink import _flatten
-from streamrec.services.kafka import KafkaService
+from streamrec.services.kafka import KafkaService, new_cluster_id
 from streamrec.services.proc import ServiceError, read_pid, spawn, stop_pid, wait_until
 from streamrec.services.settings import ServicesConf
 
@@ -53,6 +53,18 @@ def test_kafka_properties_follow_config() -> None:
     assert props["controller.quorum.voters"] == "1@127.0.0.1:19998"
     assert props["process.roles"] == "broker,controller"
     assert props["transaction.state.log.replication.factor"] == "1"
+
+
+def test_kafka_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import uuid
+
+    # 0xf8…: the first base64 character is "-" (kafka-storage then fails: "-t" expected one argument)
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    cid = new_cluster_id()
+    assert cid == base64.urlsafe_b64encode(b"\x01" * 16).rstrip(b"=").decode()
+    assert len(cid) == 22 and base64.urlsafe_b64decode(cid + "==") == b"\x01" * 16
 
 
 def test_cassandra_yaml_and_jvm_flags() -> None:
