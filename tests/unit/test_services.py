@@ -34,9 +34,23 @@ def test_stale_pid_file_is_ignored_and_removed(tmp_path: Path) -> None:
 def test_spawn_detached_then_stop(tmp_path: Path) -> None:
     pid = spawn(["sh", "-c", "sleep 60 # marker-xyz"],
                 tmp_path / "out.log", tmp_path / "p.pid")
-    assert read_pid(tmp_path / "p.pid", "marker-xyz") == pid
+    # (this test failed about once in a few hundred runs, without a trace: the messages say what the process was)
+    assert read_pid(tmp_path / "p.pid", "marker-xyz") == pid, _proc_facts(pid, tmp_path / "p.pid")
     stop_pid(pid, timeout_s=5)
-    assert read_pid(tmp_path / "p.pid", "marker-xyz") is None
+    assert read_pid(tmp_path / "p.pid", "marker-xyz") is None, _proc_facts(pid, tmp_path / "p.pid")
+
+
+def _proc_facts(pid: int, pid_file: Path) -> dict[str, object]:
+    from streamrec.services.proc import cmdline, pid_alive
+
+    def read(p: Path) -> str | None:
+        try:
+            return p.read_text()
+        except OSError:
+            return None
+
+    return {"pid": pid, "alive": pid_alive(pid), "cmdline": cmdline(pid), "pid_file": read(pid_file),
+            "stat": read(Path(f"/proc/{pid}/stat"))}  # fmt: skip
 
 
 def test_wait_until_reports_death_with_log_tail(tmp_path: Path) -> None:
