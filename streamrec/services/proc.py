@@ -47,10 +47,22 @@ def read_pid(pid_file: Path, marker: str) -> int | None:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    if pid_alive(pid) and marker in cmdline(pid):
+    if pid_alive(pid) and marker in _settled_cmdline(pid):
         return pid
     pid_file.unlink(missing_ok=True)
     return None
+
+
+def _settled_cmdline(pid: int, wait_s: float = 1.0) -> str:
+    """The command line of `pid`, waiting up to `wait_s` while it reads empty: a process just spawned can still be
+    inside execve after Popen returns (the parent resumes once the new memory map is in place, before the arguments
+    are), and its command line reads empty for that moment. Seen: a pid file judged stale right after `spawn`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        line = cmdline(pid)
+        if line or time.monotonic() >= deadline or not pid_alive(pid):
+            return line
+        time.sleep(0.01)
 
 
 def find_pids(marker: str) -> list[int]:

@@ -40,6 +40,20 @@ def test_spawn_detached_then_stop(tmp_path: Path) -> None:
     assert read_pid(tmp_path / "p.pid", "marker-xyz") is None, _proc_facts(pid, tmp_path / "p.pid")
 
 
+def test_read_pid_waits_for_a_process_still_in_exec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after spawn a process can show an empty command line (mid-execve): not a stale pid file."""
+    import streamrec.services.proc as proc
+
+    pid = os.getpid()
+    (tmp_path / "p.pid").write_text(str(pid))
+    reads = iter(["", "", "python marker-xyz"])
+    monkeypatch.setattr(proc, "cmdline", lambda _pid: next(reads))
+    assert read_pid(tmp_path / "p.pid", "marker-xyz") == pid
+    assert (tmp_path / "p.pid").exists()
+    monkeypatch.setattr(proc, "cmdline", lambda _pid: "")  # empty for good (a kernel thread, say): stale after 1 s
+    assert read_pid(tmp_path / "p.pid", "marker-xyz") is None and not (tmp_path / "p.pid").exists()
+
+
 def _proc_facts(pid: int, pid_file: Path) -> dict[str, object]:
     from streamrec.services.proc import cmdline, pid_alive
 
