@@ -6,7 +6,8 @@ embeddings added to the input; a per-item output bias; trained with full-softmax
 catalogue instead of one sampled negative (Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec
 really
 better than SASRec?", RecSys 2023); positions are counted from the right end so a shorter input means the same
-as a left-padded one.
+as a left-padded one. In serving, the last block runs for the newest position alone (`SASRec.encode_top`): the
+same model, only what one recommendation needs is computed.
 """
 
 from __future__ import annotations
@@ -36,14 +37,18 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x (B, L, d); mask (B, 1, L, L) additive
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, newest_only: bool = False) -> torch.Tensor:
+        # x (B, L, d); mask (B, 1, L, L) additive -> (B, Lq, d): Lq = L, or 1 with `newest_only` (queries from the
+        # last position alone; keys and values still from every position)
         b, length, d = x.shape
         dh = d // self.heads
         q, k, v = self.qkv(x).reshape(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, dh)
-        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dh)) + mask  # (B, H, L, L)
+        lq = length
+        if newest_only:
+            q, mask, lq = q[:, :, -1:], mask[:, :, -1:], 1  # (B, H, 1, dh), (B, 1, 1, L)
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dh)) + mask  # (B, H, Lq, L)
         att = self.drop(torch.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(b, length, d)  # (B, L, d)
+        y = (att @ v).transpose(1, 2).reshape(b, lq, d)  # (B, Lq, d)
         return self.out(y)
 
 
@@ -60,9 +65,13 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
-        return x + self.drop(self.ffn(self.ln2(x)))  # (B, L, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, newest_only: bool = False) -> torch.Tensor:
+        # x (B, L, d) -> (B, L, d), or (B, 1, d) with `newest_only` (the last position's output alone)
+        a = self.attn(self.ln1(x), mask, newest_only)  # (B, Lq, d)
+        if newest_only:
+            x = x[:, -1:]  # (B, 1, d)
+        x = x + self.drop(a)
+        return x + self.drop(self.ffn(self.ln2(x)))  # (B, Lq, d)
 
 
 class SASRec(nn.Module):
@@ -108,6 +117,16 @@ class SASRec(nn.Module):
 
     def encode(self, items: torch.Tensor, types: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """items/types/ts (B, L), left-padded -> hidden states (B, L, d) after the final LayerNorm."""
+        return self.encode_top(*self.encode_trunk(items, types, ts))
+
+    def encode_newest(self, items: torch.Tensor, types: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """items/types/ts (B, L), left-padded -> the last position's hidden state (B, d): what scoring needs."""
+        return self.encode_top(*self.encode_trunk(items, types, ts), newest_only=True)[:, 0]
+
+    def encode_trunk(
+        self, items: torch.Tensor, types: torch.Tensor, ts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and every block but the last: x (B, L, d) and the additive attention mask (B, 1, L, L)."""
         length = items.shape[1]
         valid = items != self.pad  # (B, L)
         x = self.item_emb(items) * math.sqrt(self.cfg.dim)  # (B, L, d)
@@ -128,9 +147,23 @@ class SASRec(nn.Module):
         allowed = causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))  # (B, L, L); self always allowed
         mask = torch.where(allowed, torch.zeros((), dtype=x.dtype), torch.full((), NEG, dtype=x.dtype))
         mask = mask.unsqueeze(1)  # (B, 1, L, L)
-        for blk in self.blocks:
+        for blk in self.blocks[:-1]:
             x = blk(x, mask)
-        return self.final_ln(x)  # (B, L, d)
+        return x, mask  # (B, L, d), (B, 1, L, L)
+
+    def encode_top(self, x: torch.Tensor, mask: torch.Tensor, newest_only: bool = False) -> torch.Tensor:
+        """The last block and the final LayerNorm over `encode_trunk`'s output: (B, L, d), or (B, 1, d) with
+        `newest_only`, which runs the last block for the newest position's query alone (the other positions'
+        outputs of the last block only feed their own next-item scores).
+
+        NOTE: not in the paper (Kang & McAuley 2018 always encode every position); the same function of the inputs
+        (equal to `encode(...)[:, -1:]` up to float rounding: matrix products of other shapes), with the last block at
+        ~40% of its cost when one position is scored (model_export/RESULTS.md, section 7)."""
+        if len(self.blocks):
+            x = self.blocks[-1](x, mask, newest_only)  # (B, Lq, d)
+        elif newest_only:
+            x = x[:, -1:]
+        return self.final_ln(x)  # (B, Lq, d)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., N) scores against the tied item embedding table."""
@@ -149,6 +182,8 @@ class KNNScorer(nn.Module):
 
     def __init__(self, nbr_idx: np.ndarray, nbr_sim: np.ndarray, n_items: int, window: int, decay: float) -> None:
         super().__init__()
+        if window < 1:
+            raise ValueError(f"KNN window must be >= 1, got {window}")
         m = nbr_idx.shape[1]
         # Rows for pad and unknown point at item 0 with similarity 0.
         idx = np.concatenate([nbr_idx, np.zeros((2, m), dtype=np.int64)]).astype(np.int64)
@@ -161,11 +196,15 @@ class KNNScorer(nn.Module):
 
     def forward(self, items: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         # items (B, L) left-padded; like (B, N) any tensor of the output shape -> (B, N)
+        # Only the newest `window` positions have a weight: gather and scatter just those (W = min(L, window)).
+        # Same result, bit for bit, as weighting all L positions with zeros beyond the window (those only added
+        # 0.0), at W / L of the cost: the (B, W, M) gathers and the scatter-add are most of the blend's time.
+        items = items[:, -self.window :]  # (B, W)
         b, length = items.shape
-        age = (length - 1 - torch.arange(length, device=items.device)).to(torch.float32)  # (L,)
-        w = torch.pow(torch.full((), self.decay), age) * (age < self.window).to(torch.float32)  # (L,)
-        sims = self.nbr_sim[items] * w.view(1, -1, 1)  # (B, L, M); pad/unknown rows are zero
-        idx = self.nbr_idx[items]  # (B, L, M)
+        age = (length - 1 - torch.arange(length, device=items.device)).to(torch.float32)  # (W,) newest = 0
+        w = torch.pow(torch.full((), self.decay), age)  # (W,)
+        sims = self.nbr_sim[items] * w.view(1, -1, 1)  # (B, W, M); pad/unknown rows are zero
+        idx = self.nbr_idx[items]  # (B, W, M)
         return torch.zeros_like(like).scatter_add(1, idx.reshape(b, -1), sims.reshape(b, -1))
 
 
@@ -179,10 +218,12 @@ class ServingGraph(nn.Module):
 
     Two variants of the same model are exported: `with_logprob=True` (model.onnx, every output above) and
     `with_logprob=False` (model.topk.onnx, no next_item_logprob). The fast one scores the last position only: its
-    cost is one (B, d) x (d, N) product instead of (B, L, d) x (d, N) plus a (B, L, N) log-softmax. Both compute
-    `scores` with the same ops from the same hidden state (log-softmax of the last position's logits), so they
-    recommend the same items. NOTE an implementation departure from SASRec (Kang & McAuley 2018) only in what is
-    computed, not in the model: the paper scores every position; the served lists need only the last one.
+    cost is one (B, d) x (d, N) product instead of (B, L, d) x (d, N) plus a (B, L, N) log-softmax, and its last
+    block runs for the newest position alone (`SASRec.encode_top`). Both compute the user vector and `scores` with
+    the same ops (that newest-only last block, then log-softmax of its logits), so they recommend the same items;
+    the full one also runs the last block over every position, for the log-probs. NOTE an implementation
+    departure from SASRec (Kang & McAuley 2018) only in what is computed, not in the model: the paper scores
+    every position; the served lists need only the last one.
     """
 
     def __init__(
@@ -217,8 +258,8 @@ class ServingGraph(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         m = self.model
         n = m.n_items
-        h = m.encode(item_idx, event_type, ts_ms)  # (B, L, d)
-        u = h[:, -1]  # (B, d)
+        x, mask = m.encode_trunk(item_idx, event_type, ts_ms)  # (B, L, d), (B, 1, L, L)
+        u = m.encode_top(x, mask, newest_only=True)[:, 0]  # (B, d): the last block for the newest position alone
         scores = F.log_softmax(m.logits(u), dim=-1)  # (B, N)
         if self.knn is not None:
             k = self.knn(item_idx, scores)  # (B, N) >= 0
@@ -228,6 +269,7 @@ class ServingGraph(nn.Module):
         top_s, top_i = torch.topk(scores, self.top_k, dim=-1)  # (B, K)
         if not self.with_logprob:
             return top_i, top_s, u, scores
+        h = m.encode_top(x, mask)  # (B, L, d): every position, for the next-item log-probs
         logp = F.log_softmax(m.logits(h[:, :-1]), dim=-1)  # (B, L-1, N): positions that have a next item
         nxt = item_idx[:, 1:]  # (B, L-1)
         defined = (nxt < n) & (item_idx[:, :-1] != m.pad)

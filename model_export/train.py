@@ -33,7 +33,7 @@ def sasrec_logp(model: SASRec, hist: Sequence[UserSeq], batch_size: int = 256) -
     out = []
     for a in range(0, len(hist), batch_size):
         it, ty, ts = left_pad(hist[a : a + batch_size], cfg.max_len, model.pad)
-        h = model.encode(torch.from_numpy(it), torch.from_numpy(ty), torch.from_numpy(ts))[:, -1]  # (B, d)
+        h = model.encode_newest(torch.from_numpy(it), torch.from_numpy(ty), torch.from_numpy(ts))  # (B, d)
         out.append(F.log_softmax(model.logits(h), dim=-1).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.n_items), dtype=np.float32)
 

@@ -12,8 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch.nn import functional as F
 
 from model_export.artifact import ArtifactError, load_artifact
+from model_export.baselines import knn_scores
 from model_export.config import ModelConfig, SASRecConfig, TrainConfig
 from model_export.export import OnnxScorer, example_inputs, export_graphs, export_onnx, quantize_int8, weights_hash
 from model_export.onnx_io import OUTPUT_NAMES, TOPK_OUTPUT_NAMES
@@ -111,6 +113,40 @@ def test_fast_graph_recommends_what_the_full_graph_does(
             assert np.max(np.abs(a[name] - b[name])) < 1e-5, (prec, name)
         assert np.array_equal(np.isinf(a["scores"]), np.isinf(b["scores"]))
         assert np.max(np.abs(a["scores"][~ex] - b["scores"][~ex])) < 1e-5, prec
+
+
+@pytest.mark.parametrize("batch,length", [(1, 12), (4, 9), (3, 5), (2, 4), (2, 3)])
+def test_fast_graph_matches_the_whole_model(exported: tuple[ServingGraph, Path], batch: int, length: int) -> None:
+    """The serving graphs' shortcuts (item-KNN over the newest `window` positions only, the last block for the newest
+    position only) change nothing: every graph, torch and fp32 onnxruntime, gives what the whole model gives, here
+    every position through every block (`SASRec.encode`) and the numpy item-KNN weighting every position (zero
+    beyond the window), for histories longer than, as long as and shorter than the KNN window."""
+    graph, d = exported
+    model, knn = graph.model, graph.knn
+    assert knn is not None and knn.window == 4
+    it, ty, ts, ex = example_inputs(N_ITEMS, N_ITEMS, batch, length, seed=7 * batch + length)
+    it[0], ty[0] = np.random.default_rng(length).integers(0, N_ITEMS, length), 1  # one history without padding
+    with torch.no_grad():
+        u = model.encode(*(torch.from_numpy(a) for a in (it, ty, ts)))[:, -1]  # (B, d)
+        logp = F.log_softmax(model.logits(u), dim=-1).numpy()  # (B, N)
+    k = knn_scores(it, knn.nbr_idx[:N_ITEMS].numpy(), knn.nbr_sim[:N_ITEMS].numpy(), N_ITEMS, knn.window, knn.decay)
+    k = k / (k.max(1, keepdims=True) + 1e-12)
+    ref = np.where(ex, -np.inf, logp + graph.blend_w * np.log(k + graph.blend_eps))  # (B, N)
+    ref_top = np.argsort(-ref, axis=1, kind="stable")[:, : graph.top_k]
+    runs = {"torch " + w: {n: t.numpy() for n, t in _torch(graph, w == "full", it, ty, ts, ex).items()}
+            for w in ("full", "topk")}  # fmt: skip
+    runs.update({"onnx " + w: OnnxScorer(d / GRAPHS[w][0]).run(it, ty, ts, ex) for w in ("full", "topk")})
+    for name, got in runs.items():
+        assert np.max(np.abs(got["user_vector"] - u.numpy())) < 1e-5, name
+        assert np.array_equal(np.isinf(got["scores"]), ex), name
+        assert np.max(np.abs(got["scores"][~ex] - ref[~ex])) < 1e-4, name
+        assert np.array_equal(got["topk_items"], ref_top), name
+        assert np.max(np.abs(got["topk_scores"] - np.take_along_axis(ref, ref_top, 1))) < 1e-4, name
+
+
+def test_knn_scorer_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="window"):
+        KNNScorer(np.zeros((3, 2), np.int64), np.zeros((3, 2), np.float32), 3, 0, 0.5)
 
 
 @pytest.mark.parametrize("which", ["full", "topk"])
