@@ -66,9 +66,17 @@ class CassandraSinkConf:
 
 
 @dataclass(frozen=True)
+class Batching:
+    shards: int = 8  # user (and item) shards: the unit of batching and of parallelism (>= the job's parallelism)
+    max_events: int = 256  # a shard's batch is sent to the Python operator when it holds this many events...
+    max_delay_ms: int = 50  # ... or when its oldest event has waited this long (processing time)
+
+
+@dataclass(frozen=True)
 class JobConf:
     job_name: str = "streamrec"  # Flink job name
     parallelism: int = 1  # operator parallelism
+    max_parallelism: int = 128  # pipeline.max-parallelism: key groups (fixed: the shard keys are chosen from them)
     execution_mode: str = "process"  # python.execution-mode
     model_store: str = ".state/models"  # where `streamrec model publish` copies artefacts (workers read them here)
     python_workers: str = "auto"  # minicluster: loopback (one Python process) | process (one per operator) | auto
@@ -85,6 +93,7 @@ class JobConf:
     start_from: str = "earliest"  # earliest | latest | committed
     bounded: bool = False  # stop at the end of the input present at start
     topics: Topics = field(default_factory=Topics)
+    batching: Batching = field(default_factory=Batching)
     watermark: Watermark = field(default_factory=Watermark)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     restart: Restart = field(default_factory=Restart)

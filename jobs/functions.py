@@ -1,9 +1,14 @@
-"""Flink functions: each loads state, calls a plain operator from `operators/`, stores state, emits. No logic here."""
+"""Flink functions: each loads state, calls the operators (`operators/batch.py` drives them a batch at a time),
+stores state, emits. No logic here.
+
+Records between operators are batches: the JVM groups raw events by user shard (`jobs/java/ShardBatcher.java`), the
+user function keeps each user's state in a MapState under its shard's key, and every output kind leaves a function
+as one string per batch (records joined by U+001E, split again in the JVM by `BatchSplitter.java`).
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pyflink.common import Types
@@ -17,64 +22,95 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
+from jobs import batching
 from jobs.config import JobConf
+from operators.batch import Outputs, to_json
 
-# Side outputs. Records between operators are Python objects (pickled); records to sinks are JSON strings.
+# Side outputs (output kind → one joined string per batch, except ITEM_EVENTS: (item shard key, [item events])).
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 FRAUD_FLAGS = OutputTag("fraud-flags", Types.STRING())
 DELETIONS = OutputTag("deletions", Types.STRING())
 ITEM_EVENTS = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
 BROADCAST = OutputTag("broadcast", Types.PICKLED_BYTE_ARRAY())  # model records, to every user-operator instance
 
-
-def to_json(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
+__all__ = ["to_json"]
 
 
-class ParseEvents(ProcessFunction):
-    """Raw Kafka value → `Event` (main output) or a dead-letter record (side output). Never raises."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        from operators.dead_letter import dead_letter
-        from operators.schema import Rejection, parse_event
-
-        parsed = parse_event(value)
-        if isinstance(parsed, Rejection):
-            yield DEAD_LETTERS, to_json(dead_letter(parsed, self.source))
-        else:
-            yield parsed
-
-
-def _value_state(ctx: RuntimeContext, name: str, ttl_days: float) -> Any:
-    desc = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
-    if ttl_days > 0:
-        # NOTE: the default "cleanup in background" makes PyFlink build a RocksDB compaction-filter strategy whose
-        # Duration needs a Py4J gateway, which a thread-mode worker does not have: open() then hangs (measured).
-        # So: explicit incremental + full-snapshot cleanup instead.
-        # NOTE: visibility NeverReturnExpired makes PyFlink's process-mode worker disable its state cache: every
-        # value() and update() becomes its own gRPC round trip to the JVM (measured: ~100 events/s for the job).
-        # ReturnExpiredIfNotCleanedUp keeps the cache; this TTL is only a storage backstop for users gone quiet,
-        # and the operators already treat state older than `state.ttl_ms` of event time as absent.
-        desc.enable_time_to_live(
-            StateTtlConfig.new_builder(Time.milliseconds(int(ttl_days * 86_400_000)))
+def _ttl(ttl_days: float) -> Any:
+    # NOTE: the default "cleanup in background" makes PyFlink build a RocksDB compaction-filter strategy whose
+    # Duration needs a Py4J gateway, which a thread-mode worker does not have: open() then hangs (measured).
+    # So: explicit incremental + full-snapshot cleanup instead.
+    # NOTE: visibility NeverReturnExpired makes PyFlink's process-mode worker disable its state cache: every
+    # read and write becomes its own gRPC round trip to the JVM (measured: ~100 events/s for the job).
+    # ReturnExpiredIfNotCleanedUp keeps the cache; this TTL is only a storage backstop for users gone quiet,
+    # and the operators already treat state older than `state.ttl_ms` of event time as absent.
+    return (StateTtlConfig.new_builder(Time.milliseconds(int(ttl_days * 86_400_000)))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
             .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
             .disable_cleanup_in_background()
             .cleanup_incrementally(10, False)
             .cleanup_full_snapshot()
-            .build())
-    return ctx.get_state(desc)
+            .build())  # fmt: skip
+
+
+def _map_state(ctx: RuntimeContext, name: str, ttl_days: float) -> Any:
+    """id → state bytes, under the shard's key: PyFlink writes a shard's changed entries back to the JVM in one
+    request per bundle (a ValueState per user would take one round trip per user)."""
+    desc = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+    if ttl_days > 0:
+        desc.enable_time_to_live(_ttl(ttl_days))
+    return ctx.get_map_state(desc)
+
+
+def _emit(out: Outputs, item_keys: Sequence[int]) -> Iterator[Any]:
+    """A batch's outputs: one joined string per kind; item events grouped by item shard."""
+    if out.recommendations:
+        yield batching.join_records(out.recommendations)
+    if out.fraud_flags:
+        yield FRAUD_FLAGS, batching.join_records(out.fraud_flags)
+    if out.deletions:
+        yield DELETIONS, batching.join_records(out.deletions)
+    if out.dead_letters:
+        yield DEAD_LETTERS, batching.join_records(out.dead_letters)
+    if out.item_events:
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for e in out.item_events:
+            by_shard.setdefault(batching.shard_key(str(e.get("item_id")), item_keys), []).append(e)
+        for key, evs in by_shard.items():
+            yield ITEM_EVENTS, (key, evs)
+
+
+class _CassandraRows:
+    """The job's Cassandra sink inside the function that produces the rows: every batch's rows are written
+    concurrently and awaited before the batch returns, so none is in flight at a checkpoint."""
+
+    def __init__(self, job: JobConf, hosts: list[str], port: int, keyspace: str) -> None:
+        from streamrec.sinks import CassandraWriter, WriterConf
+
+        c = job.cassandra_sink
+        self.writer = CassandraWriter(hosts, port, WriterConf(
+            keyspace=keyspace, max_in_flight=c.max_in_flight, retries=c.retries, backoff_ms=c.backoff_ms,
+            consistency=c.consistency, request_timeout_s=c.request_timeout_s))  # fmt: skip
+        self.writer.open()
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            for r in rows:
+                self.writer.write(r)
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class ParseControl(ProcessFunction):
-    """Raw `control` message → an `EraseRequest` (main output: keyed by user with the events), a `ModelUpdate`
-    (side output, broadcast to every user-operator instance) or a dead letter."""
+    """Raw `control` message → an erase request (main output: an erase frame keyed by the user's shard, travelling
+    with the event batches), a `ModelUpdate` (side output, broadcast to every user-operator instance) or a dead
+    letter."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, user_keys: Sequence[int]) -> None:
         self.source = source
+        self.user_keys = list(user_keys)
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         from operators.dead_letter import dead_letter
@@ -86,7 +122,7 @@ class ParseControl(ProcessFunction):
         elif isinstance(parsed, ModelUpdate):
             yield BROADCAST, parsed
         else:
-            yield parsed
+            yield batching.encode_erase(batching.shard_key(parsed.user_id, self.user_keys), parsed.to_dict())
 
 
 class ParseItems(ProcessFunction):
@@ -112,8 +148,12 @@ def control_state_descriptor() -> Any:
 
 
 class UserFunction(KeyedBroadcastProcessFunction):
-    """Keyed by user: `operators.user.UserOperator` over Flink keyed state (bytes) and event-time timers, plus the
-    broadcast control plane (model hot-swap, catalogue updates) and erase requests (keyed side).
+    """Keyed by user shard: batches of raw events and erase requests → `operators.batch` over the users' states
+    (MapState user_id → state bytes) and event-time debounce timers, plus the broadcast control plane (model
+    hot-swap, catalogue updates).
+
+    Timers: a shard's pending debounce timers are indexed in a ValueState (time → user ids); when one fires, every
+    timer of the shard the watermark has passed is served in one batch (their own times are kept).
 
     The model in force and the catalogue updates live in broadcast state, so a restored job serves the model it
     had switched to: each instance re-reads that state before its first element after (re)start.
@@ -121,12 +161,20 @@ class UserFunction(KeyedBroadcastProcessFunction):
     NOTE: the pseudonymiser (with its key) is built on the client and shipped inside the job graph, so workers need
     no secret in their environment; whoever can read the job's blobs on the cluster can read the key."""
 
-    def __init__(self, job: JobConf, operators_conf: Any, pseudonymizer: Any) -> None:
+    def __init__(self, job: JobConf, operators_conf: Any, pseudonymizer: Any, source: str,
+                 user_keys: Sequence[int], item_keys: Sequence[int],
+                 cassandra: tuple[list[str], int, str] | None) -> None:  # fmt: skip
         self.job = job
         self.operators_conf = operators_conf
         self.pseudonymizer = pseudonymizer
+        self.source = source
+        self.user_keys = list(user_keys)
+        self.item_keys = list(item_keys)
+        self.cassandra = cassandra
         self.op: Any = None
-        self.state: Any = None
+        self.users: Any = None
+        self.due: Any = None
+        self.rows: _CassandraRows | None = None
         self.subtask = 0
         self.synced = False
 
@@ -135,7 +183,14 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
         self.subtask = ctx.get_index_of_this_subtask()
         self.op = self._operator(load_artifact(self.job.path(self.job.model_dir)))
-        self.state = _value_state(ctx, "user", self.job.state.ttl_days)
+        self.users = _map_state(ctx, "users", self.job.state.ttl_days)
+        self.due = ctx.get_state(ValueStateDescriptor("due", Types.PICKLED_BYTE_ARRAY()))
+        if self.cassandra is not None:
+            self.rows = _CassandraRows(self.job, *self.cassandra)
+
+    def close(self) -> None:
+        if self.rows is not None:
+            self.rows.close()
 
     def _operator(self, artifact: Any) -> Any:
         from operators.scorer import Scorer
@@ -150,6 +205,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         """Once per (re)start: adopt the model and catalogue recorded in broadcast state (restored with the job)."""
         if self.synced:
             return
+        import json
+
         self.synced = True
         recorded = {k: json.loads(v) for k, v in ctx.get_broadcast_state(control_state_descriptor()).items()}
         if "model" in recorded:
@@ -179,7 +236,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 yield DEAD_LETTERS, to_json(model_rejection(update, str(e)))
             return
         new.adopt_catalog(self.op)
-        self.op = new  # atomic: the next element is scored by the new model
+        self.op = new  # atomic: the next batch is scored by the new model
         if ctx is not None:
             ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
 
@@ -194,97 +251,89 @@ class UserFunction(KeyedBroadcastProcessFunction):
             ctx.get_broadcast_state(control_state_descriptor()).put(
                 f"item:{value.item_id}", to_json({"seq": self.op.catalog_version, "item": value.to_dict()}))
 
-    # ------------------------------------------------------------------ keyed side
+    # ------------------------------------------------------------------ keyed side (one shard)
 
-    def _apply(self, result: Any, ctx: Any) -> Iterator[Any]:
-        if result.state is None:
-            self.state.clear()
-        else:
-            self.state.update(result.state)
-        if result.timer_ts is not None:
-            ctx.timer_service().register_event_time_timer(result.timer_ts)
-        for r in result.recommendations:
-            yield f"{r['user_key']}\n{to_json(r)}"  # keyed by user on the (compacted) recommendations topic
-        for f in result.fraud_flags:
-            yield FRAUD_FLAGS, to_json(f)
-        for d in result.deletions:
-            if d.get("kind") == "tombstone":
-                yield f"{d['key']}\n"  # null value: erases the user's key from the compacted topic
-            yield DELETIONS, to_json(d)
-        for d in result.dead_letters:
-            yield DEAD_LETTERS, to_json(d)
-        for e in result.item_events:
-            yield ITEM_EVENTS, e
+    def _finish(self, out: Outputs, ctx: Any) -> Iterator[Any]:
+        if out.timers:
+            due: dict[int, list[str]] = self.due.value() or {}
+            for ts, user in out.timers:
+                users = due.get(ts)
+                if users is None:
+                    due[ts] = [user]
+                    ctx.timer_service().register_event_time_timer(ts)
+                elif user not in users:
+                    users.append(user)
+            self.due.update(due)
+        if self.rows is not None:
+            self.rows.write(out.cassandra)
+        yield from _emit(out, self.item_keys)
 
-    def process_element(self, value: Any, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
+    def process_element(self, value: bytes, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
+        from operators import batch
         from operators.schema import EraseRequest
 
         yield from self._sync(ctx)
-        if isinstance(value, EraseRequest):
-            result = self.op.erase(self.state.value(), value.user_id, value.ts)
-            for d in result.deletions:
-                d["request_id"] = value.request_id  # the audit trail names the request it served
-            yield from self._apply(result, ctx)
+        if batching.is_erase(value):
+            req = batching.decode_erase(value)
+            out = batch.user_erase(self.op, self.users, EraseRequest(
+                str(req["user_id"]), str(req["request_id"]), int(req["ts"])))  # type: ignore[call-overload]
         else:
-            yield from self._apply(self.op.step(self.state.value(), value), ctx)
+            key = ctx.get_current_key()
+            out = batch.user_events(self.op, self.users, batching.decode_batch(value), self.source,
+                                    lambda user: batching.shard_key(user, self.user_keys) == key)  # fmt: skip
+        yield from self._finish(out, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
+        from operators import batch
+
         yield from self._sync(ctx)
-        yield from self._apply(self.op.on_timer(self.state.value(), timestamp), ctx)
+        due: dict[int, list[str]] = self.due.value() or {}
+        if timestamp not in due:
+            return  # served with an earlier timer of the same watermark
+        upto = max(timestamp, ctx.timer_service().current_watermark())
+        fired = [(ts, user) for ts in sorted(t for t in due if t <= upto) for user in due.pop(ts)]
+        self.due.update(due)
+        yield from self._finish(batch.user_timers(self.op, self.users, fired), ctx)
 
 
 class ItemFunction(KeyedProcessFunction):
-    """Keyed by item: `operators.item.ItemOperator` (shilling / click-farm detection, trending)."""
+    """Keyed by item shard: (shard key, [item events]) → `operators.item.ItemOperator` over the items' states
+    (MapState item_id → state bytes): shilling / click-farm detection. Flags go to Kafka and Cassandra."""
 
-    def __init__(self, job: JobConf, operators_conf: Any) -> None:
+    def __init__(self, job: JobConf, operators_conf: Any, cassandra: tuple[list[str], int, str] | None) -> None:
         self.job = job
         self.operators_conf = operators_conf
+        self.cassandra = cassandra
         self.op: Any = None
-        self.state: Any = None
+        self.items: Any = None
+        self.rows: _CassandraRows | None = None
 
     def open(self, ctx: RuntimeContext) -> None:
         from operators.item import ItemOperator
 
         self.op = ItemOperator(self.operators_conf)
-        self.state = _value_state(ctx, "item", self.job.state.ttl_days)
-
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        result = self.op.step(self.state.value(), value)
-        if result.state is None:
-            self.state.clear()
-        else:
-            self.state.update(result.state)
-        for f in result.fraud_flags:
-            yield to_json(f)
-        for d in result.dead_letters:
-            yield DEAD_LETTERS, to_json(d)
-
-
-class CassandraWrite(ProcessFunction):
-    """Writes each JSON record to Cassandra through `streamrec.sinks.CassandraWriter`; emits nothing."""
-
-    def __init__(self, job: JobConf, hosts: list[str], port: int, keyspace: str) -> None:
-        self.job, self.hosts, self.port, self.keyspace = job, hosts, port, keyspace
-        self.writer: Any = None
-
-    def open(self, ctx: RuntimeContext) -> None:
-        from streamrec.sinks import CassandraWriter, WriterConf
-
-        c = self.job.cassandra_sink
-        self.writer = CassandraWriter(self.hosts, self.port, WriterConf(
-            keyspace=self.keyspace, max_in_flight=c.max_in_flight, retries=c.retries, backoff_ms=c.backoff_ms,
-            consistency=c.consistency, request_timeout_s=c.request_timeout_s))
-        self.writer.open()
-
-    def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        _, keyed, body = value.partition("\n")
-        if keyed and not body:
-            return iter(())  # a Kafka tombstone; its Cassandra deletions arrive as deletion records
-        record = json.loads(body if keyed else value)
-        if record.get("target", "cassandra") == "cassandra":
-            self.writer.write(record)
-        return iter(())
+        self.items = _map_state(ctx, "items", self.job.state.ttl_days)
+        if self.cassandra is not None:
+            self.rows = _CassandraRows(self.job, *self.cassandra)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.rows is not None:
+            self.rows.close()
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        from operators import batch
+
+        _key, events = value
+        out = batch.item_events(self.op, self.items, events)
+        if self.rows is not None:
+            self.rows.write(out.cassandra)
+        if out.fraud_flags:
+            yield batching.join_records(out.fraud_flags)
+        if out.dead_letters:
+            yield DEAD_LETTERS, batching.join_records(out.dead_letters)
+
+
+def item_key(value: Any) -> int:
+    """Key selector of the item-event stream: its item shard key."""
+    return int(value[0])
+

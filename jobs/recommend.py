@@ -90,6 +90,7 @@ def flink_configuration(job: Any) -> Any:
     conf.set_string("restart-strategy.fixed-delay.delay", f"{job.restart.delay_ms} ms")
     conf.set_string("state.backend.type", job.state.backend)
     conf.set_string("pipeline.name", job.job_name)
+    conf.set_string("pipeline.max-parallelism", str(job.max_parallelism))
     conf.set_string("python.fn-execution.bundle.size", str(job.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(job.bundle_time_ms))
     conf.set_string("pipeline.auto-watermark-interval", f"{job.watermark.interval_ms} ms")
@@ -100,79 +101,102 @@ def flink_configuration(job: Any) -> Any:
     return conf
 
 
+def shard_keys(job: Any) -> list[int]:
+    """The Flink keys of the job's shards (`jobs/java/ShardKeys.java`: spread over the key groups)."""
+    from pyflink.java_gateway import get_gateway
+
+    return list(get_gateway().jvm.streamrec.flink.ShardKeys.table(job.batching.shards, job.max_parallelism))
+
+
+def split(stream: Any) -> Any:
+    """One record per output again (the Python operators emit one joined string per batch), in the JVM."""
+    from pyflink.datastream.data_stream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    return DataStream(get_gateway().jvm.streamrec.flink.BatchSplitter.split(stream._j_data_stream))
+
+
+def batch_by_user(raw: Any, job: Any, keys: list[int]) -> Any:
+    """Raw events → batches of one user shard each (`jobs/java/ShardBatcher.java`), in the JVM."""
+    from pyflink.datastream.data_stream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    gw = get_gateway()
+    j_keys = gw.new_array(gw.jvm.int, len(keys))
+    for i, k in enumerate(keys):
+        j_keys[i] = k
+    b = job.batching
+    return DataStream(gw.jvm.streamrec.flink.ShardBatcher.byShard(raw._j_data_stream, j_keys, b.max_events,
+                                                                 b.max_delay_ms))
+
+
 def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap: str, cassandra_hosts: list[str],
           cassandra_port: int, keyspace: str) -> None:
     """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name."""
     from pyflink.common import Duration, Types, WatermarkStrategy
-    from pyflink.datastream.connectors.base import Sink
 
+    from jobs.batching import frame_key
     from jobs.functions import (
         BROADCAST,
         DEAD_LETTERS,
         DELETIONS,
         FRAUD_FLAGS,
         ITEM_EVENTS,
-        CassandraWrite,
         ItemFunction,
         ParseControl,
-        ParseEvents,
         ParseItems,
         UserFunction,
         control_state_descriptor,
+        item_key,
     )
 
     t = job.topics
+    keys = shard_keys(job)
+    cassandra = (cassandra_hosts, cassandra_port, keyspace) if job.cassandra_sink.enabled else None
     # Event time = the Kafka record timestamp (producers set it to the event's `ts`).
     watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(job.watermark.out_of_orderness_ms))
         .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
     raw = env.from_source(kafka_source(job, bootstrap, t.events), watermarks, "events").uid("events-source")
-
-    events = raw.process(ParseEvents(t.events), output_type=Types.PICKLED_BYTE_ARRAY()) \
-        .name("parse-validate").uid("parse-validate")
+    batches = batch_by_user(raw, job, keys).name("batch-by-user").uid("batch-by-user")
 
     # Control plane: `control` (model records, erase requests) and `items` (catalogue updates). Their watermarks
     # are wall-clock publish times and the sources go idle when quiet, so they never hold back event time.
     quiet = (WatermarkStrategy.for_monotonous_timestamps()
              .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
     control = env.from_source(kafka_source(job, bootstrap, t.control), quiet, "control") \
-        .uid("control-source").process(ParseControl(t.control), output_type=Types.PICKLED_BYTE_ARRAY()) \
+        .uid("control-source").process(ParseControl(t.control, keys), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())) \
         .name("parse-control").uid("parse-control")
     catalogue = env.from_source(kafka_source(job, bootstrap, t.items), quiet, "items") \
         .uid("items-source").process(ParseItems(t.items), output_type=Types.PICKLED_BYTE_ARRAY()) \
         .name("parse-items").uid("parse-items")
     broadcast = control.get_side_output(BROADCAST).union(catalogue).broadcast(control_state_descriptor())
 
-    # Erase requests travel with the events, keyed by user: they reach the state they must clear.
-    users = events.union(control).key_by(lambda e: e.user_id, key_type=Types.STRING()) \
+    # Erase requests travel with the event batches, keyed by user shard: they reach the state they must clear.
+    users = batches.union(control).key_by(frame_key, key_type=Types.INT()) \
         .connect(broadcast) \
-        .process(UserFunction(job, operators_conf, pseudonymizer), output_type=Types.STRING()) \
+        .process(UserFunction(job, operators_conf, pseudonymizer, t.events, keys, keys, cassandra),
+                 output_type=Types.STRING()) \
         .name("user-operator").uid("user-operator")
 
     items = users.get_side_output(ITEM_EVENTS) \
-        .key_by(lambda e: e["item_id"], key_type=Types.STRING()) \
-        .process(ItemFunction(job, operators_conf), output_type=Types.STRING()) \
+        .key_by(item_key, key_type=Types.INT()) \
+        .process(ItemFunction(job, operators_conf, cassandra), output_type=Types.STRING()) \
         .name("item-operator").uid("item-operator")
 
     flags = users.get_side_output(FRAUD_FLAGS).union(items)
     deletions = users.get_side_output(DELETIONS)
-    dead = events.get_side_output(DEAD_LETTERS).union(
-        users.get_side_output(DEAD_LETTERS), items.get_side_output(DEAD_LETTERS),
-        control.get_side_output(DEAD_LETTERS), catalogue.get_side_output(DEAD_LETTERS))
+    dead = users.get_side_output(DEAD_LETTERS).union(
+        items.get_side_output(DEAD_LETTERS), control.get_side_output(DEAD_LETTERS),
+        catalogue.get_side_output(DEAD_LETTERS))
 
-    users.sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
+    split(users).name("split-recommendations").uid("split-recommendations") \
+        .sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
         .name("kafka-recommendations").uid("kafka-recommendations")
     for stream, topic, uid in ((flags, t.fraud_flags, "fraud-flags"), (dead, t.dead_letters, "dead-letters"),
                                (deletions, t.deletions, "deletions")):
-        stream.sink_to(kafka_sink(job, bootstrap, topic)).name(f"kafka-{uid}").uid(f"kafka-{uid}")
-
-    if job.cassandra_sink.enabled:
-        to_cassandra = users.union(flags, deletions)
-        to_cassandra.process(CassandraWrite(job, cassandra_hosts, cassandra_port, keyspace),
-                             output_type=Types.STRING()) \
-            .name("cassandra-writer").uid("cassandra-writer") \
-            .sink_to(Sink("org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink")) \
-            .name("cassandra-done").uid("cassandra-done")
+        split(stream).name(f"split-{uid}").uid(f"split-{uid}") \
+            .sink_to(kafka_sink(job, bootstrap, topic)).name(f"kafka-{uid}").uid(f"kafka-{uid}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

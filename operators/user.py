@@ -4,15 +4,30 @@
 only loads the state, calls step, stores `result.state` (None = clear), registers `result.timer_ts` and
 routes the output lists. It never raises: bad input becomes a dead-letter record, an unreadable state is
 replaced by a fresh one (`state_reset=True`).
+
+`step_many(states, events)` is the same code over a batch of events (many users, several events of one user, in
+arrival order), with the same results as `step` event by event. Each event runs in two phases:
+
+- the per-event phase (`_event_phase`, `_timer_phase`): decode the state, dedupe, update it, fraud detectors, decide
+  whether a list is due. It is a generator: where it needs a list (or the surprise detector's log-probs) it yields a
+  `_ListOrder` (or `_LogProbs`) and is resumed with the answer;
+- the per-list phase (`_serve`): the scoring of the lists a round asked for (one onnxruntime call per graph), then
+  candidates, MMR re-rank and the list record (`_list_phase`), across the round's lists at once.
+
+The driver (`_run`) keeps one queue per user: round k holds the k-th pending need of every user (a user's next event
+starts once its previous one finished), so a batch of N users with one due list each costs one model call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -22,7 +37,7 @@ from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_lette
 from operators.privacy import Pseudonymizer
 from operators.recs import intra_list_diversity, knn_candidates, mmr, normalise_rows
 from operators.schema import EVENT_TYPES, Event, ItemMeta, Rejection, event_from_mapping, parse_event
-from operators.scorer import Scorer, ScoreRequest
+from operators.scorer import Scorer, ScoreRequest, ScoreResult
 from operators.state import (
     StateError,
     UserState,
@@ -55,6 +70,99 @@ class StepResult:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _kept(state: Any) -> bytes | None:
+    """The state an event that changed nothing leaves (dead letters): the stored bytes, anything else is cleared."""
+    return state if isinstance(state, bytes) else None
+
+
+@dataclass(slots=True)
+class _ListOrder:
+    """What the per-event phase asks of the per-list phase: one recommendation list for `s`. The event is suspended
+    meanwhile, so `s` does not change under the per-list phase (which reads it: fallback interests, last list)."""
+
+    s: UserState
+    user_key: str
+    event_id: str
+    event_ts: int
+    now: int
+    debounced: bool
+    known: list[int]  # the history's known item indices
+    consumed: list[int]  # items excluded as consumed
+    req: ScoreRequest | None  # the model's input; None: a cold-start list (no model call)
+    need_logprob: bool  # score with the full graph (the surprise detector judges this event)
+
+
+@dataclass(slots=True)
+class _LogProbs:
+    """The surprise detector's own model call (the event's list was not scored by the model): full-graph log-probs."""
+
+    req: ScoreRequest
+    need_logprob: bool = True
+
+
+@dataclass(slots=True)
+class _Built:
+    """The per-list phase's answer to a `_ListOrder`."""
+
+    rec: dict[str, Any]  # the recommendation record
+    hashes: list[int]  # the list's item hashes (the state's `last_recs`)
+    logprob: np.ndarray | None  # the model's log-probs (None: cold start; empty: the fast graph scored the list)
+
+
+_R = TypeVar("_R")
+# A phase of one event (or timer): yields what it needs from the per-list phase, is resumed with the answer
+# (`_Built` for a `_ListOrder`, `ScoreResult` for `_LogProbs`), returns its result.
+_Phase = Generator["_ListOrder | _LogProbs", Any, _R]
+# One unit of work of a queue: (result position, start it from the user's current state, its result if it raises).
+# `start` returns the result at once (nothing to score: e.g. a dead letter) or the phase to drive.
+_Task = tuple[int, Callable[[Any], "StepResult | _Phase[StepResult]"], Callable[[Any, Exception], "StepResult"]]
+
+
+@dataclass(slots=True)
+class _Queue:
+    """One user's tasks of a call, run one after the other on its state (threaded from one task to the next)."""
+
+    state: Any  # the state the next task starts from (after the call: the user's final state)
+    tasks: deque[_Task]
+    index: int = -1  # the running task's result position
+    gen: _Phase[StepResult] | None = None  # the running task's phase (None: between tasks)
+    before: Any = None  # the state the running task started from (kept if it fails)
+    fail: Callable[[Any, Exception], StepResult] | None = None  # the running task's result if it raises
+    need: _ListOrder | _LogProbs | None = None  # what the running task waits for (None: the queue is done)
+
+
+def _claimed_user(event: Any) -> str | None:
+    """The user an event that is not a valid Event still names (its queue: its result carries that user's state)."""
+    user = event.user_id if isinstance(event, Event) else None
+    return user if isinstance(user, str) and user else None
+
+
+def _rows_or_each(fn: Callable[..., Sequence[_R]], *cols: Sequence[Any]) -> list[_R | Exception]:
+    """`fn` over all rows at once (columns `cols`, one item per row); if that raises, row by row, so that a failing
+    row gets its exception and the others their results."""
+    n = len(cols[0])
+    if n == 0:
+        return []
+    try:
+        got = fn(*cols)
+    except Exception as e:  # noqa: BLE001
+        if n == 1:
+            return [e]
+    else:
+        if len(got) == n:
+            return list(got)
+        if n == 1:
+            return [ValueError(f"{len(got)} results for 1 row")]
+    out: list[_R | Exception] = []
+    for j in range(n):
+        try:
+            one = fn(*(c[j : j + 1] for c in cols))
+            out.append(one[0] if len(one) == 1 else ValueError(f"{len(one)} results for 1 row"))
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+    return out
 
 
 class UserOperator:
@@ -147,22 +255,40 @@ class UserOperator:
 
     def step(self, state: bytes | None, event: Any) -> StepResult:
         """Process one event for its user. `event` is an `Event` (also accepted: a raw message or mapping)."""
-        try:
-            ev = self._as_event(event)
-            if isinstance(ev, dict):
-                return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[ev])
-            return self._step(state, ev)
-        except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
-            dl = operator_dead_letter(OPERATOR_ERROR, f"{type(e).__name__}: {e}", SOURCE, event)
-            return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[dl])
+        _, task = self._event_task(0, event)
+        return self._run([_Queue(state, deque([task]))], 1)[0]
+
+    def step_many(self, states: dict[str, bytes | None], events: Sequence[Any]) -> list[StepResult]:
+        """`step` over a batch, in arrival order: the results `step` gives event by event, each user's state threaded
+        through its events. `states` maps user_id to its stored state before the batch (missing: None) and is updated
+        in place to each user's final state (None: clear it). An event that is not a valid `Event` gives its dead
+        letter and touches no state (its result carries its user's state at that point, when it names a user, else
+        None). Lists are scored across users: one onnxruntime call per graph and round (see the module docstring)."""
+        queues: dict[str, _Queue] = {}
+        alone: list[_Queue] = []  # events that name no user
+        for i, event in enumerate(events):
+            user, task = self._event_task(i, event)
+            if user is None:
+                alone.append(_Queue(None, deque([task])))
+                continue
+            q = queues.get(user)
+            if q is None:
+                q = queues[user] = _Queue(states.get(user), deque())
+            q.tasks.append(task)
+        out = self._run([*queues.values(), *alone], len(events))
+        for user, q in queues.items():
+            states[user] = q.state
+        return out
 
     def on_timer(self, state: bytes | None, ts: int) -> StepResult:
         """A debounce timer fired at event time `ts`: emit the suppressed update; clear state past its TTL."""
-        try:
-            return self._on_timer(state, ts)
-        except Exception as e:  # noqa: BLE001
-            dl = operator_dead_letter(OPERATOR_ERROR, f"on_timer: {type(e).__name__}: {e}", SOURCE, ts)
-            return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[dl])
+        return self.on_timer_many([(state, ts)])[0]
+
+    def on_timer_many(self, fired: Sequence[tuple[bytes | None, int]]) -> list[StepResult]:
+        """`on_timer` for each (state, ts), in order (the caller threads each result's state; one timer per user and
+        call), with the lists scored together."""
+        queues = [_Queue(state, deque([self._timer_task(i, ts)])) for i, (state, ts) in enumerate(fired)]
+        return self._run(queues, len(queues))
 
     def erase(self, state: bytes | None, user_id: str, ts: int) -> StepResult:
         """Right to erasure: clear the state and tell every sink to delete what it holds for this user."""
@@ -190,6 +316,158 @@ class UserOperator:
         return StepResult(state=None, deletions=deletions)
 
     # ---------------------------------------------------------------- internals
+
+    def _event_task(self, i: int, event: Any) -> tuple[str | None, _Task]:
+        """The user an event belongs to (None: it names none) and its task: the per-event phase, or its dead letter
+        (an event that is not a valid Event). Exceptions become OPERATOR_ERROR dead letters, state unchanged."""
+
+        def failed(state: Any, e: Exception) -> StepResult:
+            dl = operator_dead_letter(OPERATOR_ERROR, f"{type(e).__name__}: {e}", SOURCE, event)
+            return StepResult(state=_kept(state), dead_letters=[dl])
+
+        try:
+            ev = self._as_event(event)
+        except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
+            return _claimed_user(event), (i, partial(failed, e=e), failed)
+        if isinstance(ev, dict):
+            return _claimed_user(event), (i, lambda state: StepResult(state=_kept(state), dead_letters=[ev]), failed)
+        return ev.user_id, (i, lambda state: self._event_phase(state, ev), failed)
+
+    def _timer_task(self, i: int, ts: int) -> _Task:
+        def failed(state: Any, e: Exception) -> StepResult:
+            dl = operator_dead_letter(OPERATOR_ERROR, f"on_timer: {type(e).__name__}: {e}", SOURCE, ts)
+            return StepResult(state=_kept(state), dead_letters=[dl])
+
+        return i, lambda state: self._timer_phase(state, ts), failed
+
+    def _run(self, queues: list[_Queue], n: int) -> list[StepResult]:
+        """Drive the queues' tasks to their `n` results. Each round answers the current need of every queue at once
+        (the per-list phase, `_serve`), then resumes each task until its next need; a finished task starts its queue's
+        next one. Never raises: a failing task (or a failing answer) is its own OPERATOR_ERROR dead letter."""
+        out: list[StepResult | None] = [None] * n
+        for q in queues:
+            self._advance(q, out, None)
+        waiting = [q for q in queues if q.need is not None]
+        while waiting:
+            needs = [q.need for q in waiting if q.need is not None]
+            try:
+                answers = self._serve(needs)
+            except Exception as e:  # noqa: BLE001 - a bug in the round: every event of it fails, alone
+                answers = [e] * len(needs)
+            for q, answer in zip(waiting, answers, strict=True):
+                self._advance(q, out, answer)
+            waiting = [q for q in waiting if q.need is not None]
+        assert all(r is not None for r in out)
+        return cast(list[StepResult], out)
+
+    @staticmethod
+    def _advance(q: _Queue, out: list[StepResult | None], answer: Any) -> None:
+        """Resume the queue's running task with `answer` (an exception: raised in it) until it needs something again;
+        record each task that finishes and start the next one."""
+        while True:
+            if q.gen is None:
+                if not q.tasks:
+                    q.need = None
+                    return
+                q.index, start, q.fail = q.tasks.popleft()
+                q.before = q.state
+                answer = None
+                try:
+                    got = start(q.state)
+                except Exception as e:  # noqa: BLE001
+                    got = q.fail(q.before, e)
+                if isinstance(got, StepResult):
+                    out[q.index], q.state = got, got.state
+                    continue
+                q.gen = got
+            try:
+                q.need = q.gen.throw(answer) if isinstance(answer, Exception) else q.gen.send(answer)
+                return
+            except StopIteration as stop:
+                res: StepResult = stop.value
+            except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
+                assert q.fail is not None
+                res = q.fail(q.before, e)
+            out[q.index], q.state, q.gen = res, res.state, None
+
+    # ---------------------------------------------------------------- the per-list phase
+
+    def _serve(self, needs: Sequence[_ListOrder | _LogProbs]) -> list[Any]:
+        """Answer one round's needs (any users'), in order: the model first (one call per graph for all the round's
+        requests), then the lists (`_list_phase`, across the round's lists). A need whose part fails gets its
+        exception as the answer (its event alone becomes a dead letter)."""
+        answers: list[Any] = [None] * len(needs)
+        graphs: tuple[list[int], list[int]] = ([], [])  # the needs the fast graph scores, those the full one does
+        for i, nd in enumerate(needs):
+            if nd.req is not None:
+                graphs[nd.need_logprob].append(i)
+        for full, pos in zip((False, True), graphs, strict=True):
+            if pos:
+                scored = _rows_or_each(partial(self.scorer.score, need_logprob=full), [needs[i].req for i in pos])
+                for i, res in zip(pos, scored, strict=True):
+                    answers[i] = res
+        pos = [i for i, nd in enumerate(needs) if isinstance(nd, _ListOrder) and not isinstance(answers[i], Exception)]
+        if pos:
+            built = _rows_or_each(self._list_phase, [needs[i] for i in pos], [answers[i] for i in pos])
+            for i, b in zip(pos, built, strict=True):
+                answers[i] = b
+        return answers
+
+    def _list_phase(self, orders: Sequence[_ListOrder], scored: Sequence[ScoreResult | None]) -> list[_Built]:
+        """The lists of a round: candidates (the model's top ones, topped up from the fallback; or the cold-start
+        fallback), MMR re-rank, the list record. Reads each order's state, changes none (its event records the list)."""
+        r = self.conf.recs
+        cands: list[list[int]] = []
+        rels: list[list[float]] = []
+        for o, res in zip(orders, scored, strict=True):
+            if res is None:
+                cand, rel = self._fallback(o.s, o.known, o.consumed)
+            else:
+                ok = np.isfinite(res.scores)
+                cand = res.items[ok][: r.candidates].tolist()
+                rel = res.scores[ok][: r.candidates].tolist()
+                if len(cand) < r.k:  # tiny catalogues / heavy filters: top up from the fallback
+                    more, _ = self._fallback(o.s, o.known, o.consumed + cand)
+                    lo = min(rel) if rel else 0.0
+                    cand += more
+                    rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
+            cands.append(cand)
+            rels.append(rel)
+        # NOTE: per list until operators/recs.py has its batched `mmr_many` / `intra_list_diversity_many`
+        chosen = [mmr(c, rel, self.unit_emb, r.k, r.mmr_lambda) for c, rel in zip(cands, rels, strict=True)]
+        n = self.n_items
+        # index -> external id, and its hash (the latter raises for an index the artefact does not know)
+        ids = [[self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in ch] for ch in chosen]
+        hashes = [[self.index_hash[i] for i in ch] for ch in chosen]
+        diversity = [intra_list_diversity(ch, self.unit_emb) for ch in chosen]
+        diversity_before = [intra_list_diversity(c[: r.k], self.unit_emb) for c in cands]
+        out = []
+        for j, o in enumerate(orders):
+            score_of = dict(zip(cands[j], rels[j], strict=True))
+            rec = {
+                "kind": "recommendation",
+                "rec_id": _digest("rec", o.user_key, o.event_id),
+                "user_key": o.user_key,
+                "key_id": o.s.key_id or self.pseud.key_id,
+                "items": ids[j],
+                "scores": [round(float(score_of[i]), 6) for i in chosen[j]],
+                "source": "cold_start" if scored[j] is None else "model",
+                "model_version": self.version,
+                "catalog_version": self.catalog_version,
+                "event_id": o.event_id,
+                "event_ts": o.event_ts,
+                "emitted_ts": o.now,
+                "debounced": o.debounced,
+                "changed": hashes[j] != o.s.last_recs,
+                "intra_list_diversity": round(diversity[j], 6),
+                "intra_list_diversity_before_rerank": round(diversity_before[j], 6),
+                "mmr_lambda": r.mmr_lambda,
+            }
+            res = scored[j]
+            out.append(_Built(rec, hashes[j], None if res is None else res.next_item_logprob))
+        return out
+
+    # ---------------------------------------------------------------- the per-event phase
 
     def _as_event(self, event: Any) -> Event | dict[str, Any]:
         if isinstance(event, Event):
@@ -225,7 +503,9 @@ class UserOperator:
             return UserState(), True
         return s, False
 
-    def _step(self, state: bytes | None, ev: Event) -> StepResult:
+    def _event_phase(self, state: bytes | None, ev: Event) -> _Phase[StepResult]:
+        """One event's work: dedupe, state update, fraud detectors, debounce; its list (if due) and the surprise
+        detector's log-probs are asked of the per-list phase (`yield from`)."""
         s, reset = self._load(state, ev.ts)
         h = id_hash(ev.event_id)
         if any(x == h for x, _ in s.dedup):
@@ -243,14 +523,15 @@ class UserOperator:
         due = s.last_emit_ts == 0 or ev.ts - s.last_emit_ts >= deb.interval_ms
         if due or type_code(ev.event_type) in self.strong or deb.interval_ms <= 0:
             # the model's log-probs (the full graph) only for an event the surprise detector judges
-            rec, lp = self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False,
-                                      need_logprob=self._surprise_due(s))  # fmt: skip
+            rec, lp = yield from self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False,
+                                                 need_logprob=self._surprise_due(s))  # fmt: skip
             recs.append(rec)
             scored = True
         else:
             s.pending_ts, s.pending_event_id = ev.ts, ev.event_id
             timer = s.last_emit_ts + deb.interval_ms
-        flags += self._surprise_flag(s, ev.event_id, ev.ts, user_key, lp, scored)
+        if self._surprise_due(s):
+            flags += yield from self._surprise_flag(s, ev.event_id, ev.ts, user_key, lp, scored)
 
         # Flagged (quarantined) users still reach the item operator, marked: they never feed an item's baselines
         # there, but their clicks and ratings stay evidence of a farm or campaign they belong to.
@@ -265,7 +546,8 @@ class UserOperator:
             state_reset=reset,
         )  # fmt: skip
 
-    def _on_timer(self, state: bytes | None, ts: int) -> StepResult:
+    def _timer_phase(self, state: bytes | None, ts: int) -> _Phase[StepResult]:
+        """One debounce timer's work: the suppressed list (asked of the per-list phase), or nothing."""
         if state is None:
             return StepResult(state=None)
         try:
@@ -278,8 +560,8 @@ class UserOperator:
             return StepResult(state=state)
         user_key = s.user_key
         # no fraud flags here: which lists a timer emits follows the watermark, the detectors follow the events
-        rec, _ = self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True,
-                                 need_logprob=False)  # fmt: skip
+        rec, _ = yield from self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True,
+                                            need_logprob=False)  # fmt: skip
         return StepResult(state=encode(s), recommendations=[rec])
 
     def _update(self, s: UserState, ev: Event, h: int) -> None:
@@ -331,62 +613,23 @@ class UserOperator:
         now: int,
         debounced: bool,
         need_logprob: bool,
-    ) -> tuple[dict[str, Any], np.ndarray | None]:
-        """Build, record in the state and describe one recommendation list (+ the model's log-probs: None for a
-        cold-start list; with `need_logprob` those of the full graph, else empty: the fast graph scored the list,
-        the same items and scores)."""
+    ) -> _Phase[tuple[dict[str, Any], np.ndarray | None]]:
+        """Ask the per-list phase for one recommendation list and record it in the state: the list record + the
+        model's log-probs (None for a cold-start list; with `need_logprob` those of the full graph, else empty: the
+        fast graph scored the list, the same items and scores)."""
         r = self.conf.recs
         idx = self._indices(s)
         known = [i for i in idx if 0 <= i < self.n_items]
         consumed = sorted(set(known)) if r.exclude_consumed else []
-        lp: np.ndarray | None = None
-        if len(known) < r.min_history:
-            source = "cold_start"
-            cand, rel = self._fallback(s, known, consumed)
-        else:
-            source = "model"
+        req = None
+        if len(known) >= r.min_history:  # else a cold-start list
             req = ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)
-            res = self.scorer.score([req], need_logprob=need_logprob)[0]
-            lp = res.next_item_logprob
-            ok = np.isfinite(res.scores)
-            cand = res.items[ok][: r.candidates].tolist()
-            rel = res.scores[ok][: r.candidates].tolist()
-            if len(cand) < r.k:  # tiny catalogues / heavy filters: top up from the fallback
-                more, more_rel = self._fallback(s, known, consumed + cand)
-                lo = min(rel) if rel else 0.0
-                cand += more
-                rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
-                del more_rel
-        before = cand[: r.k]
-        chosen = mmr(cand, rel, self.unit_emb, r.k, r.mmr_lambda)
-        score_of = dict(zip(cand, rel, strict=True))
+        built: _Built = yield _ListOrder(s, user_key, event_id, event_ts, now, debounced, known, consumed, req,
+                                         need_logprob)  # fmt: skip
         s.last_emit_ts = now
         s.pending_ts, s.pending_event_id = 0, ""
-        n = self.n_items
-        ids = [self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in chosen]  # the latter raises
-        hashes = [self.index_hash[i] for i in chosen]
-        changed = hashes != s.last_recs
-        s.last_recs = hashes
-        rec = {
-            "kind": "recommendation",
-            "rec_id": _digest("rec", user_key, event_id),
-            "user_key": user_key,
-            "key_id": s.key_id or self.pseud.key_id,
-            "items": ids,
-            "scores": [round(float(score_of[i]), 6) for i in chosen],
-            "source": source,
-            "model_version": self.version,
-            "catalog_version": self.catalog_version,
-            "event_id": event_id,
-            "event_ts": event_ts,
-            "emitted_ts": now,
-            "debounced": debounced,
-            "changed": changed,
-            "intra_list_diversity": round(intra_list_diversity(chosen, self.unit_emb), 6),
-            "intra_list_diversity_before_rerank": round(intra_list_diversity(before, self.unit_emb), 6),
-            "mmr_lambda": r.mmr_lambda,
-        }
-        return rec, lp
+        s.last_recs = built.hashes
+        return built.rec, built.logprob
 
     def _fallback(self, s: UserState, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
         """Cold start: item-KNN neighbours of the recent known items first, then popular items boosted by the
@@ -472,15 +715,13 @@ class UserOperator:
 
     def _surprise_flag(
         self, s: UserState, event_id: str, event_ts: int, user_key: str, lp: np.ndarray | None, scored: bool
-    ) -> list[dict[str, Any]]:
+    ) -> _Phase[list[dict[str, Any]]]:
         """Model surprise on a fixed schedule: every `surprise_every`-th event of the user (its event count), judged
         on the model's log-probs for the sequence as of that event, so a flag is a function of the user's events
         alone. When the event's own list was scored those log-probs are reused (the very same model input);
-        otherwise one extra model call. Lists scored by debounce timers are never used: when a timer fires follows
-        the watermark."""
+        otherwise one extra model call (asked of the per-list phase). Lists scored by debounce timers are never used:
+        when a timer fires follows the watermark. Called for an event the detector judges (`_surprise_due`)."""
         fc = self.conf.user_fraud
-        if not self._surprise_due(s):
-            return []
         if not scored:
             idx = self._indices(s)
             known = [i for i in idx if 0 <= i < self.n_items]
@@ -491,7 +732,8 @@ class UserOperator:
                 return []
             consumed = sorted(set(known)) if self.conf.recs.exclude_consumed else []  # as `_recommend` asks
             req = ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)
-            lp = self.scorer.score([req], need_logprob=True)[0].next_item_logprob
+            res: ScoreResult = yield _LogProbs(req)
+            lp = res.next_item_logprob
         if lp is None:
             return []
         det = fraud.surprise(lp, self.n_items, fc)

@@ -1,12 +1,12 @@
 """The plain-consumer alternative handles each message exactly as the Flink job's functions do.
 
-The reference is `jobs/functions.py` itself (ParseEvents, UserFunction, ItemFunction) driven with in-memory keyed
-state and timers, so a consumer that skips a stage (item operator, timers, dead letters) or routes / serialises an
-output differently fails here."""
+The reference is `jobs/functions.py` itself (UserFunction, ItemFunction, fed batches as the JVM groups them) driven
+with in-memory keyed state and timers, so a consumer that skips a stage (item operator, timers, dead letters) or
+routes / serialises an output differently fails here."""
 
 from __future__ import annotations
 
-import heapq
+import collections
 import json
 from pathlib import Path
 from typing import Any
@@ -15,33 +15,47 @@ import pytest
 
 from operators.config import OperatorsConf
 from operators.privacy import Pseudonymizer
+from streamrec.bench.consumer import to_json
 
 KEY = Pseudonymizer(b"bench-unit-test-key-0123", "bench-k1")
 OOO = 5000
+# User detectors are functions of the user's own events; item detectors see the item events in arrival order, which
+# batching (and any parallelism) changes.
+USER_DETECTORS = {"velocity_burst", "regular_gaps", "rating_anomaly", "model_surprise"}
 
 
 class _KeyedValue:
-    """A ValueState scoped to the current key, as Flink gives a KeyedProcessFunction."""
+    """A ValueState scoped to the current key, as Flink gives a keyed function."""
 
     def __init__(self) -> None:
-        self.store: dict[str, bytes] = {}
-        self.key = ""
+        self.store: dict[Any, Any] = {}
+        self.key: Any = None
 
-    def value(self) -> bytes | None:
+    def value(self) -> Any:
         return self.store.get(self.key)
 
-    def update(self, v: bytes) -> None:
+    def update(self, v: Any) -> None:
         self.store[self.key] = v
 
     def clear(self) -> None:
         self.store.pop(self.key, None)
 
 
-class _Ctx:
-    """Timer service (and an empty broadcast state, for a UserFunction that has a control plane)."""
+class _MapState(dict):  # type: ignore[type-arg]
+    """The functions' MapState (id → state bytes). Ids are unique across shards, so one dict holds every shard's."""
 
-    def __init__(self, timers: list[tuple[int, str]], key: str) -> None:
-        self.timers, self.key = timers, key
+    def put(self, key: str, value: bytes) -> None:
+        self[key] = value
+
+    def remove(self, key: str) -> None:
+        self.pop(key, None)
+
+
+class _Ctx:
+    """Timer service, current key and watermark (and an empty broadcast state for the control plane)."""
+
+    def __init__(self, timers: list[tuple[int, Any]], key: Any, watermark: int) -> None:
+        self.timers, self.key, self.watermark = timers, key, watermark
         self.broadcast: dict[str, str] = {}
 
     def timer_service(self) -> Any:
@@ -50,16 +64,22 @@ class _Ctx:
     def register_event_time_timer(self, ts: int) -> None:
         self.timers.append((ts, self.key))
 
+    def current_watermark(self) -> int:
+        return self.watermark
+
+    def get_current_key(self) -> Any:
+        return self.key
+
     def get_broadcast_state(self, _descriptor: Any) -> Any:
         return self.broadcast
 
 
-class _Writer:
+class _Rows:
     def __init__(self) -> None:
         self.written: list[dict[str, Any]] = []
 
-    def write(self, record: dict[str, Any]) -> None:
-        self.written.append(record)
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.written += rows
 
 
 def _main_output(value: str) -> tuple[str | None, str | None]:
@@ -82,83 +102,87 @@ def _operators(model: Path) -> tuple[Any, Any]:
     return UserOperator(art, conf, KEY, Scorer(art)), ItemOperator(conf)
 
 
-def reference_outputs(
-    model: Path, stream: list[tuple[bytes, bytes | None, int]], source: str
-) -> tuple[list[tuple[str, str | None, str | None]], list[dict[str, Any]], dict[str, bytes], dict[str, bytes]]:
-    """The job's functions over `stream`, one record at a time, watermark = max record ts - OOO - 1; returns the
-    Kafka records (output, key, value), what its CassandraWrite writes, and the final user / item keyed state."""
-    from jobs.config import JobConf
-    from jobs.functions import (
-        DEAD_LETTERS,
-        DELETIONS,
-        FRAUD_FLAGS,
-        ITEM_EVENTS,
-        CassandraWrite,
-        ItemFunction,
-        ParseEvents,
-        UserFunction,
-    )
+def _user_of(payload: bytes) -> str | None:
+    """The user id the JVM batcher finds (`ShardKeys.userId`): a top-level string "user_id", else None."""
+    try:
+        d = json.loads(payload)
+    except ValueError:
+        return None
+    u = d.get("user_id") if isinstance(d, dict) else None
+    return u if isinstance(u, str) else None
 
+
+def reference_outputs(
+    model: Path, stream: list[tuple[bytes, bytes | None, int]], source: str, batch: int = 1
+) -> tuple[list[tuple[str, str | None, str | None]], list[dict[str, Any]], dict[str, bytes], dict[str, bytes]]:
+    """The job's functions (`jobs/functions.py`: UserFunction, ItemFunction) over `stream`, as the JVM feeds them:
+    raw events grouped by user shard into batches of `batch` (consecutive events of a shard; a batch is sent when
+    full and at each watermark advance), watermark = max record ts - OOO - 1, event-time timers fired oldest first.
+    Returns the Kafka records (output, key, value), the Cassandra rows, and the final user / item keyed state."""
+    from jobs import batching
+    from jobs.config import JobConf
+    from jobs.functions import DEAD_LETTERS, DELETIONS, FRAUD_FLAGS, ITEM_EVENTS, ItemFunction, UserFunction
+
+    keys = list(range(100, 108))
     user_op, item_op = _operators(model)
-    parse = ParseEvents(source)
-    uf = UserFunction(JobConf(), OperatorsConf(), KEY)
-    uf.op, uf.state = user_op, _KeyedValue()
-    itf = ItemFunction(JobConf(), OperatorsConf())
-    itf.op, itf.state = item_op, _KeyedValue()
-    cw = CassandraWrite(JobConf(), [], 0, "ks")
-    cw.writer = _Writer()
+    uf = UserFunction(JobConf(), OperatorsConf(), KEY, source, keys, keys, None)
+    uf.op, uf.users, uf.due, uf.rows = user_op, _MapState(), _KeyedValue(), _Rows()  # type: ignore[assignment]
+    itf = ItemFunction(JobConf(), OperatorsConf(), None)
+    itf.op, itf.items, itf.rows = item_op, _MapState(), _Rows()  # type: ignore[assignment]
     names = {id(FRAUD_FLAGS): "fraud-flags", id(DEAD_LETTERS): "dead-letters", id(DELETIONS): "deletions"}
     out: list[tuple[str, str | None, str | None]] = []
-    registered: list[tuple[int, str]] = []
-    heap: list[tuple[int, int, str]] = []
-    pending: set[tuple[int, str]] = set()
-    seq = 0
+    timers: list[tuple[int, Any]] = []
+    fired: set[tuple[int, Any]] = set()
+    watermark = -(2**63)
 
-    def side(name: str, value: str) -> None:
-        out.append((name, None, value))
-        if name in ("fraud-flags", "deletions"):  # the Cassandra union: recommendations, flags, deletions
-            list(cw.process_element(value, None))
+    def split(value: str) -> list[str]:
+        return value.split(batching.SEP)
 
-    def route_user(results: Any) -> None:
-        nonlocal seq
+    def route(results: Any) -> None:
         for r in results:
             if isinstance(r, str):
-                key, value = _main_output(r)
-                out.append(("recommendations", key, value))
-                list(cw.process_element(r, None))
+                out.extend(("recommendations", *_main_output(v)) for v in split(r))
             elif r[0] is ITEM_EVENTS:
-                itf.state.key = r[1]["item_id"]
                 for ir in itf.process_element(r[1], None):
                     if isinstance(ir, str):
-                        side("fraud-flags", ir)
+                        out.extend(("fraud-flags", None, v) for v in split(ir))
                     else:
-                        side(names[id(ir[0])], ir[1])
+                        out.extend((names[id(ir[0])], None, v) for v in split(ir[1]))
             else:
-                side(names[id(r[0])], r[1])
-        for ts, k in registered:
-            if (ts, k) not in pending:
-                pending.add((ts, k))
-                seq += 1
-                heapq.heappush(heap, (ts, seq, k))
-        registered.clear()
+                out.extend((names[id(r[0])], None, v) for v in split(r[1]))
+
+    pending: dict[int, list[bytes]] = {}
+
+    def send(key: int) -> None:
+        uf.due.key = key
+        route(list(uf.process_element(batching.encode_batch(key, pending.pop(key)), _Ctx(timers, key, watermark))))
+
+    def fire(upto: int) -> None:
+        while True:
+            due = sorted(t for t in set(timers) if t[0] <= upto and t not in fired)
+            if not due:
+                return
+            t, k = due[0]
+            fired.add((t, k))
+            uf.due.key = k
+            route(list(uf.on_timer(t, _Ctx(timers, k, upto))))
 
     max_ts = None
     for payload, _key, ts in stream:
-        for p in parse.process_element(payload, None):
-            if isinstance(p, tuple):
-                out.append((names[id(p[0])], None, p[1]))
-                continue
-            uf.state.key = p.user_id
-            route_user(list(uf.process_element(p, _Ctx(registered, p.user_id))))
+        user = _user_of(payload)
+        key = keys[0] if user is None else batching.shard_key(user, keys)
+        pending.setdefault(key, []).append(payload)
+        if len(pending[key]) >= batch:
+            send(key)
         if max_ts is None or ts > max_ts:
             max_ts = ts
-            wm = ts - OOO - 1
-            while heap and heap[0][0] <= wm:
-                t, _, k = heapq.heappop(heap)
-                pending.discard((t, k))
-                uf.state.key = k
-                route_user(list(uf.on_timer(t, _Ctx(registered, k))))
-    return out, cw.writer.written, uf.state.store, itf.state.store
+            watermark = ts - OOO - 1  # the JVM forwards watermarks at once, past events still in a batch
+            fire(watermark)
+    for k in list(pending):  # end of input: the batcher's last batches, then the final watermark's timers
+        send(k)
+    if batch > 1:
+        fire(2**63 - 1)
+    return out, uf.rows.written + itf.rows.written, dict(uf.users), dict(itf.items)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +201,44 @@ def consumer_run(bench_model: Path, bench_sim: Any) -> tuple[list[tuple[str, str
     return kafka, cassandra, h
 
 
+def _per_key(records: list[tuple[str, str | None, str | None]]) -> dict[tuple[str, str | None], list[Any]]:
+    """Records per (output, Kafka key), in order: what a keyed topic's consumers see (order across keys is free)."""
+    got: dict[tuple[str, str | None], list[Any]] = collections.defaultdict(list)
+    for name, key, value in records:
+        got[(name, key)].append(value)
+    return dict(got)
+
+
 def test_consumer_outputs_equal_the_jobs_functions(bench_model: Path, bench_sim: Any, consumer_run: Any) -> None:
+    """Event by event (batches of one), the job's functions give the consumer's records, rows and state."""
     kafka, cassandra, h = consumer_run
     ref, ref_cassandra, users, items = reference_outputs(bench_model, bench_sim.stream, "events-topic")
     kinds = {name for name, _, _ in ref}
     assert {"recommendations", "fraud-flags", "dead-letters"} <= kinds  # the stream exercises every path
     assert h.timers_fired > 0  # and debounce timers
-    assert kafka == ref  # same records, keys and bytes, in the same order
-    assert cassandra == ref_cassandra  # what the job's CassandraWrite writes
+    assert collections.Counter(kafka) == collections.Counter(ref)  # same records, keys and bytes
+    assert _per_key(kafka) == _per_key(ref)  # in the same order per key (the job serves due timers per shard)
+    assert sorted(map(to_json, cassandra)) == sorted(map(to_json, ref_cassandra))  # the same Cassandra rows
     assert h.user_states == users and h.item_states == items and items  # same keyed state, item operator included
+
+
+def test_job_batches_keep_every_deterministic_output(bench_model: Path, bench_sim: Any, consumer_run: Any) -> None:
+    """Batches of many events (as the JVM sends them, the watermark passing events still in a batch) change only
+    which lists debounce timers emit (those follow the watermark): dead letters and fraud flags are the same
+    records, and every user gets lists."""
+    kafka, _, _ = consumer_run
+    ref, _, users, _ = reference_outputs(bench_model, bench_sim.stream, "events-topic", batch=40)
+
+    def of(records: list[Any], name: str) -> collections.Counter[str | None]:
+        return collections.Counter(v for n, _, v in records if n == name
+                                   and (name != "fraud-flags" or json.loads(v)["detector"] in USER_DETECTORS))
+
+    for name in ("dead-letters", "fraud-flags"):
+        assert of(ref, name) == of(kafka, name), name
+    assert of(ref, "fraud-flags")
+    assert set(users) == set(consumer_run[2].user_states)
+    keys = {k for n, k, _ in kafka if n == "recommendations"}
+    assert keys == {k for n, k, _ in ref if n == "recommendations"}  # every user who got a list still does
 
 
 def test_cassandra_gets_recs_and_flags(consumer_run: Any) -> None:

@@ -1,0 +1,133 @@
+package streamrec.flink;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.common.state.ListState;
+import org.apache.flink.api.common.state.ListStateDescriptor;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.streaming.api.datastream.DataStream;
+import org.apache.flink.streaming.api.datastream.SingleOutputStreamOperator;
+import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
+import org.apache.flink.streaming.api.operators.TimestampedCollector;
+import org.apache.flink.util.Collector;
+
+/**
+ * Groups raw events by shard into batch records, in the JVM, so the Python operator downstream is called once per
+ * batch instead of once per event (each Python call crosses JVM → Python, and each user's state would be written back
+ * to the JVM by its own gRPC round trip).
+ *
+ * <p>Keyed by shard key ({@link ShardKeys}). A batch is emitted when it holds {@code maxEvents} events, when the
+ * oldest buffered event has waited {@code maxDelayMs} of processing time, and at the end of a bounded input (an
+ * event-time timer at Long.MAX_VALUE fires on the final watermark). The buffer lives in Flink keyed state, so it is
+ * part of every checkpoint: nothing buffered is lost or repeated on recovery.
+ *
+ * <p>A batch carries the newest timestamp of its events (the Kafka record timestamps = event times), whatever
+ * flushed it: a batch sent by a timer would otherwise carry none (processing time) or Long.MAX_VALUE (the end-of-input
+ * timer), and the outputs made from it would reach Kafka with that timestamp (the broker refuses far-future ones).
+ *
+ * <p>Batch frame: "SRB1", int32 shard key, int32 n, then n × (int32 length, bytes), big-endian.
+ */
+public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], byte[]> {
+    private static final long serialVersionUID = 1L;
+    static final byte[] MAGIC = {'S', 'R', 'B', '1'};
+
+    private final int maxEvents;
+    private final long maxDelayMs;
+    private transient ListState<byte[]> buffer;
+    private transient ValueState<Integer> count;
+    private transient ValueState<Long> timer;
+    private transient ValueState<Long> newest;
+
+    public ShardBatcher(int maxEvents, long maxDelayMs) {
+        this.maxEvents = Math.max(1, maxEvents);
+        this.maxDelayMs = Math.max(0, maxDelayMs);
+    }
+
+    /** keyBy(shard of the event's user) → batcher, with its output type: for the Python job (one py4j call). */
+    public static SingleOutputStreamOperator<byte[]> byShard(DataStream<byte[]> events, int[] shardKeys,
+                                                             int maxEvents, long maxDelayMs) {
+        return events.keyBy(new ShardKeys.UserShard(shardKeys), Types.INT)
+                .process(new ShardBatcher(maxEvents, maxDelayMs), PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+    }
+
+    @Override
+    public void open(OpenContext ctx) {
+        buffer = getRuntimeContext().getListState(
+                new ListStateDescriptor<>("buffer", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+        count = getRuntimeContext().getState(new ValueStateDescriptor<>("count", Types.INT));
+        timer = getRuntimeContext().getState(new ValueStateDescriptor<>("timer", Types.LONG));
+        newest = getRuntimeContext().getState(new ValueStateDescriptor<>("newest", Types.LONG));
+    }
+
+    @Override
+    public void processElement(byte[] value, Context ctx, Collector<byte[]> out) throws Exception {
+        buffer.add(value);
+        Long ts = ctx.timestamp();
+        if (ts != null) {
+            Long seen = newest.value();
+            if (seen == null || ts > seen) {
+                newest.update(ts);
+            }
+        }
+        Integer n = count.value();
+        int now = n == null ? 1 : n + 1;
+        if (now >= maxEvents) {
+            flush(ctx.getCurrentKey(), out);
+            return;
+        }
+        count.update(now);
+        if (n == null) {  // first event of a new batch
+            long at = ctx.timerService().currentProcessingTime() + maxDelayMs;
+            ctx.timerService().registerProcessingTimeTimer(at);
+            timer.update(at);
+            ctx.timerService().registerEventTimeTimer(Long.MAX_VALUE);  // end of a bounded input
+        }
+    }
+
+    @Override
+    public void onTimer(long timestamp, OnTimerContext ctx, Collector<byte[]> out) throws Exception {
+        if (count.value() != null) {
+            flush(ctx.getCurrentKey(), out);
+        }
+    }
+
+    private void flush(int key, Collector<byte[]> out) throws Exception {
+        List<byte[]> events = new ArrayList<>();
+        for (byte[] e : buffer.get()) {
+            events.add(e);
+        }
+        Long ts = newest.value();
+        buffer.clear();
+        count.clear();
+        timer.clear();  // a pending processing-time timer finds count empty and does nothing
+        newest.clear();
+        if (out instanceof TimestampedCollector) {
+            TimestampedCollector<byte[]> stamped = (TimestampedCollector<byte[]>) out;
+            if (ts != null) {
+                stamped.setAbsoluteTimestamp(ts);
+            } else {
+                stamped.eraseTimestamp();
+            }
+        }
+        out.collect(frame(key, events));
+    }
+
+    /** The batch frame of {@code events} for shard key {@code key} (see the class comment). */
+    public static byte[] frame(int key, List<byte[]> events) {
+        int bytes = 12;
+        for (byte[] e : events) {
+            bytes += 4 + e.length;
+        }
+        ByteBuffer frame = ByteBuffer.allocate(bytes);
+        frame.put(MAGIC).putInt(key).putInt(events.size());
+        for (byte[] e : events) {
+            frame.putInt(e.length).put(e);
+        }
+        return frame.array();
+    }
+}

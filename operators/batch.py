@@ -1,0 +1,162 @@
+"""The operators driven a batch at a time, as the stream job runs them (no Flink import: tested alone).
+
+The job hands a Python operator one record per batch of events (grouped by shard in the JVM) instead of one per
+event: these functions parse the batch, load each user's (item's) state from a `Store` (the Flink function's
+MapState), run the operator over the whole batch (`UserOperator.step_many`: per-event work per event, scoring and
+re-ranking batched across the batch's users), write back the states that changed and route every output to where
+the job sends it (`Outputs`). `streamrec replay` and the bench's plain consumer call the same operators one event at
+a time; the job's results equal theirs (tests/unit/operators/test_batch.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from operators.dead_letter import dead_letter, operator_dead_letter
+from operators.item import ItemOperator, ItemStepResult
+from operators.schema import EraseRequest, Event, Rejection, parse_event
+from operators.user import StepResult, UserOperator
+
+OPERATOR_MISROUTED = "operator_misrouted"  # an event reached the shard of another user (a routing bug)
+
+
+class Store(Protocol):
+    """Keyed state of one shard: id → state bytes (the Flink function's MapState)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+
+def to_json(record: dict[str, Any]) -> str:
+    """How every record leaves the job (Kafka values, dead letters)."""
+    return json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
+
+
+@dataclass
+class Outputs:
+    """What one batch produced, by destination, each list in the order the records were produced."""
+
+    recommendations: list[str] = field(default_factory=list)  # "KEY\nVALUE" lists, "KEY\n" tombstones (compacted)
+    fraud_flags: list[str] = field(default_factory=list)
+    deletions: list[str] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)
+    item_events: list[dict[str, Any]] = field(default_factory=list)  # to the item operator, keyed by item
+    cassandra: list[dict[str, Any]] = field(default_factory=list)  # rows for the Cassandra sink
+    timers: list[tuple[int, str]] = field(default_factory=list)  # (event time, user id) debounce timers
+
+    def add_user(self, result: StepResult, user_id: str | None) -> None:
+        for r in result.recommendations:
+            self.recommendations.append(f"{r['user_key']}\n{to_json(r)}")
+            self.cassandra.append(r)
+        for f in result.fraud_flags:
+            self.fraud_flags.append(to_json(f))
+            self.cassandra.append(f)
+        for d in result.deletions:
+            if d.get("kind") == "tombstone":
+                self.recommendations.append(f"{d['key']}\n")  # null value: erases the key from the topic
+            self.deletions.append(to_json(d))
+            if d.get("target", "cassandra") == "cassandra":
+                self.cassandra.append(d)
+        self.dead_letters.extend(to_json(d) for d in result.dead_letters)
+        self.item_events.extend(result.item_events)
+        if result.timer_ts is not None and user_id is not None:
+            self.timers.append((result.timer_ts, user_id))
+
+    def add_item(self, result: ItemStepResult) -> None:
+        for f in result.fraud_flags:
+            self.fraud_flags.append(to_json(f))
+            self.cassandra.append(f)
+        self.dead_letters.extend(to_json(d) for d in result.dead_letters)
+
+
+def _write_back(store: Store, before: dict[str, bytes | None], after: dict[str, bytes | None]) -> None:
+    for key, state in after.items():
+        old = before.get(key)
+        if state is None:
+            if old is not None:
+                store.remove(key)
+        elif state is not old:
+            store.put(key, state)
+
+
+def user_events(op: UserOperator, store: Store, raw: Sequence[bytes], source: str,
+                belongs: Callable[[str], bool] = lambda _u: True) -> Outputs:  # fmt: skip
+    """A batch of raw `events` messages, in arrival order: parse (rejections → dead letters naming `source`), then
+    every valid event through `op.step_many` over the stored states of its users. `belongs(user_id)` says whether
+    the user is this shard's: an event that is not is refused with a dead letter (never processed elsewhere)."""
+    out = Outputs()
+    events: list[Event] = []
+    for msg in raw:
+        parsed = parse_event(msg)
+        if isinstance(parsed, Rejection):
+            out.dead_letters.append(to_json(dead_letter(parsed, source)))
+        elif not belongs(parsed.user_id):
+            out.dead_letters.append(to_json(operator_dead_letter(
+                OPERATOR_MISROUTED, "event routed to another user's shard", "user_operator", msg)))
+        else:
+            events.append(parsed)
+    if not events:
+        return out
+    before = {u: store.get(u) for u in dict.fromkeys(e.user_id for e in events)}
+    states = dict(before)
+    for ev, result in zip(events, op.step_many(states, events), strict=True):
+        out.add_user(result, ev.user_id)
+    _write_back(store, before, states)
+    return out
+
+
+def user_timers(op: UserOperator, store: Store, fired: Sequence[tuple[int, str]]) -> Outputs:
+    """Debounce timers that fired, (event time, user id), oldest first: the suppressed lists, built in batches.
+    A user with several timers gets them in time order, each on the state the previous one left."""
+    out = Outputs()
+    by_user: dict[str, list[int]] = {}
+    for ts, user in sorted(fired):
+        by_user.setdefault(user, []).append(ts)
+    before = {u: store.get(u) for u in by_user}
+    states = dict(before)
+    rounds = max((len(v) for v in by_user.values()), default=0)
+    for k in range(rounds):
+        users = [u for u, tss in by_user.items() if len(tss) > k]
+        results = op.on_timer_many([(states[u], by_user[u][k]) for u in users])
+        for u, result in zip(users, results, strict=True):
+            states[u] = result.state
+            out.add_user(result, u)
+    _write_back(store, before, states)
+    return out
+
+
+def user_erase(op: UserOperator, store: Store, request: EraseRequest) -> Outputs:
+    """Right to erasure for one user: state cleared, deletions (naming the request) for every sink."""
+    out = Outputs()
+    result = op.erase(store.get(request.user_id), request.user_id, request.ts)
+    for d in result.deletions:
+        d["request_id"] = request.request_id  # the audit trail names the request it served
+    if result.state is None:
+        store.remove(request.user_id)
+    out.add_user(result, request.user_id)
+    return out
+
+
+def item_events(op: ItemOperator, store: Store, events: Sequence[Any]) -> Outputs:
+    """Item events (from the user operator) in order, each through `op.step` on its item's state."""
+    out = Outputs()
+    cache: dict[str, bytes | None] = {}
+    before: dict[str, bytes | None] = {}
+    for ev in events:
+        item = ev.get("item_id") if isinstance(ev, dict) else None
+        if not isinstance(item, str):
+            out.add_item(op.step(None, ev))  # refused by the operator: a dead letter
+            continue
+        if item not in cache:
+            cache[item] = before[item] = store.get(item)
+        result = op.step(cache[item], ev)
+        cache[item] = result.state
+        out.add_item(result)
+    _write_back(store, before, cache)
+    return out

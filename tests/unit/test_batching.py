@@ -1,0 +1,84 @@
+"""Batch frames and shards: Python (jobs/batching.py) and the job's Java classes (jobs/java) agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jobs import batching
+
+HERE = Path(__file__).parent
+
+
+def test_batch_frame_round_trip() -> None:
+    events = [b'{"a":1}', b"", "é\x1e".encode(), bytes(range(256))]
+    frame = batching.encode_batch(-5, events)
+    assert batching.frame_key(frame) == -5
+    assert batching.decode_batch(frame) == events
+    assert not batching.is_erase(frame)
+    with pytest.raises(batching.FrameError):
+        batching.decode_batch(frame + b"x")  # trailing garbage
+    with pytest.raises(batching.FrameError):
+        batching.decode_batch(b"SRB")
+    erase = batching.encode_erase(3, {"user_id": "u1", "request_id": "r", "ts": 5})
+    assert batching.is_erase(erase) and batching.frame_key(erase) == 3
+    assert batching.decode_erase(erase) == {"user_id": "u1", "request_id": "r", "ts": 5}
+    with pytest.raises(batching.FrameError):
+        batching.decode_batch(erase)
+
+
+def test_shards_spread_users() -> None:
+    n = 8
+    counts = [0] * n
+    for i in range(8000):
+        counts[batching.shard_of(f"user-{i}", n)] += 1
+    assert min(counts) > 800 and max(counts) < 1200
+    assert batching.shard_key("user-1", [10, 20, 30]) in (10, 20, 30)
+
+
+def _java() -> str:
+    home = os.environ.get("STREAMREC_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
+    return str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
+
+
+def test_java_and_python_agree(tmp_path: Path) -> None:
+    """User id extraction, shard of every id, the shard key table spread over key groups, the batch frame and the
+    output splitter: what the JVM does must match what the Python operators expect."""
+    import pyflink
+
+    from streamrec.services import maven
+    from streamrec.services.settings import services
+
+    flink = sorted(maven.fetch(services().state_path, "flink").glob("*.jar"))
+    jar = maven.job_jar(tmp_path, flink)
+    dist = sorted((Path(pyflink.__file__).parent / "lib").glob("flink-dist*.jar"))
+    users = ["u1", "user-42", "é-ü-用户", "x" * 256, "emoji-😀", 'quote"and\\slash']
+    raws = [json.dumps({"event_id": "e", "user_id": u, "item_id": "i", "context": {"user_id": "nested"}}).encode()
+            for u in users]  # fmt: skip
+    raws += [json.dumps({"user_id": u}, ensure_ascii=False).encode() for u in users]
+    raws += [b"not json", b'{"user_id": 5}', b"[1]", b'{"x": {"user_id": "deep"}}']
+    cp = os.pathsep.join(str(p) for p in [jar, *dist, *flink])
+    proc = subprocess.run([_java(), "-cp", cp, str(HERE / "java" / "ShardCheck.java"), "8", "128"],
+                          input="\n".join(r.hex() for r in raws), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    keys = [int(x) for x in lines[0].split()[1:]]
+    assert len(set(keys)) == 8
+    got = [ln.split() for ln in lines[1:] if ln.startswith("user ")]
+    expect = [*users, *users, None, None, None, None]
+    for (_, uhex, shard), want in zip(got, expect, strict=True):
+        if want is None:
+            assert uhex == "-" and shard == "-"
+        else:
+            assert bytes.fromhex(uhex).decode() == want
+            assert int(shard) == batching.shard_of(want, 8)
+    frame = bytes.fromhex(next(ln for ln in lines if ln.startswith("frame ")).split()[1])
+    assert batching.frame_key(frame) == 7 and batching.decode_batch(frame) == raws
+    split = next(ln for ln in lines if ln.startswith("split "))
+    assert split == "split 3 " + "|".join(["a\\nb", "k\\n", "c"])
+    assert batching.join_records(["a\nb", "k\n", "c"]) == "a\nb\x1ek\n\x1ec"
