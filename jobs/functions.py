@@ -298,7 +298,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
 class ItemFunction(KeyedProcessFunction):
     """Keyed by item shard: (shard key, [item events]) → `operators.item.ItemOperator` over the items' states
-    (MapState item_id → state bytes): shilling / click-farm detection. Flags go to Kafka and Cassandra."""
+    (MapState item_id → state bytes): shilling / click-farm detection. Flags go to Kafka and Cassandra.
+
+    Item events arrive in an order batching and parallelism shuffle; they wait in a ValueState until the watermark
+    passes them and are then run in event-time order (`operators.batch.event_time_order`), so the detectors see
+    the same sequence whatever the arrival order."""
 
     def __init__(self, job: JobConf, operators_conf: Any, cassandra: tuple[list[str], int, str] | None) -> None:
         self.job = job
@@ -306,6 +310,7 @@ class ItemFunction(KeyedProcessFunction):
         self.cassandra = cassandra
         self.op: Any = None
         self.items: Any = None
+        self.waiting: Any = None
         self.rows: _CassandraRows | None = None
 
     def open(self, ctx: RuntimeContext) -> None:
@@ -313,6 +318,7 @@ class ItemFunction(KeyedProcessFunction):
 
         self.op = ItemOperator(self.operators_conf)
         self.items = _map_state(ctx, "items", self.job.state.ttl_days)
+        self.waiting = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
         if self.cassandra is not None:
             self.rows = _CassandraRows(self.job, *self.cassandra)
 
@@ -321,16 +327,41 @@ class ItemFunction(KeyedProcessFunction):
             self.rows.close()
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        _key, events = value
+        waiting: list[Any] = self.waiting.value() or []
+        first = min(map(_event_ts, waiting), default=None)
+        waiting.extend(events)
+        self.waiting.update(waiting)
+        new_first = min(map(_event_ts, events), default=None)
+        if new_first is not None and (first is None or new_first < first):
+            ctx.timer_service().register_event_time_timer(new_first)
+        return iter(())
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         from operators import batch
 
-        _key, events = value
-        out = batch.item_events(self.op, self.items, events)
+        due, rest = batch.event_time_order(self.waiting.value() or [],
+                                           max(timestamp, ctx.timer_service().current_watermark()))  # fmt: skip
+        if not due:
+            return
+        if rest:
+            self.waiting.update(rest)
+            ctx.timer_service().register_event_time_timer(min(map(_event_ts, rest)))
+        else:
+            self.waiting.clear()
+        out = batch.item_events(self.op, self.items, due)
         if self.rows is not None:
             self.rows.write(out.cassandra)
         if out.fraud_flags:
             yield batching.join_records(out.fraud_flags)
         if out.dead_letters:
             yield DEAD_LETTERS, batching.join_records(out.dead_letters)
+
+
+def _event_ts(ev: Any) -> int:
+    """An item event's time for ordering; one without a valid time is due at the next watermark."""
+    ts = ev.get("ts") if isinstance(ev, dict) else None
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) else -(2**62)
 
 
 def item_key(value: Any) -> int:

@@ -143,6 +143,25 @@ def user_erase(op: UserOperator, store: Store, request: EraseRequest) -> Outputs
     return out
 
 
+def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[Any]]:
+    """Item events the watermark `upto` has passed, oldest first (ties keep arrival order), and the rest (still
+    waiting). Batching and parallelism change the order item events arrive in; processed in event-time order as the
+    watermark completes them, the item detectors see the same sequence whatever that order was. Anything without an
+    integer `ts` is due at once (the operator refuses it with a dead letter)."""
+    due: list[tuple[int, int, Any]] = []
+    rest: list[Any] = []
+    for i, ev in enumerate(buffer):
+        ts = ev.get("ts") if isinstance(ev, dict) else None
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            due.append((-(2**63), i, ev))
+        elif ts <= upto:
+            due.append((ts, i, ev))
+        else:
+            rest.append(ev)
+    due.sort(key=lambda t: (t[0], t[1]))
+    return [ev for _, _, ev in due], rest
+
+
 def item_events(op: ItemOperator, store: Store, events: Sequence[Any]) -> Outputs:
     """Item events (from the user operator) in order, each through `op.step` on its item's state."""
     out = Outputs()

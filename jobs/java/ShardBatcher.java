@@ -22,9 +22,11 @@ import org.apache.flink.util.Collector;
  * to the JVM by its own gRPC round trip).
  *
  * <p>Keyed by shard key ({@link ShardKeys}). A batch is emitted when it holds {@code maxEvents} events, when the
- * oldest buffered event has waited {@code maxDelayMs} of processing time, and at the end of a bounded input (an
- * event-time timer at Long.MAX_VALUE fires on the final watermark). The buffer lives in Flink keyed state, so it is
- * part of every checkpoint: nothing buffered is lost or repeated on recovery.
+ * oldest buffered event has waited {@code maxDelayMs} of processing time, and when the watermark reaches the earliest
+ * event time in it (an event-time timer; timers fire before the operator forwards the watermark). So no watermark
+ * overtakes a buffered event: downstream, event time is as if the events had not been batched (debounce timers,
+ * the item operator's event-time order), and the final watermark of a bounded input flushes everything. The buffer
+ * lives in Flink keyed state, so it is part of every checkpoint: nothing buffered is lost or repeated on recovery.
  *
  * <p>A batch carries the newest timestamp of its events (the Kafka record timestamps = event times), whatever
  * flushed it: a batch sent by a timer would otherwise carry none (processing time) or Long.MAX_VALUE (the end-of-input
@@ -42,6 +44,7 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
     private transient ValueState<Integer> count;
     private transient ValueState<Long> timer;
     private transient ValueState<Long> newest;
+    private transient ValueState<Long> earliest;
 
     public ShardBatcher(int maxEvents, long maxDelayMs) {
         this.maxEvents = Math.max(1, maxEvents);
@@ -62,6 +65,7 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
         count = getRuntimeContext().getState(new ValueStateDescriptor<>("count", Types.INT));
         timer = getRuntimeContext().getState(new ValueStateDescriptor<>("timer", Types.LONG));
         newest = getRuntimeContext().getState(new ValueStateDescriptor<>("newest", Types.LONG));
+        earliest = getRuntimeContext().getState(new ValueStateDescriptor<>("earliest", Types.LONG));
     }
 
     @Override
@@ -73,6 +77,13 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
             if (seen == null || ts > seen) {
                 newest.update(ts);
             }
+            Long first = earliest.value();
+            if (first == null || ts < first) {  // flush when the watermark reaches the earliest buffered event
+                earliest.update(ts);
+                ctx.timerService().registerEventTimeTimer(ts);
+            }
+        } else {
+            ctx.timerService().registerEventTimeTimer(Long.MAX_VALUE);  // no event time: at the end of the input
         }
         Integer n = count.value();
         int now = n == null ? 1 : n + 1;
@@ -85,7 +96,6 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
             long at = ctx.timerService().currentProcessingTime() + maxDelayMs;
             ctx.timerService().registerProcessingTimeTimer(at);
             timer.update(at);
-            ctx.timerService().registerEventTimeTimer(Long.MAX_VALUE);  // end of a bounded input
         }
     }
 
@@ -106,6 +116,7 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
         count.clear();
         timer.clear();  // a pending processing-time timer finds count empty and does nothing
         newest.clear();
+        earliest.clear();
         if (out instanceof TimestampedCollector) {
             TimestampedCollector<byte[]> stamped = (TimestampedCollector<byte[]>) out;
             if (ts != null) {

@@ -75,6 +75,9 @@ def register(sub: Any) -> None:
     p.add_argument("--scorer-max-gb", type=float, default=4.0,
                    help="skip scorer cells whose (B, L, N) intermediates would need more memory than this")
     p.add_argument("--seed", type=int, default=7, help="simulator seed of the end-to-end events")
+    p.add_argument("--baseline-commit", default="", metavar="REV",
+                   help="also run the job as it was at this commit (its own code, config, jar and a model its code "
+                        "trains on the same data) on the same backlog, at each parallelism: speedup_vs_baseline")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="measure nothing: rewrite the Markdown and plots of an earlier run from its JSON")
     p.set_defaults(func=cmd_bench)
@@ -126,7 +129,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                ("--systems", args.systems, "job,consumer"), ("--skip", args.skip, ""),
                                ("--conf", args.conf, "local.yaml"),
                                ("--latency-conf", args.latency_conf, "low-latency.yaml"),
-                               ("--latency-rates", args.latency_rates, "100,1000")):  # fmt: skip
+                               ("--latency-rates", args.latency_rates, "100,1000"),
+                               ("--baseline-commit", args.baseline_commit, "")):  # fmt: skip
         if val != default:
             argv += [flag, val]
     result: dict[str, Any] = {"stamp": stamp, "mode": "quick" if args.quick else "full", "command": " ".join(argv),
@@ -175,10 +179,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
             runner.setup()
         if "e2e" not in skip and runner is not None:
             t0 = time.monotonic()
-            if 0.0 in rates:
+            if 0.0 in rates or args.baseline_commit:
                 e2e_res["backlog"] = runner.prepare_backlog(workload)
             runs: list[tuple[str, int, float, str | None]] = [
                 (system, p, rate, None) for p in pars for rate in rates for system in systems]
+            if args.baseline_commit:
+                _say(f"baseline: the job at {args.baseline_commit} ...")
+                try:
+                    runner.baseline = e2e_mod.Baseline.prepare(args.baseline_commit, REPO_ROOT / ".state" / "bench"
+                                                               / "baseline", _train_events(), _say)  # fmt: skip
+                    e2e_res["baseline"] = {"rev": args.baseline_commit, "commit": runner.baseline.commit}
+                    runs = [r for p in pars for r in [("baseline", p, 0.0, None)]
+                            + [x for x in runs if x[1] == p]]  # fmt: skip
+                except Exception as e:  # noqa: BLE001 - the rest of the run is still worth having
+                    e2e_res["errors"].append(f"baseline: {type(e).__name__}: {e}")
+                    _say(f"  baseline not run: {e}")
             if args.latency_conf and "job" in systems:  # the job again with the latency profile, parallelism 1
                 runs += [("job", 1, float(r), args.latency_conf) for r in args.latency_rates.split(",") if r.strip()]
                 e2e_res["latency_conf"] = args.latency_conf
@@ -286,6 +301,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for k, path in paths.items():
         _say(f"wrote {k}: {path}")
     return 0
+
+
+def _train_events() -> Path:
+    """The simulated events the job's model is trained on when `make demo` / the bench trains one (same conf and
+    seed: `streamrec.demo.ensure_model`), for the baseline's model."""
+    from streamrec.data import simulator
+
+    path = REPO_ROOT / ".state" / "demo" / "train" / "events.jsonl"
+    if not path.exists():
+        conf = simulator.with_overrides(simulator.load_conf(), events=30_000, seed=1)
+        simulator.write_outputs(simulator.simulate(conf), path.parent)
+    return path
 
 
 def job_top_k(model_dir: Path) -> int:

@@ -298,6 +298,47 @@ def job_topic_names() -> list[str]:
     return names + [o for o in OUTPUTS if o not in names]
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The job as it was at an earlier commit, run side by side with today's (`streamrec bench --baseline-commit`):
+    its own code, config, job jar and a model its own code trained on the same simulated data."""
+
+    rev: str  # what was asked for
+    commit: str  # the full hash
+    dir: Path  # the commit's tree (`git archive`), with its own .state (jars) and artifacts/model
+    argv: list[str]  # its `python -m jobs.recommend ...`, run with cwd = dir
+
+    @staticmethod
+    def prepare(rev: str, root: Path, train_events: Path, say: Any = print) -> Baseline:
+        """Check out `rev` into `root/<commit>` (once), train its model with its own code on `train_events`, build
+        its job jar and argv. Raises with the reason when the commit is not in this clone (e.g. a shallow one)."""
+        got = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                             capture_output=True, text=True)  # fmt: skip
+        if got.returncode != 0:
+            raise RuntimeError(f"baseline {rev!r} is not a commit of this clone: {got.stderr.strip()}")
+        commit = got.stdout.strip()
+        tree = root / commit[:12]
+        if not (tree / "jobs" / "recommend.py").exists():
+            tree.mkdir(parents=True, exist_ok=True)
+            say(f"  baseline {commit[:12]}: checking out into {tree} ...")
+            archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        env = {**os.environ, "STREAMREC_STATE_DIR": str(tree / ".state")}
+        env.pop("STREAMREC_JOB_MODEL_DIR", None)
+        model = tree / "artifacts" / "model"
+        if not (model / "model.onnx").exists():
+            say(f"  baseline {commit[:12]}: training its model with its own code on {train_events} ...")
+            subprocess.run([sys.executable, "-m", "streamrec.cli", "train", "--data", str(train_events), "--out",
+                            str(model), "--epochs", "3", "--no-progress"], cwd=tree, env=env, check=True,
+                           capture_output=True)  # fmt: skip
+        code = "import json; from streamrec.jobcli import job_argv; print(json.dumps(job_argv('local.yaml', " \
+               "'operators.yaml')))"
+        out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"baseline {commit[:12]}: could not build its job command: {out.stderr[-2000:]}")
+        return Baseline(rev, commit, tree, json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 class E2E:
     """One benchmark run's end-to-end phases; owns the topics, groups, keyspace and processes it creates."""
 
@@ -320,6 +361,7 @@ class E2E:
         self.groups: list[str] = []
         self.backlog_topic: str | None = None
         self.keyspace_made = False
+        self.baseline: Baseline | None = None  # system "baseline": the job at an earlier commit
 
     # ------------------------------------------------------------------ resources
 
@@ -403,6 +445,14 @@ class E2E:
             log = open(logs_dir / f"{tag}.log", "wb")  # noqa: SIM115 - closed with the process
             procs.append(subprocess.Popen(job_argv(conf, self.operators_conf), cwd=REPO_ROOT, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        elif system == "baseline":
+            assert self.baseline is not None, "Baseline.prepare first"
+            base = self.baseline
+            env = {**env, "STREAMREC_STATE_DIR": str(base.dir / ".state"),
+                   "STREAMREC_JOB_MODEL_DIR": str(base.dir / "artifacts" / "model")}  # fmt: skip
+            log = open(logs_dir / f"{tag}.log", "wb")  # noqa: SIM115 - closed with the process
+            procs.append(subprocess.Popen(base.argv, cwd=base.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
         else:
             for i in range(parallelism):
                 st = logs_dir / f"{tag}-{i}.stats.json"
@@ -457,12 +507,13 @@ class E2E:
             assert self.backlog_topic is not None, "prepare_backlog first"
             topics["events"] = self.backlog_topic
         result: dict[str, Any] = {"system": f"{system} ({conf})" if conf else system, "conf": conf,
+                                  "commit": self.baseline.commit if system == "baseline" and self.baseline else None,
                                   "parallelism": parallelism, "offered_rate": rate or None,
                                   "mode": "paced" if rate else "backlog", "label": label, "error": None}  # fmt: skip
         env = self._env(topics, group, parallelism)
         svc_pids = sysinfo.service_pids()
         watchers = {"read_committed": RecWatcher(self.bootstrap, topics["recommendations"], "read_committed").start()}
-        if system == "job":  # the consumer's writes are not transactional: both views are the same
+        if system in ("job", "baseline"):  # the consumer's writes are not transactional: both views are the same
             watchers["read_uncommitted"] = RecWatcher(self.bootstrap, topics["recommendations"],
                                                       "read_uncommitted").start()  # fmt: skip
         sampler = OffsetSampler(self.bootstrap, group, topics["events"]).start()
@@ -502,7 +553,7 @@ class E2E:
                 load_proc[0].wait(b.window_s + 180)
                 t_fit_end = time.monotonic() + 1.0
                 # what was processed by now becomes visible within a checkpoint (job) / commit interval (consumer)
-                drain = b.drain_s if system == "job" else min(b.drain_s, 3.0)  # the consumer commits every 1 s
+                drain = min(b.drain_s, 3.0) if system == "consumer" else b.drain_s  # the consumer commits every 1 s
                 deadline = time.monotonic() + drain
                 while time.monotonic() < deadline and alive():
                     time.sleep(0.5)
@@ -590,7 +641,7 @@ class E2E:
                 final.append(lines[-1].split(":", 1)[1].strip() if lines else "[]")
             result["final_assignments"] = final
             result["balanced"] = all(a not in ("[]", "") for a in final)
-        if result["error"] and system == "job":
+        if result["error"] and system in ("job", "baseline"):
             log = self.run_dir / "logs" / f"{tag}.log"
             with contextlib.suppress(OSError):
                 result["log_tail"] = log.read_text(errors="replace")[-3000:]

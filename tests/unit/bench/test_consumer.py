@@ -117,7 +117,8 @@ def reference_outputs(
 ) -> tuple[list[tuple[str, str | None, str | None]], list[dict[str, Any]], dict[str, bytes], dict[str, bytes]]:
     """The job's functions (`jobs/functions.py`: UserFunction, ItemFunction) over `stream`, as the JVM feeds them:
     raw events grouped by user shard into batches of `batch` (consecutive events of a shard; a batch is sent when
-    full and at each watermark advance), watermark = max record ts - OOO - 1, event-time timers fired oldest first.
+    full, and before the watermark passes its earliest event), watermark = max record ts - OOO - 1, event-time
+    timers fired oldest first.
     Returns the Kafka records (output, key, value), the Cassandra rows, and the final user / item keyed state."""
     from jobs import batching
     from jobs.config import JobConf
@@ -128,11 +129,13 @@ def reference_outputs(
     uf = UserFunction(JobConf(), OperatorsConf(), KEY, source, keys, keys, None)
     uf.op, uf.users, uf.due, uf.rows = user_op, _MapState(), _KeyedValue(), _Rows()  # type: ignore[assignment]
     itf = ItemFunction(JobConf(), OperatorsConf(), None)
-    itf.op, itf.items, itf.rows = item_op, _MapState(), _Rows()  # type: ignore[assignment]
+    itf.op, itf.items, itf.waiting, itf.rows = item_op, _MapState(), _KeyedValue(), _Rows()  # type: ignore[assignment]
     names = {id(FRAUD_FLAGS): "fraud-flags", id(DEAD_LETTERS): "dead-letters", id(DELETIONS): "deletions"}
     out: list[tuple[str, str | None, str | None]] = []
     timers: list[tuple[int, Any]] = []
+    item_timers: list[tuple[int, Any]] = []
     fired: set[tuple[int, Any]] = set()
+    item_fired: set[tuple[int, Any]] = set()
     watermark = -(2**63)
 
     def split(value: str) -> list[str]:
@@ -142,45 +145,66 @@ def reference_outputs(
         for r in results:
             if isinstance(r, str):
                 out.extend(("recommendations", *_main_output(v)) for v in split(r))
-            elif r[0] is ITEM_EVENTS:
-                for ir in itf.process_element(r[1], None):
-                    if isinstance(ir, str):
-                        out.extend(("fraud-flags", None, v) for v in split(ir))
-                    else:
-                        out.extend((names[id(ir[0])], None, v) for v in split(ir[1]))
+            elif r[0] is ITEM_EVENTS:  # buffered by the item function until the watermark passes them
+                itf.waiting.key = r[1][0]
+                assert not list(itf.process_element(r[1], _Ctx(item_timers, r[1][0], watermark)))
             else:
                 out.extend((names[id(r[0])], None, v) for v in split(r[1]))
 
     pending: dict[int, list[bytes]] = {}
+    earliest: dict[int, int] = {}
 
     def send(key: int) -> None:
         uf.due.key = key
+        earliest.pop(key, None)
         route(list(uf.process_element(batching.encode_batch(key, pending.pop(key)), _Ctx(timers, key, watermark))))
 
+    def route_item(results: Any) -> None:
+        for ir in results:
+            if isinstance(ir, str):
+                out.extend(("fraud-flags", None, v) for v in split(ir))
+            else:
+                out.extend((names[id(ir[0])], None, v) for v in split(ir[1]))
+
     def fire(upto: int) -> None:
+        """The watermark reaches the user function (its timers fire), then the item function downstream."""
         while True:
             due = sorted(t for t in set(timers) if t[0] <= upto and t not in fired)
             if not due:
-                return
+                break
             t, k = due[0]
             fired.add((t, k))
             uf.due.key = k
             route(list(uf.on_timer(t, _Ctx(timers, k, upto))))
+        while True:
+            due = sorted(t for t in set(item_timers) if t[0] <= upto and t not in item_fired)
+            if not due:
+                break
+            t, k = due[0]
+            item_fired.add((t, k))
+            itf.waiting.key = k
+            route_item(list(itf.on_timer(t, _Ctx(item_timers, k, upto))))
 
     max_ts = None
     for payload, _key, ts in stream:
         user = _user_of(payload)
         key = keys[0] if user is None else batching.shard_key(user, keys)
         pending.setdefault(key, []).append(payload)
+        earliest[key] = min(earliest.get(key, ts), ts)
         if len(pending[key]) >= batch:
             send(key)
         if max_ts is None or ts > max_ts:
             max_ts = ts
-            watermark = ts - OOO - 1  # the JVM forwards watermarks at once, past events still in a batch
+            watermark = ts - OOO - 1
+            for k in [k for k, t in earliest.items() if t <= watermark]:  # the batcher's event-time timers fire
+                send(k)  # before the watermark goes on: no watermark overtakes a buffered event
             fire(watermark)
     for k in list(pending):  # end of input: the batcher's last batches, then the final watermark's timers
         send(k)
     if batch > 1:
+        fire(2**63 - 1)
+    else:  # only the item function's: the consumer never fires debounce timers past its last record
+        timers.clear()
         fire(2**63 - 1)
     return out, uf.rows.written + itf.rows.written, dict(uf.users), dict(itf.items)  # type: ignore[union-attr]
 
@@ -223,9 +247,8 @@ def test_consumer_outputs_equal_the_jobs_functions(bench_model: Path, bench_sim:
 
 
 def test_job_batches_keep_every_deterministic_output(bench_model: Path, bench_sim: Any, consumer_run: Any) -> None:
-    """Batches of many events (as the JVM sends them, the watermark passing events still in a batch) change only
-    which lists debounce timers emit (those follow the watermark): dead letters and fraud flags are the same
-    records, and every user gets lists."""
+    """Batches of many events (as the JVM sends them) change only which lists debounce timers emit (those follow
+    the watermark): dead letters and fraud flags are the same records, and every user gets lists."""
     kafka, _, _ = consumer_run
     ref, _, users, _ = reference_outputs(bench_model, bench_sim.stream, "events-topic", batch=40)
 
