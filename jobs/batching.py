@@ -41,7 +41,7 @@ def shard_key(ident: str, keys: Sequence[int]) -> int:
 
 
 def frame_key(frame: bytes) -> int:
-    """The shard key a frame is addressed to (the Python key selector of the batch streams)."""
+    """The shard key a frame is addressed to (also the key of the Row it travels in)."""
     return int(struct.unpack_from(">i", frame, 4)[0])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.common.time import Time
 from pyflink.datastream import (
     KeyedBroadcastProcessFunction,
@@ -26,11 +26,14 @@ from jobs import batching
 from jobs.config import JobConf
 from operators.batch import Outputs, to_json
 
-# Side outputs (output kind → one joined string per batch, except ITEM_EVENTS: (item shard key, [item events])).
+# Keyed records, as PyFlink's keyed Python operators read them: Row(shard key, value), keyed in the JVM by field 0.
+USER_BATCH = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])  # (user shard key, frame)
+ITEM_BATCH = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])  # (item shard key, [item events])
+# Side outputs (output kind → one joined string per batch, except ITEM_EVENTS: ITEM_BATCH records).
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 FRAUD_FLAGS = OutputTag("fraud-flags", Types.STRING())
 DELETIONS = OutputTag("deletions", Types.STRING())
-ITEM_EVENTS = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
+ITEM_EVENTS = OutputTag("item-events", ITEM_BATCH)
 BROADCAST = OutputTag("broadcast", Types.PICKLED_BYTE_ARRAY())  # model records, to every user-operator instance
 
 __all__ = ["to_json"]
@@ -77,7 +80,7 @@ def _emit(out: Outputs, item_keys: Sequence[int]) -> Iterator[Any]:
         for e in out.item_events:
             by_shard.setdefault(batching.shard_key(str(e.get("item_id")), item_keys), []).append(e)
         for key, evs in by_shard.items():
-            yield ITEM_EVENTS, (key, evs)
+            yield ITEM_EVENTS, Row(key, evs)
 
 
 class _CassandraRows:
@@ -104,9 +107,9 @@ class _CassandraRows:
 
 
 class ParseControl(ProcessFunction):
-    """Raw `control` message → an erase request (main output: an erase frame keyed by the user's shard, travelling
-    with the event batches), a `ModelUpdate` (side output, broadcast to every user-operator instance) or a dead
-    letter."""
+    """Raw `control` message → an erase request (main output: a USER_BATCH record holding an erase frame, keyed by the
+    user's shard: it travels with the event batches), a `ModelUpdate` (side output, broadcast to every user-operator
+    instance) or a dead letter."""
 
     def __init__(self, source: str, user_keys: Sequence[int]) -> None:
         self.source = source
@@ -122,7 +125,8 @@ class ParseControl(ProcessFunction):
         elif isinstance(parsed, ModelUpdate):
             yield BROADCAST, parsed
         else:
-            yield batching.encode_erase(batching.shard_key(parsed.user_id, self.user_keys), parsed.to_dict())
+            key = batching.shard_key(parsed.user_id, self.user_keys)
+            yield Row(key, batching.encode_erase(key, parsed.to_dict()))
 
 
 class ParseItems(ProcessFunction):
@@ -297,7 +301,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
 
 class ItemFunction(KeyedProcessFunction):
-    """Keyed by item shard: (shard key, [item events]) → `operators.item.ItemOperator` over the items' states
+    """Keyed by item shard: lists of item events → `operators.item.ItemOperator` over the items' states
     (MapState item_id → state bytes): shilling / click-farm detection. Flags go to Kafka and Cassandra.
 
     Item events arrive in an order batching and parallelism shuffle; they wait in a ValueState until the watermark
@@ -326,8 +330,7 @@ class ItemFunction(KeyedProcessFunction):
         if self.rows is not None:
             self.rows.close()
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        _key, events = value
+    def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         waiting: list[Any] = self.waiting.value() or []
         first = min(map(_event_ts, waiting), default=None)
         waiting.extend(events)
@@ -362,9 +365,4 @@ def _event_ts(ev: Any) -> int:
     """An item event's time for ordering; one without a valid time is due at the next watermark."""
     ts = ev.get("ts") if isinstance(ev, dict) else None
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else -(2**62)
-
-
-def item_key(value: Any) -> int:
-    """Key selector of the item-event stream: its item shard key."""
-    return int(value[0])
 

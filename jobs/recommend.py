@@ -116,8 +116,20 @@ def split(stream: Any) -> Any:
     return DataStream(get_gateway().jvm.streamrec.flink.BatchSplitter.split(stream._j_data_stream))
 
 
+def keyed(stream: Any, value_type: Any) -> Any:
+    """A stream of Row(shard key, value) keyed by its key in the JVM, as a PyFlink KeyedStream of `value_type` (what
+    `DataStream.key_by` makes, without its Python key-selector operator)."""
+    from pyflink.common import Types
+    from pyflink.datastream.data_stream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                          Types.ROW([Types.INT()]).get_java_type_info())  # fmt: skip
+    return KeyedStream(j_keyed, value_type, stream)
+
+
 def batch_by_user(raw: Any, job: Any, keys: list[int]) -> Any:
-    """Raw events → batches of one user shard each (`jobs/java/ShardBatcher.java`), in the JVM."""
+    """Raw events → Row(shard key, batch frame), each batch one user shard's (`jobs/java/ShardBatcher.java`)."""
     from pyflink.datastream.data_stream import DataStream
     from pyflink.java_gateway import get_gateway
 
@@ -135,19 +147,18 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name."""
     from pyflink.common import Duration, Types, WatermarkStrategy
 
-    from jobs.batching import frame_key
     from jobs.functions import (
         BROADCAST,
         DEAD_LETTERS,
         DELETIONS,
         FRAUD_FLAGS,
         ITEM_EVENTS,
+        USER_BATCH,
         ItemFunction,
         ParseControl,
         ParseItems,
         UserFunction,
         control_state_descriptor,
-        item_key,
     )
 
     t = job.topics
@@ -165,7 +176,7 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     quiet = (WatermarkStrategy.for_monotonous_timestamps()
              .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
     control = env.from_source(kafka_source(job, bootstrap, t.control), quiet, "control") \
-        .uid("control-source").process(ParseControl(t.control, keys), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())) \
+        .uid("control-source").process(ParseControl(t.control, keys), output_type=USER_BATCH) \
         .name("parse-control").uid("parse-control")
     catalogue = env.from_source(kafka_source(job, bootstrap, t.items), quiet, "items") \
         .uid("items-source").process(ParseItems(t.items), output_type=Types.PICKLED_BYTE_ARRAY()) \
@@ -173,14 +184,13 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     broadcast = control.get_side_output(BROADCAST).union(catalogue).broadcast(control_state_descriptor())
 
     # Erase requests travel with the event batches, keyed by user shard: they reach the state they must clear.
-    users = batches.union(control).key_by(frame_key, key_type=Types.INT()) \
+    users = keyed(batches.union(control), Types.PRIMITIVE_ARRAY(Types.BYTE())) \
         .connect(broadcast) \
         .process(UserFunction(job, operators_conf, pseudonymizer, t.events, keys, keys, cassandra),
                  output_type=Types.STRING()) \
         .name("user-operator").uid("user-operator")
 
-    items = users.get_side_output(ITEM_EVENTS) \
-        .key_by(item_key, key_type=Types.INT()) \
+    items = keyed(users.get_side_output(ITEM_EVENTS), Types.PICKLED_BYTE_ARRAY()) \
         .process(ItemFunction(job, operators_conf, cassandra), output_type=Types.STRING()) \
         .name("item-operator").uid("item-operator")
 

@@ -9,11 +9,13 @@ import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.datastream.SingleOutputStreamOperator;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.streaming.api.operators.TimestampedCollector;
+import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
 
 /**
@@ -32,11 +34,16 @@ import org.apache.flink.util.Collector;
  * flushed it: a batch sent by a timer would otherwise carry none (processing time) or Long.MAX_VALUE (the end-of-input
  * timer), and the outputs made from it would reach Kafka with that timestamp (the broker refuses far-future ones).
  *
- * <p>Batch frame: "SRB1", int32 shard key, int32 n, then n × (int32 length, bytes), big-endian.
+ * <p>Batch frame: "SRB1", int32 shard key, int32 n, then n × (int32 length, bytes), big-endian. It leaves as
+ * Row(shard key, frame), the record layout PyFlink's keyed Python operators read (what its own key_by writes with a
+ * Python map first): the job keys the batches in the JVM, with no Python operator in between.
  */
-public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], byte[]> {
+public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], Row> {
     private static final long serialVersionUID = 1L;
     static final byte[] MAGIC = {'S', 'R', 'B', '1'};
+    /** Row(f0 INT shard key, f1 byte[] frame). */
+    public static final TypeInformation<Row> BATCH_TYPE =
+            Types.ROW(Types.INT, PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
 
     private final int maxEvents;
     private final long maxDelayMs;
@@ -52,10 +59,10 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
     }
 
     /** keyBy(shard of the event's user) → batcher, with its output type: for the Python job (one py4j call). */
-    public static SingleOutputStreamOperator<byte[]> byShard(DataStream<byte[]> events, int[] shardKeys,
-                                                             int maxEvents, long maxDelayMs) {
+    public static SingleOutputStreamOperator<Row> byShard(DataStream<byte[]> events, int[] shardKeys,
+                                                          int maxEvents, long maxDelayMs) {
         return events.keyBy(new ShardKeys.UserShard(shardKeys), Types.INT)
-                .process(new ShardBatcher(maxEvents, maxDelayMs), PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+                .process(new ShardBatcher(maxEvents, maxDelayMs), BATCH_TYPE);
     }
 
     @Override
@@ -69,7 +76,7 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
     }
 
     @Override
-    public void processElement(byte[] value, Context ctx, Collector<byte[]> out) throws Exception {
+    public void processElement(byte[] value, Context ctx, Collector<Row> out) throws Exception {
         buffer.add(value);
         Long ts = ctx.timestamp();
         if (ts != null) {
@@ -100,13 +107,13 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
     }
 
     @Override
-    public void onTimer(long timestamp, OnTimerContext ctx, Collector<byte[]> out) throws Exception {
+    public void onTimer(long timestamp, OnTimerContext ctx, Collector<Row> out) throws Exception {
         if (count.value() != null) {
             flush(ctx.getCurrentKey(), out);
         }
     }
 
-    private void flush(int key, Collector<byte[]> out) throws Exception {
+    private void flush(int key, Collector<Row> out) throws Exception {
         List<byte[]> events = new ArrayList<>();
         for (byte[] e : buffer.get()) {
             events.add(e);
@@ -118,14 +125,14 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], by
         newest.clear();
         earliest.clear();
         if (out instanceof TimestampedCollector) {
-            TimestampedCollector<byte[]> stamped = (TimestampedCollector<byte[]>) out;
+            TimestampedCollector<Row> stamped = (TimestampedCollector<Row>) out;
             if (ts != null) {
                 stamped.setAbsoluteTimestamp(ts);
             } else {
                 stamped.eraseTimestamp();
             }
         }
-        out.collect(frame(key, events));
+        out.collect(Row.of(key, frame(key, events)));
     }
 
     /** The batch frame of {@code events} for shard key {@code key} (see the class comment). */

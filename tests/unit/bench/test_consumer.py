@@ -145,9 +145,9 @@ def reference_outputs(
         for r in results:
             if isinstance(r, str):
                 out.extend(("recommendations", *_main_output(v)) for v in split(r))
-            elif r[0] is ITEM_EVENTS:  # buffered by the item function until the watermark passes them
+            elif r[0] is ITEM_EVENTS:  # Row(item shard key, events): buffered until the watermark passes them
                 itf.waiting.key = r[1][0]
-                assert not list(itf.process_element(r[1], _Ctx(item_timers, r[1][0], watermark)))
+                assert not list(itf.process_element(r[1][1], _Ctx(item_timers, r[1][0], watermark)))
             else:
                 out.extend((names[id(r[0])], None, v) for v in split(r[1]))
 
