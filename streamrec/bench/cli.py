@@ -3,9 +3,11 @@
 `.state/bench/runs/<stamp>/`; the topics, consumer groups and keyspace the run creates are deleted at the end.
 
 Phases, each bounded in time so the run always finishes: end to end (the job and the plain consumer at 1k, 5k and
-max events/s, parallelism 1 and 2), the per-event profile with real sinks, scorer micro-benchmarks, per-event logic
-vs catalogue size, and state growth with the number of users. `--quick` is a short form of the same (a few minutes
-plus Flink start-ups); the full run takes about half an hour.
+max events/s, parallelism 1 and 2), the job's scaling on a standalone cluster the bench starts for it (2 TaskManagers
+× 1 slot, `flink run -d` at parallelism 1 and 2 on the same backlog as the "max" phases; `streamrec.bench.cluster`),
+the per-event profile with real sinks, scorer micro-benchmarks, per-event logic vs catalogue size, and state growth
+with the number of users. `--quick` is a short form of the same (a few minutes plus Flink start-ups); the full run
+takes about half an hour.
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ def register(sub: Any) -> None:
                    help="after the end-to-end phases, the job again with this config at --latency-rates, "
                         "parallelism 1 ('' = skip)")
     p.add_argument("--latency-rates", default="100,1000", help="offered rates of the --latency-conf phases")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: e2e,profile,scorer,catalogue,growth")
+    p.add_argument("--cluster-parallelism", default="1,2",
+                   help="parallelisms of the job on the bench's own standalone cluster (as many TaskManagers as the "
+                        "largest, 1 slot each), on the max phases' backlog ('' = skip)")
+    p.add_argument("--skip", default="",
+                   help="comma-separated parts to skip: e2e,cluster,profile,scorer,catalogue,growth")
     p.add_argument("--window-s", type=float, default=0, help="override the end-to-end window per phase")
     p.add_argument("--scorer-max-gb", type=float, default=4.0,
                    help="skip scorer cells whose (B, L, N) intermediates would need more memory than this")
@@ -130,6 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                ("--conf", args.conf, "local.yaml"),
                                ("--latency-conf", args.latency_conf, "low-latency.yaml"),
                                ("--latency-rates", args.latency_rates, "100,1000"),
+                               ("--cluster-parallelism", args.cluster_parallelism, "1,2"),
                                ("--baseline-commit", args.baseline_commit, "")):  # fmt: skip
         if val != default:
             argv += [flag, val]
@@ -153,9 +160,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     pars = [int(p) for p in args.parallelism.split(",") if p.strip()]
     rates = [0.0 if r.strip() == "max" else float(r) for r in args.rates.split(",") if r.strip()]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    cluster_pars = [] if "cluster" in skip else [int(p) for p in args.cluster_parallelism.split(",") if p.strip()]
     budget = e2e_mod.Budget(window_s=plan.window_s, startup_timeout_s=plan.startup_timeout_s,
                             backlog_events=plan.backlog_events, drain_s=plan.drain_s,
-                            partitions=max(2, *pars))  # fmt: skip
+                            partitions=max(2, *pars, *cluster_pars))  # fmt: skip
     paced = [r for r in rates if r]
     n_events = int(max([plan.backlog_events] + [r * plan.window_s * 1.1 for r in paced])) + 1000
     t0 = time.monotonic()
@@ -174,7 +182,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result["e2e"] = e2e_res
     runner = None
     try:
-        if "e2e" not in skip or "profile" not in skip:
+        if "e2e" not in skip or "profile" not in skip or cluster_pars:
             runner = e2e_mod.E2E(work, args.conf, args.operators_conf, model_dir, budget, _say)
             runner.setup()
         if "e2e" not in skip and runner is not None:
@@ -213,6 +221,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result["durations_s"]["e2e"] = time.monotonic() - t0
         elif "e2e" in skip:
             e2e_res["skipped"] = "--skip e2e"
+        if cluster_pars and runner is not None:
+            t0 = time.monotonic()
+            if runner.backlog_topic is None:
+                e2e_res["backlog"] = runner.prepare_backlog(workload)
+            from streamrec.bench import cluster
+
+            result["cluster"] = cluster.measure(runner, workload, cluster_pars, work / "flink-cluster", _say)
+            result["durations_s"]["cluster"] = time.monotonic() - t0
+        else:
+            result["cluster"] = {"skipped": "--skip cluster" if "cluster" in skip else "--cluster-parallelism ''"}
         if "profile" not in skip and runner is not None:
             t0 = time.monotonic()
             _say(f"profile: per-event path with real sinks over {plan.profile_events:,} events ...")
@@ -413,6 +431,17 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
         "rows marked with it): the same code with at-least-once Kafka outputs and short Python bundles."
         if result.get("e2e", {}).get("latency_conf") else "",
     ]
+    c = result.get("cluster", {})
+    if c.get("by_parallelism"):
+        notes.append(
+            f"Cluster scaling: the same job submitted with `flink run -d` to a standalone cluster the bench starts for "
+            f"it ({c['taskmanagers']} TaskManagers × {c['slots_per_taskmanager']} slot, {c['taskmanager_memory']} "
+            "each; Python operators in worker processes beside each TaskManager), on the max phases' backlog, one "
+            "parallelism after the other (each job cancelled before the next). On 2 shared cores with Kafka and "
+            "Cassandra beside it, p=2 cannot double p=1: the ratio says how much of a second core the job gets."
+            + (" With --quick's backlog the job is most of the way through it before its first output (its outputs "
+               "leave in a few large steps): a quick run's cluster figures are indicative only."
+               if result.get("mode") == "quick" else ""))
     notes = [n for n in notes if n]
     if any(not ph.get("balanced", True) for ph in result.get("e2e", {}).get("phases", [])):
         notes.append("At least one consumer phase ended with a process without partitions (the group did not "

@@ -1,5 +1,6 @@
 """End to end on the real Kafka and Cassandra: the Flink job (`python -m jobs.recommend`, minicluster) and the plain
-consumer (`streamrec.bench.consumer`, N processes) on the same simulated events, model, topic layout and sinks.
+consumer (`streamrec.bench.consumer`, N processes) on the same simulated events, model, topic layout and sinks; and
+the job submitted to the bench's own standalone cluster (system "cluster", `streamrec.bench.cluster`).
 
 Each phase gets fresh output topics and a fresh consumer group, then one of:
 - offered rate R (paced): the system is started, a warm-up message must come back as a dead letter (the pipeline is
@@ -42,6 +43,7 @@ import numpy as np
 from streamrec.bench import sysinfo
 from streamrec.bench.consumer import OUTPUT_NAMES as OUTPUTS
 from streamrec.config import REPO_ROOT
+from streamrec.services.flink import FlinkService
 
 BENCH_KEY = "streamrec-bench-key-not-a-secret"
 BENCH_KEY_ID = "bench"
@@ -117,6 +119,23 @@ def progress_throughput(series: list[tuple[float, int]], t_from: float, t_to: fl
     sampled = np.where(idx >= 0, vals[np.clip(idx, 0, None)], 0.0)
     slope = float(np.polyfit(grid - grid[0], sampled, 1)[0])
     out.update(eps=round(max(slope, 0.0), 1), seconds=round(float(grid[-1] - grid[0]), 1))
+    return out
+
+
+def backlog_completion(series: list[tuple[float, int]], total: int, frac: float = 0.995) -> dict[str, Any]:
+    """Backlog phases, beside the slope fit: when progress first reached `frac` of `total` (seconds after the first
+    output) and the rate from the first output to then. The job's outputs come in a few large steps (a Python bundle's
+    lists leave at its end), so the fit over a window of a few steps depends on where they fall; this does not, but
+    it leaves out what was processed before the first output."""
+    out: dict[str, Any] = {"done_s": None, "eps": None}
+    if not series or total <= 0:
+        return out
+    t0, c0 = series[0]
+    for t, c in series:
+        if c >= frac * total:
+            span = t - t0
+            out.update(done_s=round(span, 1), eps=round((c - c0) / span, 1) if span > 0 else None)
+            break
     return out
 
 
@@ -362,6 +381,7 @@ class E2E:
         self.backlog_topic: str | None = None
         self.keyspace_made = False
         self.baseline: Baseline | None = None  # system "baseline": the job at an earlier commit
+        self.cluster: FlinkService | None = None  # system "cluster": the session cluster jobs are submitted to
 
     # ------------------------------------------------------------------ resources
 
@@ -435,16 +455,26 @@ class E2E:
 
     def _start(self, system: str, parallelism: int, env: dict[str, str], tag: str,
                conf: str) -> tuple[list[Any], list[Path]]:  # fmt: skip
-        """Processes of the system under test (each in its own session, so it can be stopped as a group)."""
+        """Processes of the system under test (each in its own session, so it can be stopped as a group); for
+        "cluster", the job submitted detached to `self.cluster` (a `ClusterJob` in place of a process)."""
         from streamrec.jobcli import job_argv
 
         logs_dir = self.run_dir / "logs"
         logs_dir.mkdir(parents=True, exist_ok=True)
-        procs, stats = [], []
+        procs: list[Any] = []
+        stats: list[Path] = []
         if system == "job":
             log = open(logs_dir / f"{tag}.log", "wb")  # noqa: SIM115 - closed with the process
             procs.append(subprocess.Popen(job_argv(conf, self.operators_conf), cwd=REPO_ROOT, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        elif system == "cluster":
+            from streamrec.bench.cluster import ClusterJob
+            from streamrec.jobcli import submit_argv
+
+            assert self.cluster is not None, "a running cluster first (streamrec.bench.cluster.running)"
+            argv, _ = submit_argv(conf, self.operators_conf, detached=True)
+            procs.append(ClusterJob.submit(self.cluster, argv, env, logs_dir / f"{tag}.log",
+                                           self.budget.startup_timeout_s))  # fmt: skip
         elif system == "baseline":
             assert self.baseline is not None, "Baseline.prepare first"
             base = self.baseline
@@ -465,8 +495,21 @@ class E2E:
         return procs, stats
 
     @staticmethod
+    def _pids(procs: list[Any]) -> list[int]:
+        """Every process of the system under test (a cluster job: the cluster's JVMs and their Python workers)."""
+        from streamrec.bench.cluster import ClusterJob
+
+        return [q for p in procs for q in (p.pids() if isinstance(p, ClusterJob) else sysinfo.tree(p.pid))]
+
+    @staticmethod
     def _stop(procs: list[Any], timeout_s: float = 40.0) -> None:
-        """SIGTERM each process group we started, then SIGKILL what is left (by pid, ours only)."""
+        """SIGTERM each process group we started, then SIGKILL what is left (by pid, ours only); a cluster job is
+        cancelled, and waited for until the cluster runs no job."""
+        from streamrec.bench.cluster import ClusterJob
+
+        for job in [p for p in procs if isinstance(p, ClusterJob)]:
+            job.stop(timeout_s + 20)
+        procs = [p for p in procs if not isinstance(p, ClusterJob)]
         leftovers = {p.pid: sysinfo.tree(p.pid) for p in procs}
         for p in procs:
             if p.poll() is None:
@@ -513,16 +556,16 @@ class E2E:
         env = self._env(topics, group, parallelism)
         svc_pids = sysinfo.service_pids()
         watchers = {"read_committed": RecWatcher(self.bootstrap, topics["recommendations"], "read_committed").start()}
-        if system in ("job", "baseline"):  # the consumer's writes are not transactional: both views are the same
+        if system in ("job", "baseline", "cluster"):  # the consumer's writes are not transactional: one view
             watchers["read_uncommitted"] = RecWatcher(self.bootstrap, topics["recommendations"],
                                                       "read_uncommitted").start()  # fmt: skip
         sampler = OffsetSampler(self.bootstrap, group, topics["events"]).start()
         t_spawn = time.monotonic()
-        procs, stats_files = self._start(system, parallelism, env, tag, conf or self.conf)
-        sys_pids = [p.pid for p in procs]
+        procs: list[Any] = []
+        stats_files: list[Path] = []
         load_proc: list[Any] = []
         meter = sysinfo.CpuMeter({
-            "system_under_test": lambda: [q for p in sys_pids for q in sysinfo.tree(p)],
+            "system_under_test": lambda: self._pids(procs),
             "kafka": lambda: [p for p in (svc_pids.get("kafka"),) if p],
             "cassandra": lambda: [p for p in (svc_pids.get("cassandra"),) if p],
             "harness_and_load": lambda: [os.getpid()] + [q for p in load_proc for q in sysinfo.tree(p.pid)],
@@ -535,7 +578,12 @@ class E2E:
         t_from = t_to = time.monotonic()
         t_fit_end: float | None = None  # paced: the rate is fitted over the load, not the drain after it
         progress_w = watchers.get("read_uncommitted", watchers["read_committed"])
+        exit_codes: list[Any] = []
+        cores: dict[str, float] = {}
         try:
+            # (inside the try: submitting to a cluster can fail, and the watchers must be stopped all the same)
+            started, stats_files = self._start(system, parallelism, env, tag, conf or self.conf)
+            procs += started
             if rate:
                 self._produce_all(topics["events"], [(WARMUP, None, workload.stream[0][2])])
                 t_ready = _first_record(self.bootstrap, topics["dead-letters"], b.startup_timeout_s, alive)
@@ -595,6 +643,8 @@ class E2E:
             for w in watchers.values():
                 w.stop()
         result["exit_codes_before_stop"] = exit_codes
+        if system == "cluster" and procs:
+            result["cluster_job"] = procs[0].report
         result["cpu_cores"] = cores
         result["window_s"] = round(t_to - t_from, 1)
         series = workload.progress(progress_w.first)
@@ -603,6 +653,9 @@ class E2E:
         tp = progress_throughput(series, t_from, min(t_to, t_fit_end or t_to))
         result["throughput_eps"] = tp["eps"]
         result["processed_at_end"] = series[-1][1] if series else 0
+        if not rate:
+            done = backlog_completion(series, result.get("offered_events") or 0)
+            result["backlog_done_s"], result["completion_eps"] = done["done_s"], done["eps"]
         ct = commit_throughput(sampler.samples, t_from, t_to)
         result["committed_eps"] = ct["eps"]
         result["commits_in_window"] = ct["commits"]
@@ -641,7 +694,7 @@ class E2E:
                 final.append(lines[-1].split(":", 1)[1].strip() if lines else "[]")
             result["final_assignments"] = final
             result["balanced"] = all(a not in ("[]", "") for a in final)
-        if result["error"] and system in ("job", "baseline"):
+        if result["error"] and system in ("job", "baseline", "cluster"):
             log = self.run_dir / "logs" / f"{tag}.log"
             with contextlib.suppress(OSError):
                 result["log_tail"] = log.read_text(errors="replace")[-3000:]

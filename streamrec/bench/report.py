@@ -463,6 +463,7 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
               json.dumps({k: h[k] for k in REQUIRED_KEYS}, indent=1), "```", ""]
     lines += _findings(result)
     lines += _notes_e2e(result, figures)
+    lines += _notes_cluster(result)
     lines += _notes_profile(result, figures)
     lines += _notes_scorer(result, figures)
     lines += _notes_growth(result, figures)
@@ -652,6 +653,52 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
                        "from its `control` / `items` topics (broadcast state, restored with the job); the consumer "
                        "here has none of that.")
     out += _img(figures, "throughput") + _img(figures, "latency") + _img(figures, "progress")
+    return out
+
+
+def _notes_cluster(result: dict[str, Any]) -> list[str]:
+    c = result.get("cluster", {})
+    by_p = c.get("by_parallelism", {})
+    out = ["## Scaling on a standalone cluster", ""]
+    if not by_p:
+        why = c.get("skipped") or "; ".join(c.get("errors", [])) or "not run"
+        return out + [f"Not measured: {why}.", ""]
+    inst = c.get("instance", {})
+    ov = inst.get("overview_at_start") or {}
+    out += [f"The job (`{c.get('submit')}`) on a standalone session cluster the bench started for these phases: "
+            f"{ov.get('taskmanagers', c.get('taskmanagers'))} TaskManagers registered "
+            f"({', '.join(inst.get('taskmanager_ids') or []) or '?'}), {c.get('slots_per_taskmanager')} slot each, "
+            f"{c.get('taskmanager_memory')} per TaskManager; same backlog, topics layout and throughput fit as the "
+            "max phases above. Each job is cancelled through the REST API and gone before the next is submitted; "
+            "processes left after the cluster stopped: "
+            + (", ".join(map(str, inst["leftover_pids"])) if inst.get("leftover_pids") else "none") + ".", ""]
+    rows = []
+    for p, ph in sorted(by_p.items(), key=lambda kv: int(kv[0])):
+        job = ph.get("cluster_job", {})
+        cpu = ph.get("cpu_cores", {})
+        where = "; ".join(f"{s['subtask']} → {s['taskmanager_id']}" for v in job.get("user_operator_subtasks", [])
+                          for s in v["subtasks"])  # fmt: skip
+        py = job.get("python_processes_by_taskmanager_jvm") or {}
+        rows.append([p, _fmt(ph.get("throughput_eps")), _fmt(ph.get("committed_eps")),
+                     _fmt(ph.get("events_per_core_second")),
+                     f"{_fmt(ph.get('backlog_done_s'), ' s', 1)} / {_fmt(ph.get('completion_eps'))}",
+                     _fmt(ph.get("startup_s"), " s"),
+                     f"{_fmt(cpu.get('system_under_test'), '', 2)} / {_fmt(cpu.get('kafka'), '', 2)} / "
+                     f"{_fmt(cpu.get('cassandra'), '', 2)} / {_fmt(cpu.get('everything_else'), '', 2)}",
+                     where or "–", " / ".join(str(n) for n in py.values()) or "–",
+                     job.get("final_state") or "–", ph.get("error") or job.get("cancel_error") or ""])  # fmt: skip
+    out += [_table(["p", "processed /s", "committed /s", "per CPU-s", "backlog done after / rate to then", "start-up",
+                    "CPU cores: cluster / Kafka / Cassandra / other work", "user-operator subtask → TaskManager",
+                    "Python interpreters per TaskManager", "job after cancel", "note"], rows), ""]  # fmt: skip
+    h = result.get("summary", {})
+    if h.get("scaling_p2_vs_p1") is not None:
+        done = [by_p.get(str(p), {}).get("completion_eps") for p in (1, 2)]
+        out += [f"p=2 / p=1: **{h['scaling_p2_vs_p1']:.2f}×** (processed /s, the slope fit of the end-to-end table)"
+                + (f"; from the time each job took to finish the backlog after its first output: "
+                   f"{done[1] / done[0]:.2f}×" if done[0] and done[1] else "") + ". *backlog done after*: seconds "
+                "from the first output until 99.5 % of the backlog was processed, and the rate over that time (the "
+                "job's outputs come in a few large steps, so a slope over a window of a few steps depends on where "
+                "they fall). *cluster* CPU: the JobManager, the TaskManagers and their Python worker processes.", ""]
     return out
 
 

@@ -1,7 +1,9 @@
 """A local standalone Flink session cluster from the distribution inside the `apache-flink` wheel.
 
 `bin/start-cluster.sh` with our own config directory (FLINK_CONF_DIR), so `flink run -py` behaves as on a user's
-cluster. Logs and pid files live under `<state>/flink`.
+cluster. Logs and pid files live under `<state>/flink` (or another `home`: the bench starts a cluster of its own beside
+the one `services up --flink` starts). `flink.taskmanagers` TaskManagers: start-cluster.sh starts one per line of the
+`workers` file (bin/config.sh, TMWorkers: all lines localhost → `taskmanager.sh start` once per line, here).
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from streamrec.services.proc import ServiceError, find_pids, port_open, stop_pid, wait_until
 from streamrec.services.settings import ServicesConf
@@ -42,13 +48,30 @@ def _flatten(d: dict[str, object], prefix: str = "") -> dict[str, object]:
     return out
 
 
+# Job states after which a job holds no slot and runs no task (JobStatus.isGloballyTerminalState, plus SUSPENDED).
+TERMINAL_STATES = frozenset({"FINISHED", "CANCELED", "FAILED", "SUSPENDED"})
+
+
+def workers_file(taskmanagers: int) -> str:
+    """conf/workers for `taskmanagers` TaskManagers on this machine (start-cluster.sh starts one per line)."""
+    if taskmanagers < 1:
+        raise ValueError(f"flink.taskmanagers must be >= 1, not {taskmanagers}")
+    return "localhost\n" * taskmanagers
+
+
+def slots_free(overview: Mapping[str, Any]) -> bool:
+    """From `GET /overview`: no job running and every slot available again."""
+    return (int(overview.get("jobs-running", 0)) == 0
+            and int(overview.get("slots-available", -1)) == int(overview.get("slots-total", 0)))
+
+
 class FlinkService:
     name = "flink"
 
-    def __init__(self, conf: ServicesConf) -> None:
+    def __init__(self, conf: ServicesConf, home: Path | None = None) -> None:
         self.conf = conf
         self.f = conf.flink
-        self.home = conf.state_path / "flink"
+        self.home = home if home is not None else conf.state_path / "flink"
         self.conf_dir = self.home / "conf"
         self.log_dir = self.home / "log"
         self.pid_dir = self.home / "pid"
@@ -83,8 +106,10 @@ class FlinkService:
             cfg["env.java.home"] = java_home
         return cfg
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: this process's environment) plus what Flink's scripts and the client need to find this
+        cluster (FLINK_CONF_DIR) and the venv."""
+        env = dict(os.environ if base is None else base)
         env["FLINK_CONF_DIR"] = str(self.conf_dir)
         env["FLINK_LOG_DIR"] = str(self.log_dir)
         env.setdefault("FLINK_HOME", str(flink_home()))
@@ -106,7 +131,7 @@ class FlinkService:
             if name.startswith(("log4j", "logback")):
                 shutil.copy(src / name, self.conf_dir / name)
         (self.conf_dir / "masters").write_text(f"localhost:{self.f.rest_port}\n")
-        (self.conf_dir / "workers").write_text("localhost\n")
+        (self.conf_dir / "workers").write_text(workers_file(self.f.taskmanagers))
         # The shipped config carries the JVM flags Flink needs on Java 17 (env.java.opts.all); keep it, override ours.
         shipped = _flatten(yaml.safe_load((src / "config.yaml").read_text()) or {})
         merged = {**shipped, **self.config_yaml()}
@@ -123,8 +148,40 @@ class FlinkService:
             return None
 
     def healthy(self) -> bool:
+        """The REST API answers and every TaskManager of `flink.taskmanagers` has registered."""
         ov = self.overview()
-        return bool(ov and int(str(ov.get("taskmanagers", 0))) >= 1)
+        return bool(ov and int(str(ov.get("taskmanagers", 0))) >= self.f.taskmanagers)
+
+    def rest(self, path: str, method: str = "GET", timeout_s: float = 10.0) -> Any:
+        """JSON of one REST call (`path` from the root, e.g. "/jobs/overview"); None for an empty body."""
+        req = urllib.request.Request(self.rest_url + path, method=method)
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def job_state(self, job_id: str) -> str:
+        """The job's state ("RUNNING", "CANCELED", ...) from `GET /jobs/<id>`."""
+        return str(self.rest(f"/jobs/{job_id}")["state"])
+
+    def cancel_job(self, job_id: str, timeout_s: float = 60.0) -> str:
+        """`PATCH /jobs/<id>?mode=cancel`, then wait until the job is in a terminal state and the cluster runs no
+        job and has all its slots free again (so a job submitted next gets them); returns the final state."""
+        state = self.job_state(job_id)
+        if state not in TERMINAL_STATES:
+            try:
+                self.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
+            except urllib.error.HTTPError as e:  # it may have ended between the two calls
+                if self.job_state(job_id) not in TERMINAL_STATES:
+                    raise ServiceError(f"cancelling job {job_id} failed: HTTP {e.code} {e.read()[:500]!r}") from e
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.job_state(job_id)
+            ov = self.overview()
+            if state in TERMINAL_STATES and ov is not None and slots_free(ov):
+                return state
+            if time.monotonic() >= deadline:
+                raise ServiceError(f"job {job_id} still {state} {timeout_s:.0f} s after cancel (overview {ov})")
+            time.sleep(0.5)
 
     def pids(self) -> list[int]:
         return find_pids(self.marker)

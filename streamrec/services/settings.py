@@ -49,7 +49,8 @@ class FlinkConf:
     rest_address: str = "127.0.0.1"  # JobManager REST address
     rest_port: int = 8081  # JobManager REST port
     rpc_port: int = 6123  # JobManager RPC port
-    taskmanager_slots: int = 2  # slots of the one local TaskManager
+    taskmanagers: int = 1  # TaskManagers start-cluster.sh starts on this machine (one per line of conf/workers)
+    taskmanager_slots: int = 2  # slots of each local TaskManager
     taskmanager_memory: str = "2048m"  # taskmanager.memory.process.size
     jobmanager_memory: str = "1024m"  # jobmanager.memory.process.size
     start_timeout_s: int = 60  # how long `up --flink` waits for the REST API

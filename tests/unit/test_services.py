@@ -115,3 +115,82 @@ def test_schema_statements_substitute_keyspace() -> None:
 
 def test_flink_config_flattening() -> None:
     assert _flatten({"env": {"java": {"opts": {"all": "-X"}}}, "a": 1}) == {"env.java.opts.all": "-X", "a": 1}
+
+
+def test_flink_workers_file_has_one_line_per_taskmanager(tmp_path: Path) -> None:
+    from streamrec.services.flink import FlinkService, workers_file
+
+    assert workers_file(1) == "localhost\n" and workers_file(2) == "localhost\nlocalhost\n"
+    with pytest.raises(ValueError):
+        workers_file(0)
+    assert conf_with().flink.taskmanagers == 1  # conf/services.yaml: the cluster of `services up --flink`
+    svc = FlinkService(conf_with(STREAMREC_FLINK_TASKMANAGERS="2", STREAMREC_FLINK_TASKMANAGER_SLOTS="1",
+                                 STREAMREC_FLINK_REST_PORT="18099"), home=tmp_path / "fl")  # fmt: skip
+    svc._prepare()  # noqa: SLF001
+    assert (tmp_path / "fl" / "conf" / "workers").read_text().splitlines() == ["localhost", "localhost"]
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "fl" / "conf" / "config.yaml").read_text())
+    assert cfg["taskmanager.numberOfTaskSlots"] == 1 and cfg["rest.port"] == 18099
+    assert cfg["env.log.dir"] == str(tmp_path / "fl" / "log")
+    env = svc.env({"KEEP": "1"})
+    assert env["KEEP"] == "1" and env["FLINK_CONF_DIR"] == str(tmp_path / "fl" / "conf")
+
+
+def test_flink_healthy_needs_every_taskmanager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamrec.services.flink import FlinkService
+
+    svc = FlinkService(conf_with(STREAMREC_FLINK_TASKMANAGERS="2"))
+    monkeypatch.setattr(svc, "overview", lambda: {"taskmanagers": 1})
+    assert not svc.healthy()
+    monkeypatch.setattr(svc, "overview", lambda: {"taskmanagers": 2})
+    assert svc.healthy()
+
+
+def test_flink_cancel_job_parses_the_rest_replies() -> None:
+    """`cancel_job` against a fake REST server (parsing only; the real cluster path runs in `streamrec bench`):
+    PATCH /jobs/<id>?mode=cancel, then polls until the job is terminal and the slots are free."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from streamrec.services.flink import FlinkService, slots_free
+
+    calls: list[str] = []
+    states = ["RUNNING", "CANCELLING", "CANCELED"]
+    overviews = [{"jobs-running": 1, "slots-total": 2, "slots-available": 0},
+                 {"jobs-running": 0, "slots-total": 2, "slots-available": 2}]  # fmt: skip
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: object | None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            calls.append(f"GET {self.path}")
+            if self.path == "/overview":
+                self._reply(200, overviews.pop(0) if len(overviews) > 1 else overviews[0])
+            else:
+                self._reply(200, {"jid": "j1", "state": states.pop(0) if len(states) > 1 else states[0]})
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            calls.append(f"PATCH {self.path}")
+            self._reply(202, None)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        svc = FlinkService(conf_with(STREAMREC_FLINK_REST_PORT=str(server.server_address[1])))
+        assert svc.cancel_job("j1", timeout_s=10) == "CANCELED"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert calls[:2] == ["GET /jobs/j1", "PATCH /jobs/j1?mode=cancel"]
+    assert calls[-2:] == ["GET /jobs/j1", "GET /overview"] and calls.count("GET /overview") == 2
+    assert not slots_free({"jobs-running": 0, "slots-total": 2, "slots-available": 1})

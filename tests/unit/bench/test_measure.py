@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamrec.bench.e2e import commit_throughput, percentiles, progress_series, progress_throughput
+from streamrec.bench.e2e import backlog_completion, commit_throughput, percentiles, progress_series, progress_throughput
 from streamrec.bench.load import partition_of
 from streamrec.bench.micro import profile_breakdown
 
@@ -42,6 +42,14 @@ def test_progress_throughput_of_a_backlog_done_in_seconds() -> None:
     series = [(10.0 + i / 400.0, i + 1) for i in range(600)]
     assert progress_throughput(series, 10.0, series[-1][0])["eps"] == pytest.approx(400.0, rel=0.05)
     assert progress_throughput(series, 10.0, 10.0)["eps"] is None  # no span, no rate
+
+
+def test_backlog_completion_from_the_first_output_to_done() -> None:
+    # steps of a few large bundles, then a straggler long after 99.5 % was reached
+    series = [(100.0, 1000), (110.0, 50_000), (130.0, 99_600), (150.0, 100_000)]
+    assert backlog_completion(series, 100_000) == {"done_s": 30.0, "eps": pytest.approx(98_600 / 30, abs=0.1)}
+    assert backlog_completion(series[:2], 100_000) == {"done_s": None, "eps": None}  # not done in the window
+    assert backlog_completion([], 100) == {"done_s": None, "eps": None}
 
 
 def test_commit_throughput_is_the_window_average() -> None:

@@ -151,3 +151,34 @@ def test_issue_13_keys() -> None:
     assert t["p99_ms_at_1k"]["met"] and t["p99_ms_at_1k"]["target"] == 6000.0
     md = report.markdown({**r, "summary": h}, {})
     assert "| job / the baseline commit's job (same backlog, same run) | ≥ 5× | 4.00× | **no** |" in md
+
+
+def test_cluster_section() -> None:
+    """The standalone-cluster phases: a table with each parallelism's throughput and where the user operator ran."""
+    r = synthetic_result()
+
+    def cluster_phase(p: int, eps: float) -> dict[str, Any]:
+        ph = _phase("cluster", p, None, eps)
+        ph.update(backlog_done_s=30.0 / p, completion_eps=2000.0 if p == 1 else 3200.0)
+        ph["cluster_job"] = {"job_id": "f" * 32, "final_state": "CANCELED", "user_operator_taskmanagers": p,
+                             "python_processes_by_taskmanager_jvm": {"tm-0": 3, "tm-1": 3 if p == 2 else 0},
+                             "user_operator_subtasks": [{"vertex": "v", "name": "user-operator -> x", "parallelism": p,
+                                                         "subtasks": [{"subtask": i, "taskmanager_id": f"tm{i}"}
+                                                                      for i in range(p)]}]}  # fmt: skip
+        return ph
+
+    r["cluster"] = {"by_parallelism": {"1": cluster_phase(1, 800.0), "2": cluster_phase(2, 1400.0)},
+                    "taskmanagers": 2, "slots_per_taskmanager": 1, "taskmanager_memory": "2048m",
+                    "submit": "flink run -d", "errors": [],
+                    "instance": {"overview_at_start": {"taskmanagers": 2}, "taskmanager_ids": ["tm0", "tm1"],
+                                 "leftover_pids": []}}  # fmt: skip
+    h = report.headline(r)
+    assert h["scaling_p2_vs_p1"] == 1.75
+    md = report.markdown({**r, "summary": h}, {})
+    assert "## Scaling on a standalone cluster" in md and "2 TaskManagers registered (tm0, tm1)" in md
+    assert "| 2 | 1,400 | 1,260 | – | 15.0 s / 3,200 |" in md and "backlog after its first output: 1.60×" in md
+    assert "| 2 | 1,400 | 1,260 |" in md and "0 → tm0; 1 → tm1" in md and "| 3 / 3 | CANCELED |" in md
+    assert "p=2 / p=1: **1.75×**" in md and "processes left after the cluster stopped: none" in md
+    r["cluster"] = {"skipped": "--skip cluster"}
+    md = report.markdown({**r, "summary": report.headline(r)}, {})
+    assert "## Scaling on a standalone cluster\n\nNot measured: --skip cluster." in md
