@@ -3,9 +3,10 @@
 The job hands a Python operator one record per batch of events (grouped by shard in the JVM) instead of one per
 event: these functions parse the batch, load each user's (item's) state from a `Store` (the Flink function's
 MapState), run the operator over the whole batch (`UserOperator.step_many`: per-event work per event, scoring and
-re-ranking batched across the batch's users), write back the states that changed and route every output to where
-the job sends it (`Outputs`). `streamrec replay` and the bench's plain consumer call the same operators one event at
-a time; the job's results equal theirs (tests/unit/operators/test_batch.py).
+re-ranking batched across the batch's users; `ItemOperator.step_many`; either decodes a state once a batch and
+encodes it once), write back the states that changed and route every output to where the job sends it (`Outputs`).
+`streamrec replay` and the bench's plain consumer call the same operators one event at a time; the job's results
+equal theirs (tests/unit/operators/test_batch.py, tests/unit/bench/test_consumer.py).
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ class Store(Protocol):
     def remove(self, key: str) -> None: ...
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)  # `json.dumps` with these, built once
+
+
 def to_json(record: dict[str, Any]) -> str:
     """How every record leaves the job (Kafka values, dead letters)."""
-    return json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
+    return _JSON.encode(record)
 
 
 @dataclass
@@ -163,19 +167,13 @@ def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[
 
 
 def item_events(op: ItemOperator, store: Store, events: Sequence[Any]) -> Outputs:
-    """Item events (from the user operator) in order, each through `op.step` on its item's state."""
+    """Item events (from the user operator) in order, through `op.step_many` over the stored states of their items
+    (one without an item id is refused by the operator: a dead letter)."""
     out = Outputs()
-    cache: dict[str, bytes | None] = {}
-    before: dict[str, bytes | None] = {}
-    for ev in events:
-        item = ev.get("item_id") if isinstance(ev, dict) else None
-        if not isinstance(item, str):
-            out.add_item(op.step(None, ev))  # refused by the operator: a dead letter
-            continue
-        if item not in cache:
-            cache[item] = before[item] = store.get(item)
-        result = op.step(cache[item], ev)
-        cache[item] = result.state
+    items = dict.fromkeys(ev["item_id"] for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str))
+    before = {item: store.get(item) for item in items}
+    states = dict(before)
+    for result in op.step_many(states, events):
         out.add_item(result)
-    _write_back(store, before, cache)
+    _write_back(store, before, states)
     return out

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from operators import fraud
@@ -62,6 +64,12 @@ class ItemState:
     clicks: list[list[Any]] = field(default_factory=list)  # [key bytes, ts, bits]
     ratings: list[list[Any]] = field(default_factory=list)  # [key bytes, ts, bits, rating]
     key_id: str = ""
+
+    def copy(self) -> ItemState:
+        """An independent copy (new lists, new entries: the detectors mark entries in place)."""
+        return ItemState(self.first_ts, self.last_ts, self.n_events, self.base_clicks, self.base_r_n, self.base_r_sum,
+                         self.base_events, self.flag_last.copy(), list(map(list.copy, self.clicks)),
+                         list(map(list.copy, self.ratings)), self.key_id)  # fmt: skip
 
 
 def encode_item(s: ItemState) -> bytes:
@@ -106,13 +114,73 @@ def decode_item(data: bytes) -> ItemState:
     return s
 
 
+def settle_item(s: ItemState) -> ItemState | bytes:
+    """The state the item's next event reads once `s` is stored: `decode_item(encode_item(s))`, or those bytes when
+    they do not decode (the next event then starts afresh, as from the store). Raises what `encode_item` raises.
+
+    Fast path (the states the operator builds): `s` itself, when the layout changes nothing but its header's
+    clipped counts; anything else (an age past u32, a rating off the half steps, a key id cut...) goes through
+    the bytes. Trusts the fields' declared types (32-byte keys, int times and bits, float ratings)."""
+    try:
+        done = _settle_item_fast(s)
+    except Exception:  # noqa: BLE001 - unusual: the bytes decide (and raise what encode_item raises)
+        done = False
+    if done:
+        return s
+    b = encode_item(s)
+    try:
+        return decode_item(b)
+    except ItemStateError:
+        return b
+
+
+_HALF_STEPS = frozenset(h / 2 for h in range(256))  # the ratings the layout keeps as they are (u8 half steps)
+
+
+def _settle_item_fast(s: ItemState) -> bool:
+    """`settle_item`'s fast path: True once `s` holds `decode_item(encode_item(s))`'s values (header values set
+    here); False, `s` untouched, when the layout would change anything else."""
+    h = _HEADER.unpack(_HEADER.pack(VERSION, 0, s.first_ts, s.last_ts, min(s.n_events, _U32_MAX), s.base_clicks,
+                                    s.base_r_n, s.base_r_sum, s.base_events, *s.flag_last))  # fmt: skip
+    if not all(math.isfinite(x) for x in h[5:9]) or len(s.clicks) > 65535 or len(s.ratings) > 65535:
+        return False
+    if not (s.key_id.isascii() and len(s.key_id) <= 255):
+        return False
+    last = s.last_ts
+    lo = last - _U32_MAX  # the oldest time an age can say
+    for entries in (s.clicks, s.ratings):
+        if entries and (min(map(_SECOND, entries)) < lo or max(map(_SECOND, entries)) > last):
+            return False
+    if s.ratings and not _HALF_STEPS.issuperset(map(_FOURTH, s.ratings)):
+        return False
+    s.first_ts, s.last_ts, s.n_events, s.base_clicks, s.base_r_n, s.base_r_sum, s.base_events = h[2:9]
+    s.flag_last = [h[9], h[10]]
+    return True
+
+
+_SECOND, _FOURTH = itemgetter(1), itemgetter(3)
+
+
 @dataclass(frozen=True)
 class ItemStepResult:
-    state: bytes | None
+    """What one item event did. `state` is the item's new state, bytes (None: none). Within `step_many`, an item's
+    results but its last one hold their state decoded (`stored`: the state its next event went on from) and encode
+    it when `state` is first read; the job reads only the final `states`."""
+
+    stored: bytes | ItemState | None  # the new state: bytes, None or decoded (read it as `state`)
     fraud_flags: list[dict[str, Any]] = field(default_factory=list)  # item flags and member (user) flags
     trending: list[dict[str, Any]] = field(default_factory=list)  # periodic item rate records (optional)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)  # item events the operator refused
     state_reset: bool = False  # unreadable state replaced by a fresh one
+
+    @property
+    def state(self) -> bytes | None:
+        """The new state's bytes (None: none)."""
+        st = self.stored
+        if isinstance(st, ItemState):
+            st = encode_item(st)
+            object.__setattr__(self, "stored", st)  # encoded once
+        return st
 
 
 def _check(ev: Any) -> str | None:
@@ -147,26 +215,61 @@ class ItemOperator:
         self.version = model_version
 
     def step(self, state: bytes | None, item_event: Any) -> ItemStepResult:
-        keep = state if isinstance(state, bytes) else None
+        """One item event on its item's stored state. Never raises: bad input or a bug is a dead letter (state
+        kept)."""
+        return self._step(state, item_event, last=True)
+
+    def step_many(self, states: dict[str, bytes | None], events: Sequence[Any]) -> list[ItemStepResult]:
+        """`step` over a batch of item events in order, each item's state threaded through its events: the results
+        `step` gives event by event. `states` maps item_id to its stored state before the batch (missing: None) and
+        is updated in place to each item's final state. An event without a string item_id touches no state (its
+        dead letter, as `step(None, event)` gives). An item's state is decoded once: between its events it stays
+        decoded (`settle_item`), and it is encoded after its last one."""
+        last = {ev["item_id"]: i for i, ev in enumerate(events)
+                if isinstance(ev, dict) and isinstance(ev.get("item_id"), str)}  # fmt: skip
+        cur: dict[str, bytes | ItemState | None] = {}
+        out = []
+        for i, ev in enumerate(events):
+            item = ev.get("item_id") if isinstance(ev, dict) else None
+            if not isinstance(item, str):
+                out.append(self._step(None, ev, last=True))
+                continue
+            res = self._step(cur[item] if item in cur else states.get(item), ev, last=last[item] == i)
+            cur[item] = res.stored
+            out.append(res)
+        for item, st in cur.items():  # decoded: the item's last events changed nothing (dead letters)
+            states[item] = encode_item(st) if isinstance(st, ItemState) else st
+        return out
+
+    def _step(self, state: bytes | ItemState | None, item_event: Any, last: bool) -> ItemStepResult:
+        """One event on `state` (bytes, or decoded: left by the item's previous event of a `step_many`); the new
+        state encoded if `last`, else settled for the item's next event."""
+        keep = state if isinstance(state, bytes | ItemState) else None
         try:
             why = _check(item_event)
             if why is not None:
                 return ItemStepResult(keep, dead_letters=[operator_dead_letter(OPERATOR_BAD_INPUT, why, SOURCE,
                                                                               item_event)])  # fmt: skip
-            return self._step(state, item_event)
+            s, reset = self._load(state)
+            flags, trending = self._apply(s, item_event)
+            return ItemStepResult(encode_item(s) if last else settle_item(s), flags, trending, state_reset=reset)
         except Exception as e:  # noqa: BLE001 - keep the job alive; the record says why
             msg = f"{type(e).__name__}: {e}"
             return ItemStepResult(keep, dead_letters=[operator_dead_letter(OPERATOR_ERROR, msg, SOURCE, item_event)])
 
-    def _step(self, state: bytes | None, ev: dict[str, Any]) -> ItemStepResult:
+    @staticmethod
+    def _load(state: bytes | ItemState | None) -> tuple[ItemState, bool]:
+        """The state to work on (decoded, or a copy of the decoded one), or a fresh one (flag True) if unreadable."""
+        if state is None:
+            return ItemState(), False
+        try:
+            return (state.copy() if isinstance(state, ItemState) else decode_item(state)), False
+        except ItemStateError:
+            return ItemState(), True
+
+    def _apply(self, s: ItemState, ev: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The event's changes to `s` (baselines, recent clicks and ratings, flags): its flags and trending records."""
         c = self.c
-        reset = False
-        s = ItemState()
-        if state is not None:
-            try:
-                s = decode_item(state)
-            except ItemStateError:
-                reset = True
         ts = ev["ts"]
         if s.first_ts == 0:
             s.first_ts = ts
@@ -218,7 +321,7 @@ class ItemOperator:
             rate_h = s.base_events * math.log(2) / max(c.baseline_half_life_ms, 1) * 3_600_000
             trending.append({"kind": "trending", "item_id": ev["item_id"], "events_per_hour": round(rate_h, 4),
                              "event_id": ev["event_id"], "event_ts": ts, "model_version": self.version})  # fmt: skip
-        return ItemStepResult(encode_item(s), flags, trending, state_reset=reset)
+        return flags, trending
 
     # ------------------------------------------------------------------ detectors
 

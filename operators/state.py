@@ -27,7 +27,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import or_, sub
+from operator import itemgetter, or_, sub
 
 import numpy as np
 
@@ -84,6 +84,18 @@ class UserState:
     @property
     def empty(self) -> bool:
         return self.n_events == 0
+
+    def copy(self) -> UserState:
+        """An independent copy: new lists and dict (their items are immutable), so changing one leaves the other."""
+        c = object.__new__(UserState)
+        d = c.__dict__
+        d.update(self.__dict__)
+        for name in _CONTAINERS:
+            d[name] = d[name].copy()
+        return c
+
+
+_CONTAINERS = ("items", "ts", "types", "ratings", "cats", "dedup", "flag_last", "last_recs")  # UserState's mutables
 
 
 def encode(s: UserState) -> bytes:
@@ -160,6 +172,29 @@ def decode(data: bytes) -> UserState:
     if _FAST and isinstance(data, bytes):
         return _decode_fast(data)
     return _decode_np(data)
+
+
+def settle(s: UserState) -> UserState | bytes:
+    """The state the next event reads once `s` is stored: `decode(encode(s))` (the layout's rounding: f16 category
+    weights, f32 surprise, half-step ratings, u32 ages, clipped counts and strings), or the bytes `encode(s)` when
+    they do not decode (the next event then finds an unreadable state, as it would in the store). Raises what
+    `encode(s)` raises. The operator keeps this between the events of one user in one call instead of the bytes.
+
+    Pure-Python fast path for the states the operator builds (only their header and category weights change): `s`
+    itself, brought in place to those values. Anything else goes through the bytes, so the result is the same
+    either way."""
+    if _FAST:
+        try:
+            done = _settle_fast(s)
+        except Exception:  # noqa: BLE001 - unusual: the bytes decide (and raise what encode raises)
+            done = False
+        if done:
+            return s
+    b = encode(s)
+    try:
+        return decode(b)
+    except StateError:
+        return b
 
 
 def _decode_np(data: bytes) -> UserState:
@@ -331,6 +366,80 @@ def _encode_fast(s: UserState) -> bytes | None:
         parts.append(array("I", recs).tobytes())
     parts += [pend, ukey, kid]
     return b"".join(parts)
+
+
+_TYPES = frozenset(range(1, len(EVENT_TYPES) + 1))  # the event type codes a state holds
+_HALF_STEPS = frozenset(_RATING_BITS)  # the ratings the layout keeps as they are (half steps 0..7.5)
+
+
+def _settle_fast(s: UserState) -> bool:
+    """`settle`'s fast path, for a state whose fields hold their declared types (as `decode` and the operator's
+    code leave them; the values are checked, not the types): True once `s` holds `decode(encode(s))`'s values,
+    that is when the layout only rounds its header (f32 surprise, clipped counts), its category weights (f16,
+    heaviest first) and times older than a u32 age can say, which are then set here; False, `s` untouched, when it
+    would change anything else (a rating off the half steps, a string cut, a value out of its field's range...)."""
+    last = s.last_ts
+    if type(last) is not int or not -_SAFE_TS <= last <= _SAFE_TS:
+        return False
+    h = _HEADER.unpack(_HEADER.pack(VERSION, 0, s.first_ts, last, min(s.n_events, _U32_MAX), s.flagged_until,
+                                    s.last_emit_ts, s.pending_ts, s.surprise, min(s.surprise_n, 65535),
+                                    *s.flag_last[:N_DETECTORS]))  # fmt: skip
+    if not math.isfinite(h[8]) or len(s.flag_last) != N_DETECTORS:
+        return False
+    n = len(s.items)
+    if n > 65535 or not len(s.ts) == len(s.types) == len(s.ratings) == n:
+        return False
+    lo = last - _U32_MAX  # the oldest time an age can say: older times come back as `lo`
+    ts = s.ts
+    if n:
+        if not _TYPES.issuperset(s.types) or not _HALF_STEPS.issuperset(s.ratings):
+            return False
+        t_lo, t_hi = min(ts), max(ts)
+        if t_lo < lo or t_hi > last:
+            if t_lo < -_SAFE_TS or t_hi > _SAFE_TS:
+                return False
+            ts = [min(max(t, lo), last) for t in ts]
+    array("I", s.items)  # OverflowError outside u32
+    d = s.dedup
+    if d:
+        if len(d) > 65535:
+            return False
+        t_lo, t_hi = min(d, key=_SECOND)[1], max(d, key=_SECOND)[1]
+        if t_lo < lo or t_hi > last:
+            if t_lo < -_SAFE_TS or t_hi > _SAFE_TS:
+                return False
+            d = [(h, min(max(t, lo), last)) for h, t in d]
+        array("Q", map(_FIRST, d))
+    recs = s.last_recs
+    if len(recs) > 255:
+        return False
+    array("I", recs)
+    pend, ukey, kid = s.pending_event_id, s.user_key, s.key_id
+    if not (pend.isascii() and ukey.isascii() and kid.isascii() and len(pend) <= 65535 and len(ukey) <= 255
+            and len(kid) <= 255):  # fmt: skip
+        return False
+    # heaviest first, ties in dict order: `encode`'s order for finite weights (others are not settled here)
+    cats = sorted(s.cats.items(), key=_SECOND, reverse=True)
+    if len(cats) > 255:
+        return False
+    cat_w: tuple[float, ...] = ()
+    if cats:
+        hs, ws = zip(*cats, strict=True)
+        if not math.isfinite(sum(ws)):
+            return False
+        f16 = _f16(len(ws))
+        cat_w = f16.unpack(f16.pack(*ws))  # OverflowError past f16 (the bytes would not decode)
+        array("I", hs)
+    # all checked: the decoded state's values
+    (s.first_ts, s.last_ts, s.n_events, s.flagged_until, s.last_emit_ts, s.pending_ts, s.surprise,
+     s.surprise_n) = h[2:10]  # fmt: skip
+    s.flag_last = list(h[10:])
+    s.ts, s.dedup = ts, d
+    s.cats = dict(zip(hs, cat_w, strict=True)) if cats else {}
+    return True
+
+
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 _TYPE_OF_CODE = bytes(c & 7 for c in range(256))

@@ -8,14 +8,16 @@ replaced by a fresh one (`state_reset=True`).
 `step_many(states, events)` is the same code over a batch of events (many users, several events of one user, in
 arrival order), with the same results as `step` event by event. Each event runs in two phases:
 
-- the per-event phase (`_event_phase`, `_timer_phase`): decode the state, dedupe, update it, fraud detectors, decide
+- the per-event phase (`_event_phase`, `_timer_phase`): load the state, dedupe, update it, fraud detectors, decide
   whether a list is due. It is a generator: where it needs a list (or the surprise detector's log-probs) it yields a
   `_ListOrder` (or `_LogProbs`) and is resumed with the answer;
 - the per-list phase (`_serve`): the scoring of the lists a round asked for (one onnxruntime call per graph), then
   candidates, MMR re-rank and the list record (`_list_phase`), across the round's lists at once.
 
 The driver (`_run`) keeps one queue per user: round k holds the k-th pending need of every user (a user's next event
-starts once its previous one finished), so a batch of N users with one due list each costs one model call.
+starts once its previous one finished), so a batch of N users with one due list each costs one model call. A user's
+state is decoded once per call: between its events the queue keeps it decoded (`state.settle`: the very values the
+bytes would give back) and encodes it after its last one (`_finish`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from operators import fraud
 from operators.config import OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
 from operators.privacy import Pseudonymizer
-from operators.recs import intra_list_diversity, knn_candidates, mmr, normalise_rows
+from operators.recs import intra_list_diversity_many, knn_candidates, mmr_many, normalise_rows
 from operators.schema import EVENT_TYPES, Event, ItemMeta, Rejection, event_from_mapping, parse_event
 from operators.scorer import Scorer, ScoreRequest, ScoreResult
 from operators.state import (
@@ -45,6 +47,7 @@ from operators.state import (
     encode,
     id_hash,
     item_hash,
+    settle,
     type_code,
 )
 
@@ -57,7 +60,12 @@ _RATING_CODE = EVENT_TYPES.index("rating") + 1
 
 @dataclass(frozen=True)
 class StepResult:
-    state: bytes | None  # new state (None = clear it)
+    """What one event (timer, erasure) did for its user. `state` is its new state, bytes (None: clear it).
+
+    Within `step_many`, a user's results but its last one hold their state decoded (`stored`: the state the user's
+    next event went on from) and encode it when `state` is first read; the job reads only the final `states`."""
+
+    stored: bytes | UserState | None  # the new state: bytes, None (clear it) or decoded (read it as `state`)
     recommendations: list[dict[str, Any]] = field(default_factory=list)  # to Kafka (compacted) + Cassandra
     fraud_flags: list[dict[str, Any]] = field(default_factory=list)  # to the fraud topic / table
     deletions: list[dict[str, Any]] = field(default_factory=list)  # erasure records for the sinks
@@ -67,14 +75,24 @@ class StepResult:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)  # input the operator refused
     state_reset: bool = False  # the stored state was unreadable or expired (TTL) and was started afresh
 
+    @property
+    def state(self) -> bytes | None:
+        """The new state's bytes (None: clear it)."""
+        st = self.stored
+        if isinstance(st, UserState):
+            st = encode(st)
+            object.__setattr__(self, "stored", st)  # encoded once
+        return st
+
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _kept(state: Any) -> bytes | None:
-    """The state an event that changed nothing leaves (dead letters): the stored bytes, anything else is cleared."""
-    return state if isinstance(state, bytes) else None
+def _kept(state: Any) -> bytes | UserState | None:
+    """The state an event that changed nothing leaves (dead letters): the stored bytes (or the state a previous event
+    of the call left, decoded), anything else is cleared."""
+    return state if isinstance(state, bytes | UserState) else None
 
 
 @dataclass(slots=True)
@@ -277,7 +295,8 @@ class UserOperator:
             q.tasks.append(task)
         out = self._run([*queues.values(), *alone], len(events))
         for user, q in queues.items():
-            states[user] = q.state
+            # decoded only if the user's last events left the state a previous one settled (duplicates, dead letters)
+            states[user] = encode(q.state) if isinstance(q.state, UserState) else q.state
         return out
 
     def on_timer(self, state: bytes | None, ts: int) -> StepResult:
@@ -296,7 +315,7 @@ class UserOperator:
             key = self.pseud.pseudonym(str(user_id))
         except Exception as e:  # noqa: BLE001
             dl = operator_dead_letter(OPERATOR_BAD_INPUT, f"erase: {type(e).__name__}: {e}", SOURCE, user_id)
-            return StepResult(state=state if isinstance(state, bytes) else None, dead_letters=[dl])
+            return StepResult(state if isinstance(state, bytes) else None, dead_letters=[dl])
         base = {"user_key": key, "key_id": self.pseud.key_id, "event_ts": int(ts) if isinstance(ts, int) else 0,
                 "model_version": self.version, "event_id": None}  # fmt: skip
         deletions: list[dict[str, Any]] = [
@@ -313,7 +332,7 @@ class UserOperator:
         ]
         for d in deletions:
             d["deletion_id"] = _digest("erase", key, str(d["kind"]), str(d.get("table") or d.get("topic")), str(ts))
-        return StepResult(state=None, deletions=deletions)
+        return StepResult(None, deletions=deletions)
 
     # ---------------------------------------------------------------- internals
 
@@ -323,20 +342,20 @@ class UserOperator:
 
         def failed(state: Any, e: Exception) -> StepResult:
             dl = operator_dead_letter(OPERATOR_ERROR, f"{type(e).__name__}: {e}", SOURCE, event)
-            return StepResult(state=_kept(state), dead_letters=[dl])
+            return StepResult(_kept(state), dead_letters=[dl])
 
         try:
             ev = self._as_event(event)
         except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
             return _claimed_user(event), (i, partial(failed, e=e), failed)
         if isinstance(ev, dict):
-            return _claimed_user(event), (i, lambda state: StepResult(state=_kept(state), dead_letters=[ev]), failed)
+            return _claimed_user(event), (i, lambda state: StepResult(_kept(state), dead_letters=[ev]), failed)
         return ev.user_id, (i, lambda state: self._event_phase(state, ev), failed)
 
     def _timer_task(self, i: int, ts: int) -> _Task:
         def failed(state: Any, e: Exception) -> StepResult:
             dl = operator_dead_letter(OPERATOR_ERROR, f"on_timer: {type(e).__name__}: {e}", SOURCE, ts)
-            return StepResult(state=_kept(state), dead_letters=[dl])
+            return StepResult(_kept(state), dead_letters=[dl])
 
         return i, lambda state: self._timer_phase(state, ts), failed
 
@@ -377,7 +396,7 @@ class UserOperator:
                 except Exception as e:  # noqa: BLE001
                     got = q.fail(q.before, e)
                 if isinstance(got, StepResult):
-                    out[q.index], q.state = got, got.state
+                    UserOperator._finish(q, out, got)
                     continue
                 q.gen = got
             try:
@@ -388,7 +407,25 @@ class UserOperator:
             except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
                 assert q.fail is not None
                 res = q.fail(q.before, e)
-            out[q.index], q.state, q.gen = res, res.state, None
+            q.gen = None
+            UserOperator._finish(q, out, res)
+
+    @staticmethod
+    def _finish(q: _Queue, out: list[StepResult | None], res: StepResult) -> None:
+        """Record a finished task's result. A state the task changed (the phase's own decoded `UserState`) is stored:
+        encoded after the queue's last task, else settled (`state.settle`: decoded as the bytes would give it back,
+        without them) for the next task. A failure to store it (what `encode` raises) fails the task."""
+        st = res.stored
+        if isinstance(st, UserState) and st is not q.before:
+            try:
+                st = settle(st) if q.tasks else encode(st)
+            except Exception as e:  # noqa: BLE001 - as the phase's own exceptions
+                assert q.fail is not None
+                res = q.fail(q.before, e)
+                st = res.stored
+            else:
+                object.__setattr__(res, "stored", st)
+        out[q.index], q.state = res, st
 
     # ---------------------------------------------------------------- the per-list phase
 
@@ -433,14 +470,14 @@ class UserOperator:
                     rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
             cands.append(cand)
             rels.append(rel)
-        # NOTE: per list until operators/recs.py has its batched `mmr_many` / `intra_list_diversity_many`
-        chosen = [mmr(c, rel, self.unit_emb, r.k, r.mmr_lambda) for c, rel in zip(cands, rels, strict=True)]
+        chosen = mmr_many(cands, rels, self.unit_emb, r.k, r.mmr_lambda)
         n = self.n_items
         # index -> external id, and its hash (the latter raises for an index the artefact does not know)
         ids = [[self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in ch] for ch in chosen]
         hashes = [[self.index_hash[i] for i in ch] for ch in chosen]
-        diversity = [intra_list_diversity(ch, self.unit_emb) for ch in chosen]
-        diversity_before = [intra_list_diversity(c[: r.k], self.unit_emb) for c in cands]
+        # the lists after and before the re-rank, in one call (per list the same value as alone)
+        ild = intra_list_diversity_many([*chosen, *(c[: r.k] for c in cands)], self.unit_emb)
+        diversity, diversity_before = ild[: len(chosen)], ild[len(chosen) :]
         out = []
         for j, o in enumerate(orders):
             score_of = dict(zip(cands[j], rels[j], strict=True))
@@ -491,25 +528,26 @@ class UserOperator:
             )
         return dead_letter(got, SOURCE) if isinstance(got, Rejection) else got
 
-    def _load(self, state: bytes | None, now: int) -> tuple[UserState, bool]:
-        """Decoded state, or a fresh one (flag True) if it is unreadable or older than the TTL."""
+    def _load(self, state: bytes | UserState | None, now: int) -> tuple[UserState, bool]:
+        """The state to work on (the phase's own: decoded, or a copy of the one a previous event of the call left),
+        or a fresh one (flag True) if it is unreadable or older than the TTL."""
         if state is None:
             return UserState(), False
         try:
-            s = decode(state)
+            s = state.copy() if isinstance(state, UserState) else decode(state)
         except StateError:
             return UserState(), True
         if s.last_ts and now - s.last_ts > self.conf.state.ttl_ms:
             return UserState(), True
         return s, False
 
-    def _event_phase(self, state: bytes | None, ev: Event) -> _Phase[StepResult]:
+    def _event_phase(self, state: bytes | UserState | None, ev: Event) -> _Phase[StepResult]:
         """One event's work: dedupe, state update, fraud detectors, debounce; its list (if due) and the surprise
         detector's log-probs are asked of the per-list phase (`yield from`)."""
         s, reset = self._load(state, ev.ts)
         h = id_hash(ev.event_id)
         if any(x == h for x, _ in s.dedup):
-            return StepResult(state=state, duplicate=True)
+            return StepResult(state, duplicate=True)
         self._update(s, ev, h)
         user_key = self.pseud.pseudonym(ev.user_id)
         s.user_key, s.key_id = user_key, self.pseud.key_id
@@ -541,28 +579,27 @@ class UserOperator:
              "account_first_ts": s.first_ts, "account_events": s.n_events,
              "quarantined": s.flagged_until > ev.ts, "unverified": self._unverified(s, ev)}
         ]  # fmt: skip
-        return StepResult(
-            state=encode(s), recommendations=recs, fraud_flags=flags, item_events=items, timer_ts=timer,
-            state_reset=reset,
-        )  # fmt: skip
+        # s: the driver stores it (`_finish`)
+        return StepResult(s, recommendations=recs, fraud_flags=flags, item_events=items, timer_ts=timer,
+                          state_reset=reset)  # fmt: skip
 
     def _timer_phase(self, state: bytes | None, ts: int) -> _Phase[StepResult]:
         """One debounce timer's work: the suppressed list (asked of the per-list phase), or nothing."""
         if state is None:
-            return StepResult(state=None)
+            return StepResult(None)
         try:
             s = decode(state)
         except StateError:
-            return StepResult(state=None, state_reset=True)
+            return StepResult(None, state_reset=True)
         if s.last_ts and ts - s.last_ts > self.conf.state.ttl_ms:
-            return StepResult(state=None, state_reset=True)
+            return StepResult(None, state_reset=True)
         if not s.pending_ts or ts < s.last_emit_ts + self.conf.debounce.interval_ms:
-            return StepResult(state=state)
+            return StepResult(state)
         user_key = s.user_key
         # no fraud flags here: which lists a timer emits follows the watermark, the detectors follow the events
         rec, _ = yield from self._recommend(s, user_key, s.pending_event_id, s.pending_ts, ts, debounced=True,
                                             need_logprob=False)  # fmt: skip
-        return StepResult(state=encode(s), recommendations=[rec])
+        return StepResult(s, recommendations=[rec])  # s: stored by the driver (`_finish`)
 
     def _update(self, s: UserState, ev: Event, h: int) -> None:
         c = self.conf.state

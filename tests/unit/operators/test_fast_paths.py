@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators import fraud, state
+from operators import fraud, item, state
 from operators.config import UserFraudConf
+from operators.item import ItemState
 from operators.recs import mmr, normalise_rows
 from operators.scorer import ScoreRequest
 from operators.state import UserState
@@ -119,6 +120,124 @@ def test_state_decode_fast_path_matches_numpy_path_on_garbage(body: bytes, count
     need = 9 * counts[0] + 6 * counts[1] + 12 * counts[2] + 4 * counts[3] + sum(counts[4:])
     b = head + state._COUNTS.pack(*counts) + (body * (need // max(len(body), 1) + 1))[:need] if body else b""
     assert repr(_call(state.decode, b)) == repr(_call(state._decode_np, b))
+
+
+def _through_bytes(s: Any) -> Any:
+    """What the next event reads once `s` is stored: the decoded bytes, or the bytes when they do not decode."""
+    b = state.encode(s)
+    try:
+        return state.decode(b)
+    except state.StateError:
+        return b
+
+
+def _operator_like(rng: random.Random, s: UserState) -> UserState:
+    """A decoded state after what an event does to it: later time, an entry more, weights decayed and added, a new
+    surprise (f64), flags; now and then what the layout rounds or cuts (an old time, a rating off the half steps,
+    a long or non-ASCII string)."""
+    ts = s.last_ts + rng.choice([0, rng.randint(1, 10**7), -rng.randint(1, 10**6)])
+    if rng.random() < 0.05:
+        ts = s.last_ts - 2**33  # older than a u32 age can say
+    s.last_ts = max(s.last_ts, ts)
+    s.n_events += 1
+    s.items.append(rng.randint(0, 2**32 - 1))
+    s.ts.append(ts)
+    s.types.append(rng.randint(1, 5))
+    s.ratings.append(rng.choice([0.0, 4.5, 5.0, 3.7 if rng.random() < 0.05 else 1.0]))
+    s.cats = {k: w * rng.uniform(0.5, 1.0) for k, w in s.cats.items()}
+    s.cats[rng.randint(0, 2**32 - 1)] = rng.uniform(0, 10)
+    s.dedup.append((rng.randint(0, 2**64 - 1), ts))
+    s.surprise = rng.uniform(-20, 0)
+    s.surprise_n = rng.randint(0, 100)
+    s.flag_last[rng.randrange(4)] = ts
+    s.last_recs = [rng.randint(0, 2**32 - 1) for _ in range(10)]
+    s.pending_event_id = rng.choice(["", "e42", "é" if rng.random() < 0.1 else "e7"])
+    s.key_id = rng.choice(["k1", "k" * 300 if rng.random() < 0.05 else "k2"])
+    for name in ("items", "ts", "types", "ratings", "dedup"):
+        del getattr(s, name)[:-50]
+    s.cats = dict(sorted(s.cats.items(), key=lambda kv: -kv[1])[:8])
+    return s
+
+
+def test_settle_is_what_the_bytes_give_back() -> None:
+    """`settle` (the state kept decoded between a user's events of one call) is `decode(encode(s))`, or the bytes
+    when they do not decode, or what `encode` raises: on random states and on decoded states an event changed."""
+    rng = random.Random(11)
+    fast = 0
+    for _ in range(2000):
+        s = _random_state(rng)
+        cases = [s]
+        b = _call(state.encode, s)
+        if isinstance(b, bytes) and isinstance(d := _call(state.decode, b), UserState):
+            cases.append(_operator_like(rng, d))
+        for c in cases:
+            ref = _call(_through_bytes, c)
+            assert repr(_call(state.settle, c.copy())) == repr(ref)
+    # one user's events one after the other, each on the state the previous one settled
+    s = UserState(first_ts=T, last_ts=T)
+    for _ in range(2000):
+        s = _operator_like(rng, s)
+        ref = _call(_through_bytes, s)
+        fast += _call(state._settle_fast, s.copy()) is True
+        got = _call(state.settle, s.copy())
+        assert repr(got) == repr(ref)
+        s = got if isinstance(got, UserState) else UserState(first_ts=T, last_ts=T)
+    assert fast > 1500  # the usual states take the fast path
+
+
+def test_state_copy_is_independent() -> None:
+    rng = random.Random(1)
+    s = UserState(first_ts=T, last_ts=T)
+    for _ in range(5):
+        s = _operator_like(rng, s)
+    c = s.copy()
+    assert c == s and c is not s
+    for name in state._CONTAINERS:
+        assert getattr(c, name) is not getattr(s, name)
+    assert set(state._CONTAINERS) == {f for f, v in vars(s).items() if isinstance(v, list | dict)}
+
+
+def _random_item_state(rng: random.Random) -> ItemState:
+    """Usual item states, and now and then (`odd`) what the layout changes: an old time, a rating off the half steps,
+    a count past its field, a non-finite baseline, a key id it cuts or encodes otherwise."""
+    last = rng.choice([T + rng.randint(0, 10**9), rng.randint(0, 2**62)])
+
+    def odd(usual: Any, unusual: Any) -> Any:
+        return unusual if rng.random() < 0.03 else usual
+
+    def t() -> int:
+        return last - odd(rng.choice([0, rng.randint(0, 10**8)]), rng.choice([2**33, -5]))
+
+    return ItemState(
+        first_ts=T, last_ts=last, n_events=odd(rng.randint(1, 1000), 2**33),
+        base_clicks=odd(rng.uniform(0, 50), math.inf), base_r_n=rng.uniform(0, 5), base_r_sum=rng.uniform(0, 20),
+        base_events=rng.uniform(0, 100), flag_last=[rng.choice([0, last]), 0],
+        clicks=[[rng.randbytes(32), t(), rng.randint(0, 15)] for _ in range(rng.randint(0, 12))],
+        ratings=[[rng.randbytes(32), t(), rng.randint(0, 15), odd(rng.choice([0.5, 3.5, 7.5]), rng.choice([3.7, 0.1]))]
+                 for _ in range(rng.randint(0, 8))],
+        key_id=odd(rng.choice(["k", "k2"]), rng.choice(["é", "k" * 300])),
+    )  # fmt: skip
+
+
+def test_settle_item_is_what_the_bytes_give_back() -> None:
+    rng = random.Random(5)
+    fast = 0
+    for _ in range(3000):
+        s = _random_item_state(rng)
+
+        def through_bytes(x: ItemState) -> Any:
+            b = item.encode_item(x)
+            try:
+                return item.decode_item(b)
+            except item.ItemStateError:
+                return b
+
+        ref = _call(through_bytes, s)
+        fast += _call(item._settle_item_fast, s.copy()) is True
+        assert repr(_call(item.settle_item, s.copy())) == repr(ref)
+    assert fast > 1500
+    c = s.copy()
+    assert c == s and all(a is not b for a, b in zip(c.clicks + c.ratings, s.clicks + s.ratings, strict=True))
 
 
 def test_regularity_cv_matches_numpy() -> None:

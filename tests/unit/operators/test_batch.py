@@ -1,0 +1,190 @@
+"""The operators a batch at a time (`step_many`, operators/batch.py) give what `step` gives event by event, and decode
+and encode a state once per batch (it stays decoded between the events of its user or item)."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from operators import batch, item, user
+from operators.dead_letter import dead_letter
+from operators.item import ItemOperator, ItemState, ItemStepResult
+from operators.schema import Event, parse_event
+from operators.state import UserState
+from tests.unit.operators.conftest import T0, conf_with
+from tests.unit.operators.test_fraud import _ie
+
+H = 3_600_000
+
+
+class _Store(dict[str, bytes]):
+    def put(self, key: str, value: bytes) -> None:
+        self[key] = value
+
+    def remove(self, key: str) -> None:
+        self.pop(key, None)
+
+
+def _item_stream() -> list[Any]:
+    """Item events as the user operator sends them, with what else can arrive: a click farm and a shilling campaign
+    on one item (flags), other items, ratings off the half steps (the layout rounds them), a key id the layout cuts,
+    events the operator refuses, and repeats of one item in a row."""
+    rng = random.Random(3)
+    out: list[Any] = []
+    for i in range(400):
+        ts = T0 + min(i, 200) * 30 * 60_000 + max(i - 200, 0) * 60_000  # 4 days (ratings settle), then a burst
+        kind = rng.random()
+        if kind < 0.3:
+            out.append(_ie(i, f"farm{i % 7}", ts))
+        elif kind < 0.45:
+            out.append(_ie(i, f"shill{i % 6}", ts, "rating", rating=rng.choice([1.0, 5.0, 3.7])))
+        elif kind < 0.5:
+            out.append({**_ie(i, f"old{i}", ts, item="other"), "key_id": "ключ" * 80})
+        elif kind < 0.53:
+            bad = _ie(i, "u", ts)
+            out.append(rng.choice([None, {}, {**bad, "user_key": "not-hex"}, {**bad, "ts": "x"}]))
+        else:
+            out.append(_ie(i, f"u{rng.randrange(40)}", ts, rng.choice(["view", "click"]), item=f"i{rng.randrange(12)}",
+                           first=T0 - 30 * 24 * H))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 10_000])
+def test_item_step_many_equals_step_one_by_one(size: int) -> None:
+    op = ItemOperator(conf_with(), "v1")
+    events = _item_stream()
+    start = {"i3": b"\x01corrupt", "i4": b"keep"}  # unreadable stored states: started afresh
+    ref_states: dict[str, bytes | None] = dict(start)
+    ref: list[ItemStepResult] = []
+    for ev in events:
+        key = ev.get("item_id") if isinstance(ev, dict) else None
+        r = op.step(ref_states.get(key) if isinstance(key, str) else None, ev)
+        if isinstance(key, str):
+            ref_states[key] = r.state
+        ref.append(r)
+    states: dict[str, bytes | None] = dict(start)
+    got: list[ItemStepResult] = []
+    for lo in range(0, len(events), size):
+        got += op.step_many(states, events[lo : lo + size])
+    assert states == ref_states
+    assert len(got) == len(ref)
+    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+        assert (a.state, a.fraud_flags, a.trending, a.dead_letters, a.state_reset) == \
+               (b.state, b.fraud_flags, b.trending, b.dead_letters, b.state_reset), i  # fmt: skip
+    assert sum(len(r.fraud_flags) for r in ref) > 5 and sum(len(r.dead_letters) for r in ref) > 5
+    assert any(r.state_reset for r in ref)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, *names: str) -> dict[str, int]:
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        f = getattr(module, name)
+
+        def wrapped(*a: Any, _f: Any = f, _n: str = name) -> Any:
+            calls[_n] += 1
+            return _f(*a)
+
+        monkeypatch.setattr(module, name, wrapped)
+    return calls
+
+
+def test_item_state_is_decoded_and_encoded_once_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    op = ItemOperator(conf_with(), "v1")
+    events = [_ie(i, f"farm{i % 3}", T0 + i * 60_000) for i in range(10)]
+    states: dict[str, bytes | None] = {}
+    op.step_many(states, events[:1])
+    calls = _counting(monkeypatch, item, "decode_item", "encode_item")
+    res = op.step_many(states, events[1:])
+    assert calls == {"decode_item": 1, "encode_item": 1}
+    assert all(isinstance(r.stored, ItemState) for r in res[:-1]) and isinstance(res[-1].stored, bytes)
+    assert res[-1].state == states["target"]
+
+
+def test_user_state_is_decoded_and_encoded_once_a_batch(make_op: Any, artifact: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    op = make_op()
+    its = [artifact.item_id(int(i)) for i in artifact.popular[:8]]
+    events = [Event(f"e{i}", "u1", its[i % 8], "view", T0 + i * 90_000) for i in range(8)]
+    states: dict[str, bytes | None] = {}
+    op.step_many(states, events[:1])
+    ref = [op.step(None, events[0]).state]
+    for e in events[1:]:
+        ref.append(op.step(ref[-1], e).state)
+    calls = _counting(monkeypatch, user, "decode", "encode")
+    res = op.step_many(states, events[1:])
+    assert calls == {"decode": 1, "encode": 1}
+    assert all(isinstance(r.stored, UserState) for r in res[:-1]) and states["u1"] == ref[-1]
+    assert [r.state for r in res] == ref[1:]  # read, each one is what step stored
+
+
+def test_batch_functions_equal_step_one_by_one(make_op: Any, sim_dir: Path) -> None:
+    """`user_events` (batches of one shard's raw messages, as the job runs them) and `item_events` (the item events
+    of several batches, in event-time order) against `step` per event: the same records, byte for byte but for the
+    recommendation scores (onnxruntime may differ in their last bits between batch sizes), and the same states."""
+    op, iop = make_op(), ItemOperator(conf_with(), "v1")
+    lines = (sim_dir / "events.jsonl").read_bytes().splitlines()[:1500] + [b"not json", b'{"user_id": "u1"}']
+    users, items = _Store(), _Store()
+    got: list[str] = []
+    item_events: list[dict[str, Any]] = []  # in the order the item operator ran them
+    shards: dict[int, list[bytes]] = {}
+    waiting: list[dict[str, Any]] = []
+    for n, line in enumerate(lines):
+        e = parse_event(line)
+        shard = zlib.crc32(e.user_id.encode()) % 4 if isinstance(e, Event) else 0
+        shards.setdefault(shard, []).append(line)
+        end = n == len(lines) - 1
+        for key in sorted(shards) if end else [shard] if len(shards[shard]) == 40 else []:
+            out = batch.user_events(op, users, shards.pop(key), "events")
+            got += out.recommendations + out.fraud_flags + out.dead_letters
+            waiting += out.item_events
+        if n % 200 == 199 or end:
+            due, waiting = batch.event_time_order(waiting, 2**62)
+            iout = batch.item_events(iop, items, due)
+            got += iout.fraud_flags + iout.dead_letters
+            item_events += due
+
+    ref: list[str] = []
+    ref_users: dict[str, bytes] = {}
+    ref_items: dict[str, bytes] = {}
+    ref_item_events: list[dict[str, Any]] = []
+    for line in lines:
+        e = parse_event(line)
+        if not isinstance(e, Event):
+            ref.append(batch.to_json(dead_letter(e, "events")))
+            continue
+        r = op.step(ref_users.get(e.user_id), e)
+        assert r.state is not None
+        ref_users[e.user_id] = r.state
+        ref += [f"{x['user_key']}\n{batch.to_json(x)}" for x in r.recommendations]
+        ref += [batch.to_json(x) for x in r.fraud_flags + r.dead_letters]
+        ref_item_events += r.item_events
+    key = lambda e: (e["item_id"], e["event_id"])  # noqa: E731
+    assert sorted(item_events, key=key) == sorted(ref_item_events, key=key)
+    for ie in item_events:  # the item operator's order (the detectors follow it)
+        ir = iop.step(ref_items.get(ie["item_id"]), ie)
+        assert ir.state is not None
+        ref_items[ie["item_id"]] = ir.state
+        ref += [batch.to_json(x) for x in ir.fraud_flags + ir.dead_letters]
+    assert dict(users) == ref_users and dict(items) == ref_items
+
+    def parts(records: list[str]) -> tuple[list[str], list[list[float]]]:
+        """The records without their scores (sorted), and the scores."""
+        out, scores = [], []
+        for r in records:
+            if '"kind":"recommendation"' in r:
+                k, v = r.split("\n", 1)
+                d = json.loads(v)
+                scores.append(d.pop("scores"))
+                r = f"{k}\n{batch.to_json(d)}"
+            out.append(r)
+        return sorted(out), scores
+
+    (a, sa), (b, sb) = parts(got), parts(ref)
+    assert a == b and len(sa) == len(sb) > 100
+    assert np.allclose(sorted(map(sum, sa)), sorted(map(sum, sb)), atol=1e-4, rtol=0)
