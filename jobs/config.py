@@ -63,6 +63,7 @@ class CassandraSinkConf:
     backoff_ms: int = 100  # first retry delay, doubling
     consistency: str = "LOCAL_QUORUM"  # write consistency level
     request_timeout_s: float = 10.0  # per-write timeout
+    flush_interval_ms: int = 200  # the operators wait for their rows to land at least this often (not per batch)
 
 
 @dataclass(frozen=True)

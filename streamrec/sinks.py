@@ -19,8 +19,8 @@ There is no Flink Cassandra connector for Flink 2.x, so the job calls this from 
 
 NOTE: Python functions get no checkpoint hook, so writes still in flight when a checkpoint completes are not part of
 it. They are retried as above; only a write that then exhausts all retries (minutes of Cassandra being down) after
-its checkpoint completed can be lost. `flush()` sends the open batch and drains everything (the job calls it at the
-end of every batch of rows, so nothing is in flight at a checkpoint).
+its checkpoint completed can be lost. `send()` sends the open batch without waiting, `flush()` sends it and drains
+everything (the job sends each batch's rows at once and flushes every `cassandra_sink.flush_interval_ms`).
 """
 
 from __future__ import annotations
@@ -339,6 +339,15 @@ class CassandraWriter:
             time.sleep(self.conf.backoff_ms * (2 ** attempt) / 1000.0)  # backpressure while Cassandra struggles
             self.retried += 1
             self._send(group, attempt + 1)
+
+    def send(self) -> None:
+        """Send the open batch now, without waiting for it (nor for anything else) to land; failures surface on the
+        next `write`, `send` or `flush`."""
+        if self._failed:
+            self._retry_failed()
+        if self._open.rows:
+            g, self._open = self._open, _Group()
+            self._send(g, 0)
 
     def flush(self, timeout_s: float = 120.0) -> None:
         """Send the open batch and wait until every queued write has landed (retrying failures); raise if one
