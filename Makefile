@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # `streamrec bench` options, e.g. `make bench BENCH_ARGS=--quick`
 BENCH_ARGS ?=
+# the job of this commit runs beside today's on the same backlog (speedup_vs_baseline); empty: none
+BASELINE ?= 0189e4d
 
 .PHONY: help setup services-up services-down services-status demo test test-unit test-integration bench lint clean
 
@@ -49,7 +51,7 @@ test-integration: setup ## integration tests only (starts the services it needs)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: setup ## benchmarks: job vs plain consumer end to end, scorer, growth, profile → bench/results/ (BENCH_ARGS=--quick)
-	$(BIN)/streamrec bench $(BENCH_ARGS)
+	$(BIN)/streamrec bench --baseline-commit "$(BASELINE)" $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check streamrec operators model_export jobs tests
