@@ -548,14 +548,25 @@ class UserOperator:
         h = id_hash(ev.event_id)
         if any(x == h for x, _ in s.dedup):
             return StepResult(state, duplicate=True)
+        recs: list[dict[str, Any]] = []
+        deb = self.conf.debounce
+        if s.pending_ts and deb.interval_ms > 0 and ev.ts >= s.last_emit_ts + deb.interval_ms and s.user_key:
+            # The pending list's debounce timer is due at or before this event: the list is built here, as that timer
+            # builds it (from the state before this event, at the timer's time), whether or not the watermark has
+            # fired the timer yet; the timer then finds nothing pending. So which lists a user gets is a function of
+            # the user's events alone (as the fraud flags are), whatever batching and recovery do to the order of
+            # events and watermarks: a restored job rebuilds the very lists the failed run wrote to Cassandra. Only a
+            # user's last pending list (no later event) waits for the watermark.
+            due_at = s.last_emit_ts + deb.interval_ms
+            rec, _ = yield from self._recommend(s, s.user_key, s.pending_event_id, s.pending_ts, due_at,
+                                                debounced=True, need_logprob=False)  # fmt: skip
+            recs.append(rec)
         self._update(s, ev, h)
         user_key = self.pseud.pseudonym(ev.user_id)
         s.user_key, s.key_id = user_key, self.pseud.key_id
         flags = self._user_flags(s, ev, user_key, logprobs=None)
 
-        recs: list[dict[str, Any]] = []
         timer: int | None = None
-        deb = self.conf.debounce
         lp: np.ndarray | None = None
         scored = False  # this event's own model list was scored (its log-probs are the surprise input)
         due = s.last_emit_ts == 0 or ev.ts - s.last_emit_ts >= deb.interval_ms

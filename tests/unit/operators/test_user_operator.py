@@ -191,3 +191,26 @@ def test_late_event_is_inserted_in_time_order(make_op: Callable[..., Any], artif
     st = decode(s or b"")
     assert st.ts == [T0, T0 + 5_000, T0 + 10_000] and st.last_ts == T0 + 10_000
     assert encode(st) == s
+
+
+def test_debounced_list_does_not_depend_on_when_the_timer_fires(make_op: Any) -> None:
+    """An event later than its user's pending debounce timer first gets the list that timer builds: the same lists,
+    ids, items and states whether the watermark fired the timer before the event or not (batching and recovery
+    change that order; Cassandra keeps whatever a failed run wrote, so a restored run must rebuild the same)."""
+    op = make_op()
+    iv = op.conf.debounce.interval_ms
+    r1 = op.step(None, ev(1, "i000001", T0))
+    r2 = op.step(r1.state, ev(2, "i000002", T0 + 1000))
+    assert r1.recommendations and not r2.recommendations and r2.timer_ts == T0 + iv
+    e3 = ev(3, "i000003", T0 + iv + 500)
+    fired = op.on_timer(r2.state, r2.timer_ts)  # the watermark first
+    a3 = op.step(fired.state, e3)
+    b3 = op.step(r2.state, e3)  # the event first, the timer later
+    late = op.on_timer(b3.state, r2.timer_ts)
+
+    def lists(rs: list[Any]) -> list[tuple[Any, ...]]:
+        return [(r["rec_id"], r["items"], r["emitted_ts"], r["debounced"]) for x in rs for r in x.recommendations]
+
+    assert lists([fired, a3]) == lists([b3, late])
+    assert [r["debounced"] for r in b3.recommendations] == [True]  # the timer's list, built with the event
+    assert not late.recommendations and late.state == a3.state
