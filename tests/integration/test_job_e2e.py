@@ -181,6 +181,28 @@ def test_fraud_flags_match_the_offline_operators_and_catch_the_bots(run: Run, ca
     assert rows == ours
 
 
+def settle_committed(bootstrap: str, topic: str, quiet_s: float, timeout_s: float) -> None:
+    """Wait until the topic's last stable offset (what read_committed readers can reach) has not moved for
+    `quiet_s`, at most `timeout_s`."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        last, since, deadline = None, time.monotonic(), time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = c.end_offsets(parts)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.5)
+    finally:
+        c.close()
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     done = [p.parent for p in root.glob("*/chk-*/_metadata")]
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
@@ -217,11 +239,16 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
     produce(run.sim, topics["events"], topics["items"], rate=0, conf=load_conf().producer,
             bootstrap=kafka_bootstrap, progress=False)
     env = job_env(topics, Path(run.model_dir), keyspace, tmp_path, run_id)
-    env["STREAMREC_JOB_CHECKPOINT_INTERVAL_MS"] = "2000"
+    env["STREAMREC_JOB_CHECKPOINT_INTERVAL_MS"] = "1000"
     env["STREAMREC_JOB_BOUNDED"] = "false"
+    # Little in flight (small batches, one-batch Python bundles), so the source is still mid-stream at the first
+    # checkpoints: with the defaults the pipeline takes in the whole 20k-event stream before a checkpoint completes.
+    env["STREAMREC_JOB_BATCHING_MAX_EVENTS"] = "16"
+    env["STREAMREC_JOB_BUNDLE_SIZE"] = "1"
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
     chk_root = tmp_path / "checkpoints"
     restore: Path | None = None
+    total = len(run.sim.stream)
     try:
         for attempt in range(3):  # two runs killed mid-stream, then one that catches up
             extra = ["--from-checkpoint", str(restore)] if restore else []
@@ -232,10 +259,21 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
                 assert proc.poll() is None, f"job exited early (attempt {attempt})"
                 latest = latest_checkpoint(chk_root)
                 n = int(latest.name.split("-")[1]) if latest is not None else 0
-                if attempt < 2 and latest != restore and n >= 3 * (attempt + 1):
-                    break  # mid-stream: kill it
+                if attempt < 2 and latest is not None and latest != restore and n >= attempt + 1:
+                    # mid-stream: kill it once a new checkpoint has committed a third (then two thirds) of the input,
+                    # and before all of it: a restored job's watermark advances only with records it reads, so a
+                    # job killed after reading everything would leave the debounce timers it fired (and their
+                    # Cassandra rows) with nothing to fire them again
+                    lag = job_lag(kafka_bootstrap, f"g-{run_id}", topics["events"])
+                    done = total - lag if lag is not None else 0
+                    if done >= total * (attempt + 1) / 3:
+                        assert done < total, f"attempt {attempt} read all the input before a mid-stream checkpoint"
+                        break
                 if attempt == 2 and job_lag(kafka_bootstrap, f"g-{run_id}", topics["events"]) == 0:
-                    time.sleep(6)  # two more checkpoints: the last transactions commit
+                    # All input is consumed; the debounce timers the last watermark fires, and the transactions
+                    # holding their lists, commit over the next checkpoints: wait until the committed end of the
+                    # recommendations topic has not moved for four checkpoint intervals.
+                    settle_committed(kafka_bootstrap, topics["recommendations"], quiet_s=8.0, timeout_s=120.0)
                     break
                 time.sleep(0.5)
             else:
