@@ -61,7 +61,9 @@ def test_consumer_phases(kafka_bootstrap: str, cassandra_up: Any, bench_model: P
     assert len(stats) == 2 and all(s["events"] > 0 for s in stats)
     assert sum(s["events"] for s in stats) >= paced["offered_events"]  # + the warm-up message, + re-deliveries
     lat = paced["latency_ms"]["read_committed"]
-    assert lat["n"] > 0.3 * paced["offered_events"] and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 10_000
+    # an event's latency is measured when a list carries its id: at most one list per user per debounce interval
+    # (an event after its user's due debounce timer is debounced itself, the timer's list built first), ~1 in 4 here
+    assert lat["n"] > 0.15 * paced["offered_events"] and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 10_000
     assert sum(s["sent"].get("recommendations", 0) for s in stats) == len(recs) == paced["recommendations_seen"][
         "read_committed"]
     assert rows > 0  # the Cassandra sink wrote
