@@ -186,6 +186,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.op: Any = None
         self.users: Any = None
         self.due: Any = None
+        self.rates: Any = None
         self.rows: _CassandraRows | None = None
         self.subtask = 0
         self.synced = False
@@ -197,6 +198,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.op = self._operator(load_artifact(self.job.path(self.job.model_dir)))
         self.users = _map_state(ctx, "users", self.job.state.ttl_days)
         self.due = ctx.get_state(ValueStateDescriptor("due", Types.PICKLED_BYTE_ARRAY()))
+        self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rates
         if self.cassandra is not None:
             self.rows = _CassandraRows(self.job, *self.cassandra)
 
@@ -292,7 +294,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         else:
             key = ctx.get_current_key()
             out = batch.user_events(self.op, self.users, batching.decode_batch(value), self.source,
-                                    lambda user: batching.shard_key(user, self.user_keys) == key)  # fmt: skip
+                                    lambda user: batching.shard_key(user, self.user_keys) == key,
+                                    self.rates)  # fmt: skip
         yield from self._finish(out, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:

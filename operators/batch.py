@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from operators.baserates import RatesError, decode_rates, encode_rates
 from operators.dead_letter import dead_letter, operator_dead_letter
 from operators.item import ItemOperator, ItemStepResult
 from operators.schema import EraseRequest, Event, Rejection, parse_event
@@ -32,6 +33,14 @@ class Store(Protocol):
     def put(self, key: str, value: bytes) -> None: ...
 
     def remove(self, key: str) -> None: ...
+
+
+class Value(Protocol):
+    """One value of a shard's keyed state (the Flink function's ValueState): bytes or None."""
+
+    def value(self) -> bytes | None: ...
+
+    def update(self, value: bytes | None) -> None: ...
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)  # `json.dumps` with these, built once
@@ -90,10 +99,12 @@ def _write_back(store: Store, before: dict[str, bytes | None], after: dict[str, 
 
 
 def user_events(op: UserOperator, store: Store, raw: Sequence[bytes], source: str,
-                belongs: Callable[[str], bool] = lambda _u: True) -> Outputs:  # fmt: skip
+                belongs: Callable[[str], bool] = lambda _u: True, rates: Value | None = None) -> Outputs:  # fmt: skip
     """A batch of raw `events` messages, in arrival order: parse (rejections → dead letters naming `source`), then
     every valid event through `op.step_many` over the stored states of its users. `belongs(user_id)` says whether
-    the user is this shard's: an event that is not is refused with a dead letter (never processed elsewhere)."""
+    the user is this shard's: an event that is not is refused with a dead letter (never processed elsewhere).
+    `rates`: the shard's base rates (`operators.baserates`), read and written back (None: the operator's own; bytes
+    it cannot read start afresh)."""
     out = Outputs()
     events: list[Event] = []
     for msg in raw:
@@ -109,9 +120,17 @@ def user_events(op: UserOperator, store: Store, raw: Sequence[bytes], source: st
         return out
     before = {u: store.get(u) for u in dict.fromkeys(e.user_id for e in events)}
     states = dict(before)
-    for ev, result in zip(events, op.step_many(states, events), strict=True):
+    shard_rates = None
+    if rates is not None:
+        try:
+            shard_rates = decode_rates(rates.value())
+        except RatesError:
+            shard_rates = decode_rates(None)
+    for ev, result in zip(events, op.step_many(states, events, shard_rates), strict=True):
         out.add_user(result, ev.user_id)
     _write_back(store, before, states)
+    if rates is not None and shard_rates is not None:
+        rates.update(encode_rates(shard_rates))
     return out
 
 

@@ -59,16 +59,35 @@ class UserFraudConf:
     surprise_every: int = 20  # surprise: judged on every N-th event of a user (event count, not timers; 0 = off)
     surprise_min_events: int = 20  # surprise: known-item transitions needed before judging
     surprise_factor: float = 1.3  # surprise: flag if mean log P(next item) < factor * log(1/n_items)
-    rating_min: int = 10  # rating anomaly (extreme rule): ratings in the window needed
+    rating_min: int = 0  # rating anomaly (extreme rule): ratings in the window needed (0 = off: see conf)
     rating_window_ms: int = 3_600_000  # rating anomaly: ratings within this window count
     rating_extreme_share: float = 1.0  # rating anomaly (extreme rule): share of extreme ratings (<= low or >= high)
     rating_low: float = 1.0  # ratings at or below are extreme
     rating_high: float = 5.0  # ratings at or above are extreme
-    ratings_need_engagement: bool = True  # platform: genuine ratings follow a view/click/cart/purchase of the
-    # item, so a rating without one in the kept history is "unverified" (false for ratings-only feeds: MovieLens)
+    unverified_min_engagement_share: float = 0.2  # the unverified rules judge only while at least this share of
+    # the feed's events (learned: base_rates) are views/clicks/carts/purchases: there, genuine ratings follow an
+    # engagement and a rating without one is "unverified". On a ratings-only feed (MovieLens: 0) they stay silent
     unverified_min_ratings: int = 5  # rating anomaly: this many ratings in the window from an account whose kept
-    # history holds no engagement event at all (needs ratings_need_engagement; 0 = off)
+    # history holds no engagement event at all (0 = off)
     flag_threshold: float = 0.5  # a detector's score at or above this raises a flag
+
+
+@dataclass(frozen=True)
+class BaseRatesConf:
+    half_life_ms: int = 7 * 86_400_000  # the feed's rates (per user shard) decay with this half-life (event time)
+    prior_events: float = 50.0  # the priors below weigh as much as this many events
+    engagement_share_prior: float = 0.0  # prior share of engagement events (0: a feed is ratings-only until its
+    # events show otherwise, so no account is judged "unverified" before the feed's habits are known)
+    extreme_share_prior: float = 0.3  # prior share of ratings at the scale's ends
+
+
+@dataclass(frozen=True)
+class AlarmConf:
+    window_ms: int = 86_400_000  # active accounts and flags are counted over this (decay half-life, event time)
+    max_share: float = 0.3  # a user detector flagging more than this share of the active accounts is
+    # miscalibrated: one detector_alarm record, its user flags withheld until the share is below half this (0: off)
+    min_active: float = 30.0  # active accounts (decayed, per user shard) needed before a share is judged
+    cooldown_ms: int = 86_400_000  # at most one alarm record per detector and shard per interval
 
 
 @dataclass(frozen=True)
@@ -85,7 +104,7 @@ class ItemFraudConf:
     shill_window_ms: int = 48 * 3_600_000  # shilling: window for extreme ratings
     shill_min_accounts: int = 5  # shilling: distinct suspect accounts giving extreme ratings in the window
     shill_unverified_min_accounts: int = 3  # shilling: ...or this many, if their extreme ratings are unverified
-    # (no engagement with the item first; only marked when user_fraud.ratings_need_engagement; 0 = off)
+    # (no engagement with the item first; marked only on feeds with engagement, see user_fraud; 0 = off)
     shill_min_share: float = 0.9  # shilling: share of window ratings that are extreme from suspect accounts
     shill_min_deviation: float = 1.2  # shilling: |extreme rating - item's mean before the window|
     rating_prior_mean: float = 3.5  # prior of an item's mean rating (items with few earlier ratings)
@@ -114,6 +133,8 @@ class OperatorsConf:
     debounce: DebounceConf = field(default_factory=DebounceConf)  # update rate limiting
     user_fraud: UserFraudConf = field(default_factory=UserFraudConf)  # user-level detectors
     item_fraud: ItemFraudConf = field(default_factory=ItemFraudConf)  # item-level detectors
+    base_rates: BaseRatesConf = field(default_factory=BaseRatesConf)  # the feed's rates the detectors judge against
+    alarm: AlarmConf = field(default_factory=AlarmConf)  # miscalibrated user detectors
     scorer: ScorerConf = field(default_factory=ScorerConf)  # onnxruntime session
     privacy: PrivacyConf = field(default_factory=PrivacyConf)  # pseudonymisation
 

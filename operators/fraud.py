@@ -118,13 +118,16 @@ def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detecti
                                            "transitions": len(lp)})  # fmt: skip
 
 
-def rating_anomaly(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
+def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bool = True) -> Detection | None:
     """A burst of ratings that no genuine account produces. Two rules, the stronger one reports:
 
     - extreme: many ratings in a short window, nearly all extreme (the crude shill: every rating a 1 or a 5);
-    - unverified (platforms whose ratings follow a purchase, `ratings_need_engagement`): many ratings in the window
+    - unverified (`engaged_feed`: the feed's learned engagement share is at least
+      `unverified_min_engagement_share`, so genuine ratings there follow an engagement): many ratings in the window
       from an account whose kept history holds no view, click, cart or purchase at all. Such an account rates what
       it never engaged with: the fake-review account of a shilling campaign, whatever ratings it gives.
+
+    `rating_min` 0 turns the extreme rule off.
     """
     rc = _RATING_CODE
     lo = now - conf.rating_window_ms
@@ -132,14 +135,14 @@ def rating_anomaly(s: UserState, conf: UserFraudConf, now: int) -> Detection | N
     if not vals:
         return None
     best: Detection | None = None
-    if len(vals) >= conf.rating_min:
+    if conf.rating_min > 0 and len(vals) >= conf.rating_min:
         ext = sum(1 for v in vals if v <= conf.rating_low or v >= conf.rating_high)
         share = ext / len(vals)
         r = share / max(conf.rating_extreme_share, 1e-9)
         best = Detection(RATING, _score(r), {"rule": "extreme", "ratings": len(vals), "extreme": ext,
                                              "share": round(share, 3), "window_ms": conf.rating_window_ms})  # fmt: skip
     k = conf.unverified_min_ratings
-    if conf.ratings_need_engagement and k > 0 and len(vals) >= k and all(c == rc for c in s.types):
+    if engaged_feed and k > 0 and len(vals) >= k and all(c == rc for c in s.types):
         r = len(vals) / k
         if best is None or _score(r) > best.score:
             best = Detection(RATING, _score(r), {"rule": "unverified", "ratings": len(vals), "engagement_events": 0,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import numpy as np
 
 from operators import fraud
+from operators.baserates import RatesView, ShardRates
 from operators.config import OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
 from operators.privacy import Pseudonymizer
@@ -74,6 +75,7 @@ class StepResult:
     duplicate: bool = False  # the event id was seen recently: dropped, counted
     dead_letters: list[dict[str, Any]] = field(default_factory=list)  # input the operator refused
     state_reset: bool = False  # the stored state was unreadable or expired (TTL) and was started afresh
+    activated: bool = False  # the account became active with this event (new, or quiet for alarm.window_ms)
 
     @property
     def state(self) -> bytes | None:
@@ -215,6 +217,8 @@ class UserOperator:
         self.catalog_version = 0  # item updates applied so far (carried by every recommendation)
         self.event_weight = {type_code(t): float(w) for t, w in conf.state.event_weights.items() if t in EVENT_TYPES}
         self.strong = {type_code(t) for t in conf.debounce.strong_events if t in EVENT_TYPES}
+        # the feed's base rates for callers that keep none per shard (tests, a single-stream replay)
+        self.rates = ShardRates()
 
     def _business_mask(self) -> np.ndarray:
         r = self.conf.recs
@@ -271,21 +275,32 @@ class UserOperator:
 
     # ---------------------------------------------------------------- entry points (never raise)
 
-    def step(self, state: bytes | None, event: Any) -> StepResult:
-        """Process one event for its user. `event` is an `Event` (also accepted: a raw message or mapping)."""
-        _, task = self._event_task(0, event)
-        return self._run([_Queue(state, deque([task]))], 1)[0]
+    def step(self, state: bytes | None, event: Any, rates: ShardRates | None = None) -> StepResult:
+        """Process one event for its user. `event` is an `Event` (also accepted: a raw message or mapping).
+        `rates`: the base rates of the event's shard (default: the operator's own, one stream)."""
+        rates = self.rates if rates is None else rates
+        _, ts, task = self._event_task(0, event, rates)
+        valid = [] if ts is None else [(0, ts)]
+        return self._settle(rates, valid, self._run([_Queue(state, deque([task]))], 1))[0]
 
-    def step_many(self, states: dict[str, bytes | None], events: Sequence[Any]) -> list[StepResult]:
+    def step_many(
+        self, states: dict[str, bytes | None], events: Sequence[Any], rates: ShardRates | None = None
+    ) -> list[StepResult]:
         """`step` over a batch, in arrival order: the results `step` gives event by event, each user's state threaded
         through its events. `states` maps user_id to its stored state before the batch (missing: None) and is updated
         in place to each user's final state (None: clear it). An event that is not a valid `Event` gives its dead
         letter and touches no state (its result carries its user's state at that point, when it names a user, else
-        None). Lists are scored across users: one onnxruntime call per graph and round (see the module docstring)."""
+        None). Lists are scored across users: one onnxruntime call per graph and round (see the module docstring).
+        `rates`: the base rates of the batch's shard (default: the operator's own), updated in place: each event is
+        judged on the rates as they stood before it, and the alarm sees the results in arrival order."""
+        rates = self.rates if rates is None else rates
         queues: dict[str, _Queue] = {}
         alone: list[_Queue] = []  # events that name no user
+        valid: list[tuple[int, int]] = []  # (position, event time) of the valid events, in arrival order
         for i, event in enumerate(events):
-            user, task = self._event_task(i, event)
+            user, ts, task = self._event_task(i, event, rates)
+            if ts is not None:
+                valid.append((i, ts))
             if user is None:
                 alone.append(_Queue(None, deque([task])))
                 continue
@@ -293,7 +308,7 @@ class UserOperator:
             if q is None:
                 q = queues[user] = _Queue(states.get(user), deque())
             q.tasks.append(task)
-        out = self._run([*queues.values(), *alone], len(events))
+        out = self._settle(rates, valid, self._run([*queues.values(), *alone], len(events)))
         for user, q in queues.items():
             # decoded only if the user's last events left the state a previous one settled (duplicates, dead letters)
             states[user] = encode(q.state) if isinstance(q.state, UserState) else q.state
@@ -336,9 +351,11 @@ class UserOperator:
 
     # ---------------------------------------------------------------- internals
 
-    def _event_task(self, i: int, event: Any) -> tuple[str | None, _Task]:
-        """The user an event belongs to (None: it names none) and its task: the per-event phase, or its dead letter
-        (an event that is not a valid Event). Exceptions become OPERATOR_ERROR dead letters, state unchanged."""
+    def _event_task(self, i: int, event: Any, rates: ShardRates) -> tuple[str | None, int | None, _Task]:
+        """The user an event belongs to (None: it names none), its event time (None: not a valid Event) and its
+        task: the per-event phase, or its dead letter. Exceptions become OPERATOR_ERROR dead letters, state
+        unchanged. A valid event is judged on `rates` as they stand now, then added to them (called in arrival
+        order)."""
 
         def failed(state: Any, e: Exception) -> StepResult:
             dl = operator_dead_letter(OPERATOR_ERROR, f"{type(e).__name__}: {e}", SOURCE, event)
@@ -347,10 +364,24 @@ class UserOperator:
         try:
             ev = self._as_event(event)
         except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
-            return _claimed_user(event), (i, partial(failed, e=e), failed)
+            return _claimed_user(event), None, (i, partial(failed, e=e), failed)
         if isinstance(ev, dict):
-            return _claimed_user(event), (i, lambda state: StepResult(_kept(state), dead_letters=[ev]), failed)
-        return ev.user_id, (i, lambda state: self._event_phase(state, ev), failed)
+            return _claimed_user(event), None, (i, lambda state: StepResult(_kept(state), dead_letters=[ev]), failed)
+        view = rates.view(self.conf.base_rates)
+        fc = self.conf.user_fraud
+        rates.observe(ev.event_type, ev.rating, ev.ts, self.conf.base_rates, fc.rating_low, fc.rating_high)
+        return ev.user_id, ev.ts, (i, lambda state: self._event_phase(state, ev, view), failed)
+
+    def _settle(self, rates: ShardRates, valid: list[tuple[int, int]], out: list[StepResult]) -> list[StepResult]:
+        """The alarm's pass over the valid events' results, in arrival order (`ShardRates.settle`): a miscalibrated
+        detector's user flags are withheld, an alarm record joins the result of the event that raised it."""
+        alarm = self.conf.alarm
+        for i, ts in valid:
+            res = out[i]
+            flags = rates.settle(fraud.USER_DETECTORS, ts, res.activated, res.fraud_flags, alarm, self.version)
+            if flags is not res.fraud_flags:
+                object.__setattr__(res, "fraud_flags", flags)
+        return out
 
     def _timer_task(self, i: int, ts: int) -> _Task:
         def failed(state: Any, e: Exception) -> StepResult:
@@ -541,13 +572,16 @@ class UserOperator:
             return UserState(), True
         return s, False
 
-    def _event_phase(self, state: bytes | UserState | None, ev: Event) -> _Phase[StepResult]:
+    def _event_phase(self, state: bytes | UserState | None, ev: Event, view: RatesView) -> _Phase[StepResult]:
         """One event's work: dedupe, state update, fraud detectors, debounce; its list (if due) and the surprise
-        detector's log-probs are asked of the per-list phase (`yield from`)."""
+        detector's log-probs are asked of the per-list phase (`yield from`). `view`: the feed's base rates before
+        the event."""
         s, reset = self._load(state, ev.ts)
         h = id_hash(ev.event_id)
         if any(x == h for x, _ in s.dedup):
             return StepResult(state, duplicate=True)
+        activated = s.last_ts == 0 or ev.ts - s.last_ts >= self.conf.alarm.window_ms
+        engaged_feed = view.engagement_share >= self.conf.user_fraud.unverified_min_engagement_share
         recs: list[dict[str, Any]] = []
         deb = self.conf.debounce
         if s.pending_ts and deb.interval_ms > 0 and ev.ts >= s.last_emit_ts + deb.interval_ms and s.user_key:
@@ -564,7 +598,7 @@ class UserOperator:
         self._update(s, ev, h)
         user_key = self.pseud.pseudonym(ev.user_id)
         s.user_key, s.key_id = user_key, self.pseud.key_id
-        flags = self._user_flags(s, ev, user_key, logprobs=None)
+        flags = self._user_flags(s, ev, user_key, engaged_feed)
 
         timer: int | None = None
         lp: np.ndarray | None = None
@@ -588,11 +622,11 @@ class UserOperator:
             {"kind": "item_event", "item_id": ev.item_id, "user_key": user_key, "key_id": self.pseud.key_id,
              "event_id": ev.event_id, "event_type": ev.event_type, "ts": ev.ts, "rating": ev.rating,
              "account_first_ts": s.first_ts, "account_events": s.n_events,
-             "quarantined": s.flagged_until > ev.ts, "unverified": self._unverified(s, ev)}
+             "quarantined": s.flagged_until > ev.ts, "unverified": engaged_feed and self._unverified(s, ev)}
         ]  # fmt: skip
         # s: the driver stores it (`_finish`)
         return StepResult(s, recommendations=recs, fraud_flags=flags, item_events=items, timer_ts=timer,
-                          state_reset=reset)  # fmt: skip
+                          state_reset=reset, activated=activated)  # fmt: skip
 
     def _timer_phase(self, state: bytes | None, ts: int) -> _Phase[StepResult]:
         """One debounce timer's work: the suppressed list (asked of the per-list phase), or nothing."""
@@ -738,19 +772,20 @@ class UserOperator:
         ]  # fmt: skip
 
     def _unverified(self, s: UserState, ev: Event) -> bool:
-        """A rating with no view/click/cart/purchase of its item in the kept history (only on platforms whose
-        genuine ratings follow one: `user_fraud.ratings_need_engagement`)."""
-        if ev.event_type != "rating" or not self.conf.user_fraud.ratings_need_engagement:
+        """A rating with no view/click/cart/purchase of its item in the kept history (judged only on feeds whose
+        genuine ratings follow one: the caller checks the feed's engagement share)."""
+        if ev.event_type != "rating":
             return False
         ih = item_hash(ev.item_id)
         return not any(h == ih and c != _RATING_CODE for h, c in zip(s.items, s.types, strict=True))
 
-    def _user_flags(self, s: UserState, ev: Event, user_key: str, logprobs: np.ndarray | None) -> list[dict[str, Any]]:
+    def _user_flags(self, s: UserState, ev: Event, user_key: str, engaged_feed: bool) -> list[dict[str, Any]]:
         fc = self.conf.user_fraud
         if not fc.enabled:
             return []
         out: list[dict[str, Any]] = []
-        for det in (fraud.velocity(s, fc, ev.ts), fraud.regularity(s, fc), fraud.rating_anomaly(s, fc, ev.ts)):
+        for det in (fraud.velocity(s, fc, ev.ts), fraud.regularity(s, fc),
+                    fraud.rating_anomaly(s, fc, ev.ts, engaged_feed)):  # fmt: skip
             if det is not None:
                 out += self._raise(s, det, ev.event_id, ev.ts, user_key)
         return out

@@ -183,7 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "STREAMREC_JOB_MODEL_DIR": str(model_dir), "STREAMREC_PSEUDONYM_KEY": key,
                 "STREAMREC_PSEUDONYM_KEY_ID": key_id})
 
-    conf = simulator.with_overrides(simulator.load_conf(), events=args.events, users=args.users, seed=args.seed)
+    conf = simulator.with_overrides(simulator.load_conf(args.sim_conf), events=args.events, users=args.users,
+                                    seed=args.seed)  # fmt: skip
     conf = dataclasses.replace(conf, noise=dataclasses.replace(conf.noise, malformed_rate=args.malformed_rate))
     sim = simulator.simulate(conf)
     say(f"simulated {len(sim.events):,} events of {len({e.user_id for e in sim.events}):,} users, "
@@ -274,6 +275,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labelled = {pseudonymizer.pseudonym(u) for u in sim.labels["users"]}
     flagged = {f["subject"] for f in flags if f["subject_kind"] == "user"}
     flagged_items = {f["subject"] for f in flags if f["subject_kind"] == "item"}
+    alarms = [f for f in flags if f.get("kind") == "detector_alarm"]
+    abuse_kinds = dict(collections.Counter(v["kind"] for v in sim.labels["users"].values()))
     lat = [(collector.received_at[e] - sent_at[e]) * 1000 for e in collector.received_at if e in sent_at]
     summary.update({
         "events_in": len(sim.stream), "valid_events": len(sim.events), "produce_rate_target": args.rate,
@@ -286,6 +289,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "flag_recall_users": round(len(flagged & labelled) / len(labelled), 3) if labelled else None,
         "flagged_items": len(flagged_items), "attacked_items": len(sim.labels["items"]),
         "attacked_items_flagged": len(flagged_items & set(sim.labels["items"])),
+        "detector_alarms": [f"{a['detector']} ({a['evidence']['flagged_share']:.0%} of active accounts)"
+                            for a in alarms],
+        "simulator": f"conf/{args.sim_conf} (abusive accounts: {abuse_kinds})",
         "dead_letters": len(dead) - 1, "malformed_planted": len(sim.labels["malformed"]),
         "dead_letter_reasons": dict(collections.Counter(d.get("reason") for d in dead[1:])),
         "latency_ms_p50": None if not lat else round(percentile(lat, 50) or 0, 1),
@@ -315,6 +321,9 @@ def register(sub: Any) -> None:
                    help="job config (default conf/low-latency.yaml: sub-second latency; conf/local.yaml is the "
                         "exactly-once profile, whose outputs become readable at each checkpoint)")
     p.add_argument("--operators-conf", default="operators.yaml")
+    p.add_argument("--sim-conf", default="simulator-demo.yaml",
+                   help="simulator config of the demo's stream (default conf/simulator-demo.yaml: conf/simulator.yaml "
+                        "with abuse scaled to a short stream)")  # fmt: skip
     p.add_argument("--events", type=int, default=5000, help="simulated events to produce")
     p.add_argument("--users", type=int, default=300, help="simulated genuine users")
     p.add_argument("--seed", type=int, default=7)

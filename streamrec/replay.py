@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
                    help="what scores candidates (baselines go through the same operator)")  # fmt: skip
     p.add_argument("--int8", action="store_true", help="score with model.int8.onnx")
     p.add_argument("--limit", type=int, default=0, help="only the first N lines (0: all)")
+    p.add_argument("--shards", type=int, default=None,
+                   help="user shards whose base rates the detectors learn, as the job keeps them "
+                        "(default: batching.shards of conf/local.yaml)")  # fmt: skip
     p.add_argument("--no-outputs", action="store_true", help="write only summary.json (faster on big files)")
     p.set_defaults(func=cmd_replay)
 
@@ -95,12 +98,19 @@ def run_replay(
     int8: bool = False,
     limit: int = 0,
     labels: dict[str, Any] | None = None,
+    shards: int | None = None,
 ) -> dict[str, Any]:
-    """Replay `events` through the operators; returns the summary (and writes files when `out` is given)."""
+    """Replay `events` through the operators; returns the summary (and writes files when `out` is given).
+    The user detectors' base rates are kept per user shard (`shards`, default the job's `batching.shards`), each
+    shard's events in stream order: as the job keeps them when its events topic has one partition."""
+    from jobs.batching import shard_of
+    from jobs.config import load_job_conf
     from model_export.artifact import load_artifact
     from operators.baselines import ItemKNNScorer, MostPopScorer
+    from operators.baserates import ALARM_KIND, ShardRates
     from operators.config import load_operators_conf
     from operators.dead_letter import dead_letter
+    from operators.fraud import USER_DETECTORS
     from operators.item import ItemOperator
     from operators.privacy import Pseudonymizer
     from operators.schema import Rejection, parse_event
@@ -120,6 +130,11 @@ def run_replay(
     uop = UserOperator(art, conf, pseud, scorer)
     iop = ItemOperator(conf, art.version)
     k = conf.recs.k
+    n_shards = shards if shards is not None else load_job_conf().batching.shards
+    if n_shards < 1:
+        raise ValueError(f"shards must be >= 1, got {n_shards}")
+    rates = [ShardRates() for _ in range(n_shards)]
+    alarms: list[dict[str, Any]] = []
 
     files: dict[str, Any] = {}
     if out is not None:
@@ -154,6 +169,10 @@ def run_replay(
             if fl["flag_id"] in flag_ids:
                 continue
             flag_ids.add(fl["flag_id"])
+            if fl.get("kind") == ALARM_KIND:
+                alarms.append({"detector": fl["detector"], "event_ts": fl["event_ts"], **fl["evidence"]})
+                write("fraud_flags", fl)
+                continue
             counts["fraud_flags"] += 1
             detectors[fl["detector"]] += 1
             if fl["subject_kind"] == "user":
@@ -204,7 +223,7 @@ def run_replay(
                 fire_timers(watermark)
             user = ev.user_id
             key_to_user.setdefault(pseud.pseudonym(user), user)
-            res = uop.step(states.get(user), ev)
+            res = uop.step(states.get(user), ev, rates[shard_of(user, n_shards)])
             if res.dead_letters:
                 counts["dead_letters"] += len(res.dead_letters)
                 for d in res.dead_letters:
@@ -262,6 +281,10 @@ def run_replay(
         "state_resets": counts["state_resets"],
         "fraud_flags": counts["fraud_flags"],
         "fraud_flags_by_detector": dict(sorted(detectors.items())),
+        "detector_alarms": alarms,
+        "flags_withheld": {d: sum(r.withheld[j] for r in rates if j < len(r.withheld))
+                           for j, d in enumerate(USER_DETECTORS)},  # fmt: skip
+        "shards": n_shards,
         "flagged_users": flagged_users,
         "flagged_items": sorted(set().union(*item_flags.values())) if item_flags else [],
         "users": len(n_events_user),
@@ -306,7 +329,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return 2
     try:
         s = run_replay(args.model, args.events, None if args.no_outputs else args.out, args.conf,
-                       args.recommender, args.int8, args.limit, labels)  # fmt: skip
+                       args.recommender, args.int8, args.limit, labels, args.shards)  # fmt: skip
     except (ArtifactError, ConfigError, PseudonymKeyError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -227,6 +227,7 @@ class CassandraWriter:
                 f"DELETE FROM {ks}.fraud_flags USING TIMESTAMP ? WHERE subject_kind = ? AND subject = ?"),
                 bind_flag_deletion),
         }
+        self._stmts["detector_alarm"] = self._stmts["fraud_flag"]  # subject_kind 'detector', subject its name
 
     # ------------------------------------------------------------------ queueing rows
 

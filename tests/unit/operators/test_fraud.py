@@ -62,9 +62,17 @@ def test_regular_gaps(make_op: Callable[..., Any], artifact: Any) -> None:
     assert _run(op, ties)[0] == []
 
 
+def _engaged(op: Any, artifact: Any, n: int = 60) -> Any:
+    """`op` after its feed showed `n` views of other users: a platform whose ratings follow engagement."""
+    its = _items(artifact, 30)
+    for i in range(n):
+        op.step(None, ev(10_000 + i, its[i % 30], T0 - 3 * DAY + i * 1000, user=f"other{i}"))
+    return op
+
+
 def test_rating_anomaly_extreme_rule(make_op: Callable[..., Any], artifact: Any) -> None:
     its = _items(artifact, 30)
-    op = make_op(user_fraud={"rating_min": 8, "ratings_need_engagement": False})  # a ratings-only feed
+    op = make_op(user_fraud={"rating_min": 8})  # (off by default); a fresh operator's feed is ratings-only
     shill = [ev(i, its[i], T0 + i * 20_000, "rating", rating=5.0 if i % 5 else 1.0) for i in range(9)]
     flags, _ = _run(op, shill)
     assert [f["detector"] for f in flags] == [fraud.RATING] and flags[0]["evidence"]["extreme"] == 8
@@ -86,7 +94,7 @@ def _shop(i: int, item: str, ts: int) -> list[Any]:
 
 def test_rating_anomaly_unverified_rule(make_op: Callable[..., Any], artifact: Any) -> None:
     its = _items(artifact, 30)
-    op = make_op()  # defaults: ratings follow engagement on this platform, 5 unverified ratings in 1 h flag
+    op = _engaged(make_op(), artifact)  # ratings follow engagement on this feed: 5 unverified ratings in 1 h flag
     fake = [ev(i, its[i], T0 + i * 20_000, "rating", rating=[3.0, 4.0, 5.0, 3.5][i % 4]) for i in range(8)]
     flags, res = _run(op, fake)
     assert [f["detector"] for f in flags] == [fraud.RATING] and flags[0]["event_id"] == "e4"
@@ -99,10 +107,15 @@ def test_rating_anomaly_unverified_rule(make_op: Callable[..., Any], artifact: A
     assert flags == [] and not any(e["unverified"] for r in res for e in r.item_events)
     # one engagement event anywhere in the kept history: not a ratings-only account
     assert _run(op, [ev(99, its[20], T0 - 1000), *fake])[0] == []
-    # ratings-only feeds (MovieLens) switch the notion off
-    off = make_op(user_fraud={"ratings_need_engagement": False})
+    # on a ratings-only feed (MovieLens; a fresh operator's prior) the notion is off: learned, not configured
+    off = make_op()
     flags, res = _run(off, fake)
     assert flags == [] and not any(e["unverified"] for r in res for e in r.item_events)
+    assert off.rates.view(off.conf.base_rates).engagement_share == 0.0
+    # the same feed learns otherwise once engagement shows up
+    flags, _ = _run(_engaged(off, artifact), [ev(100 + i, its[i], T0 + i * 20_000, "rating", rating=4.0, user="new")
+                                               for i in range(5)])  # fmt: skip
+    assert [f["detector"] for f in flags] == [fraud.RATING]
 
 
 def test_model_surprise_function_and_wiring(make_op: Callable[..., Any], artifact: Any) -> None:

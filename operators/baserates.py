@@ -1,0 +1,190 @@
+"""Base rates the user detectors judge against, learned from the stream, and the detectors' alarm.
+
+A detector threshold that fits one platform condemns another: "a rating with no view or purchase before it is
+unverified" is a sound signal where ratings follow purchases and flags every account of a ratings-only feed. So the
+user operator learns what the feed itself looks like and lets configuration give priors and floors, not switches.
+
+`ShardRates` is kept per user shard (the job's keyed state of one shard; `streamrec replay` keeps one per shard too,
+with the job's shard function, so replay = job). It has two parts:
+
+- Feed rates, exponentially decayed in event time (`base_rates.half_life_ms`): events, engagement events (view, click,
+  cart, purchase), ratings, extreme ratings. They are updated in a pre-pass over a batch's events in arrival order
+  (`observe`), and each event is judged on the rates as they stood just before it (`view`), so a detection depends
+  on the shard's events in order and never on how the job cut them into batches. The rates start from a prior of
+  `base_rates.prior_events` pseudo-events (`engagement_share_prior`, `extreme_share_prior`).
+- The alarm (`settle`, a post-pass over the batch's results in arrival order): per user detector, the accounts it
+  flagged and the accounts active, both decayed over `alarm.window_ms`. When a detector flags more than
+  `alarm.max_share` of the active accounts (once `alarm.min_active` are active) it is miscalibrated for this feed,
+  not witnessing an invasion: one `detector_alarm` record says so (detector, share, counts) and the detector's user
+  flags are withheld (counted) until its share falls below half the limit. Group detections (shilling and farm
+  members, raised by the item operator with their item) are not judged here.
+
+Layout (little-endian, version 1): header `<BBqqdddddq` version, n_detectors, last_ts, seen, events, engagement,
+ratings, extreme, active, alarm_ts; then per detector `<dqqq` flagged (decayed), alarm_since (0 = none), last_alarm_ts,
+withheld.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from operators.config import AlarmConf, BaseRatesConf
+
+VERSION = 1
+_HEAD = struct.Struct("<BBqqdddddq")
+_DET = struct.Struct("<dqqq")
+ENGAGEMENT = frozenset({"view", "click", "cart", "purchase"})
+ALARM_KIND = "detector_alarm"
+
+
+class RatesError(ValueError):
+    """Bytes that are not a ShardRates this code can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class RatesView:
+    """The feed's rates as they stood before one event (priors blended in)."""
+
+    engagement_share: float  # share of events that are views, clicks, carts, purchases
+    extreme_share: float  # share of ratings at the scale's ends
+    seen: int  # events the shard had seen
+
+
+@dataclass
+class ShardRates:
+    """One shard's feed rates and alarm state (see the module docstring)."""
+
+    last_ts: int = 0  # newest event time the feed rates saw (their decay reference)
+    seen: int = 0  # events seen, not decayed
+    events: float = 0.0  # decayed counts as of last_ts
+    engagement: float = 0.0
+    ratings: float = 0.0
+    extreme: float = 0.0
+    active: float = 0.0  # accounts that became active (first event after a quiet window), decayed
+    alarm_ts: int = 0  # newest event time the alarm counts saw (their decay reference)
+    flagged: list[float] = field(default_factory=list)  # per detector: accounts flagged, decayed
+    alarm_since: list[int] = field(default_factory=list)  # per detector: alarm raised at (0: none)
+    last_alarm: list[int] = field(default_factory=list)  # per detector: last alarm record's time
+    withheld: list[int] = field(default_factory=list)  # per detector: flags withheld while alarmed
+
+    def ensure(self, n: int) -> None:
+        for lst, zero in ((self.flagged, 0.0), (self.alarm_since, 0), (self.last_alarm, 0), (self.withheld, 0)):
+            lst.extend([zero] * (n - len(lst)))  # type: ignore[list-item]
+
+    # ------------------------------------------------------------------ feed rates
+
+    def view(self, conf: BaseRatesConf) -> RatesView:
+        w = max(conf.prior_events, 0.0)
+        eng = (self.engagement + conf.engagement_share_prior * w) / max(self.events + w, 1e-9)
+        ext = (self.extreme + conf.extreme_share_prior * w) / max(self.ratings + w, 1e-9)
+        return RatesView(eng, ext, self.seen)
+
+    def observe(self, event_type: str, rating: float | None, ts: int, conf: BaseRatesConf, low: float,
+                high: float) -> None:  # fmt: skip
+        """One event of the shard, in arrival order (a late event counts with its age's weight)."""
+        hl = max(conf.half_life_ms, 1)
+        if ts > self.last_ts:
+            if self.last_ts:
+                f = 0.5 ** ((ts - self.last_ts) / hl)
+                self.events *= f
+                self.engagement *= f
+                self.ratings *= f
+                self.extreme *= f
+            self.last_ts = ts
+        wt = 0.5 ** ((self.last_ts - ts) / hl)
+        self.seen += 1
+        self.events += wt
+        if event_type in ENGAGEMENT:
+            self.engagement += wt
+        elif event_type == "rating" and rating is not None and rating > 0:
+            self.ratings += wt
+            if rating <= low or rating >= high:
+                self.extreme += wt
+
+    # ------------------------------------------------------------------ alarm
+
+    def settle(self, detectors: tuple[str, ...], ts: int, activated: bool, flags: list[dict[str, Any]],
+               alarm: AlarmConf, model_version: str) -> list[dict[str, Any]]:  # fmt: skip
+        """One event's result, in arrival order: count the account if it became active and its user flags; return
+        the flags to emit (a miscalibrated detector's withheld) followed by any alarm record this event raised."""
+        self.ensure(len(detectors))
+        win = max(alarm.window_ms, 1)
+        if ts > self.alarm_ts:
+            if self.alarm_ts:
+                g = 0.5 ** ((ts - self.alarm_ts) / win)
+                self.active *= g
+                self.flagged = [x * g for x in self.flagged]
+            self.alarm_ts = ts
+        wt = 0.5 ** ((self.alarm_ts - ts) / win)  # a late event counts with its age's weight
+        if activated:
+            self.active += wt
+        if not flags and not any(self.alarm_since):
+            return flags
+        out: list[dict[str, Any]] = []
+        raised: list[dict[str, Any]] = []
+        for f in flags:
+            det = f.get("detector")
+            if f.get("subject_kind") != "user" or det not in detectors:
+                out.append(f)
+                continue
+            d = detectors.index(det)
+            self.flagged[d] += wt
+            if self.alarm_since[d]:
+                self.withheld[d] += 1
+            else:
+                out.append(f)
+        for d, det in enumerate(detectors):
+            share = self.flagged[d] / max(self.active, 1.0)
+            if self.alarm_since[d]:
+                if share < alarm.max_share / 2:
+                    self.alarm_since[d] = 0
+                continue
+            if alarm.max_share <= 0 or self.active < alarm.min_active or share <= alarm.max_share:
+                continue
+            self.alarm_since[d] = ts
+            if self.last_alarm[d] and ts - self.last_alarm[d] < alarm.cooldown_ms:
+                continue
+            self.last_alarm[d] = ts
+            raised.append(alarm_record(det, ts, share, self, d, alarm, model_version))
+        return out + raised
+
+
+def alarm_record(detector: str, ts: int, share: float, r: ShardRates, d: int, alarm: AlarmConf,
+                 model_version: str) -> dict[str, Any]:  # fmt: skip
+    """A `detector_alarm` for the fraud topic (and the fraud_flags table, subject_kind 'detector')."""
+    key = "\x00".join(("detector_alarm", detector, str(ts), f"{r.active:.6f}"))
+    return {
+        "kind": ALARM_KIND, "flag_id": hashlib.sha256(key.encode()).hexdigest()[:32], "subject_kind": "detector",
+        "subject": detector, "detector": detector, "score": round(min(share, 1.0), 4), "reasons": [ALARM_KIND],
+        "evidence": {"flagged_share": round(share, 4), "flagged_accounts": round(r.flagged[d], 2),
+                     "active_accounts": round(r.active, 2), "max_share": alarm.max_share,
+                     "window_ms": alarm.window_ms, "withheld_so_far": r.withheld[d]},
+        "model_version": model_version, "event_id": None, "event_ts": ts,
+    }  # fmt: skip
+
+
+def encode_rates(r: ShardRates) -> bytes:
+    n = len(r.flagged)
+    r.ensure(n)
+    parts = [_HEAD.pack(VERSION, n, r.last_ts, r.seen, r.events, r.engagement, r.ratings, r.extreme, r.active,
+                        r.alarm_ts)]
+    parts += [_DET.pack(r.flagged[d], r.alarm_since[d], r.last_alarm[d], r.withheld[d]) for d in range(n)]
+    return b"".join(parts)
+
+
+def decode_rates(data: bytes | None) -> ShardRates:
+    """The rates in `data`; None gives fresh ones. Raises RatesError on bytes this code cannot read."""
+    if data is None:
+        return ShardRates()
+    try:
+        version, n, last_ts, seen, events, eng, ratings, extreme, active, alarm_ts = _HEAD.unpack_from(data, 0)
+        if version != VERSION or len(data) != _HEAD.size + n * _DET.size:
+            raise RatesError(f"shard rates: version {version}, {len(data)} bytes for {n} detectors")
+        dets = [_DET.unpack_from(data, _HEAD.size + d * _DET.size) for d in range(n)]
+    except struct.error as e:
+        raise RatesError(f"shard rates: {e}") from e
+    return ShardRates(last_ts, seen, events, eng, ratings, extreme, active, alarm_ts, [x[0] for x in dets],
+                      [x[1] for x in dets], [x[2] for x in dets], [x[3] for x in dets])  # fmt: skip
