@@ -58,7 +58,11 @@ class UserFraudConf:
     regular_max_gap_ms: int = 600_000  # regularity: median gap above this is ignored (e.g. daily jobs)
     surprise_every: int = 20  # surprise: judged on every N-th event of a user (event count, not timers; 0 = off)
     surprise_min_events: int = 20  # surprise: known-item transitions needed before judging
-    surprise_factor: float = 1.3  # surprise: flag if mean log P(next item) < factor * log(1/n_items)
+    surprise_factor: float = 1.3  # surprise: flag if mean log P(next item) < factor * log(1/n_items), until the
+    # shard has judged surprise_warmup accounts' sequences; from then on the factor is learned (base_rates)
+    surprise_warmup: int = 50  # surprise: judgements per shard before the learned factor replaces surprise_factor
+    surprise_spread: float = 4.0  # surprise: learned factor = median ratio + spread * (median - 1st quartile)
+    surprise_min_factor: float = 1.0  # surprise: the learned factor is never below this (1 = a uniform guess)
     rating_min: int = 0  # rating anomaly (extreme rule): ratings in the window needed (0 = off: see conf)
     rating_window_ms: int = 3_600_000  # rating anomaly: ratings within this window count
     rating_extreme_share: float = 1.0  # rating anomaly (extreme rule): share of extreme ratings (<= low or >= high)
@@ -79,6 +83,7 @@ class BaseRatesConf:
     engagement_share_prior: float = 0.0  # prior share of engagement events (0: a feed is ratings-only until its
     # events show otherwise, so no account is judged "unverified" before the feed's habits are known)
     extreme_share_prior: float = 0.3  # prior share of ratings at the scale's ends
+    surprise_memory: float = 1000.0  # the surprise ratios of about this many recent judgements make its base rate
 
 
 @dataclass(frozen=True)

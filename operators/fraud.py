@@ -103,8 +103,9 @@ def _cv(gaps: np.ndarray) -> float:
     return float(std / max(mean, 1e-9))
 
 
-def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detection | None:
-    """The model finds the user's own sequence improbable: mean log P(next) far below a uniform guess."""
+def surprise_stats(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> tuple[float, float, int] | None:
+    """(mean log P(next item), ratio, transitions) of a user's sequence, or None when too few transitions are
+    defined. The ratio is the mean over log(1 / n_items): 1 = as likely as a uniform guess, above = less likely."""
     if isinstance(logprobs, np.ndarray) and logprobs.ndim == 1 and len(logprobs) < conf.surprise_min_events:
         return None  # the filter below only drops positions: too few to judge either way
     lp = np.asarray(logprobs, dtype=np.float64)
@@ -112,10 +113,25 @@ def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detecti
     if len(lp) < conf.surprise_min_events or n_items < 2:
         return None
     mean = float(lp.mean())
-    limit = conf.surprise_factor * math.log(1.0 / n_items)
-    r = mean / limit if limit < 0 else 0.0
-    return Detection(SURPRISE, _score(r), {"mean_logprob": round(mean, 4), "limit": round(limit, 4),
-                                           "transitions": len(lp)})  # fmt: skip
+    return mean, mean / math.log(1.0 / n_items), len(lp)
+
+
+def surprise_detection(stats: tuple[float, float, int], threshold: float, n_items: int,
+                       learned: bool = False) -> Detection:  # fmt: skip
+    """The model finds the user's own sequence improbable: its ratio (`surprise_stats`) past `threshold` (the
+    configured factor, or the one learned from the feed's accounts: `baserates.ShardRates.surprise_threshold`)."""
+    mean, ratio, n = stats
+    r = ratio / threshold if threshold > 0 else 0.0
+    return Detection(SURPRISE, _score(r), {"mean_logprob": round(mean, 4),
+                                           "limit": round(threshold * math.log(1.0 / n_items), 4),
+                                           "ratio": round(ratio, 4), "threshold": round(threshold, 4),
+                                           "learned": learned, "transitions": n})  # fmt: skip
+
+
+def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detection | None:
+    """`surprise_detection` at the configured factor (`surprise_factor`), None when it cannot judge."""
+    stats = surprise_stats(logprobs, n_items, conf)
+    return None if stats is None else surprise_detection(stats, conf.surprise_factor, n_items)
 
 
 def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bool = True) -> Detection | None:

@@ -6,9 +6,10 @@ the item usually gets. When an item is flagged, the accounts behind the burst ar
 flag per account and item), and so are accounts that join while the burst still meets the detector's conditions.
 Events of flagged (quarantined) users count as evidence but never feed the item's baselines or trending rate.
 
-State layout (little-endian, version 1):
-  header `<BBqqIdddd2q` version, flags, first_ts, last_ts, n_events, decayed clicks, decayed settled
-                         ratings (count), their decayed sum, decayed events, last flag ts (farm, shilling)
+State layout (little-endian, version 2; version 1, without the two extreme counts, is read as zeros there):
+  header `<BBqqIdddddd2q` version, flags, first_ts, last_ts, n_events, decayed clicks, decayed settled
+                         ratings (count), their decayed sum, decayed events, decayed settled ratings at the scale's
+                         top and at its bottom, last flag ts (farm, shilling)
   counts `<HHB`         n_clicks, n_ratings, len(key_id)
   clicks  n x (32-byte user key, u32 age ms, u8 bits: 1 young, 2 member-flagged, 4 quarantined, 8 unverified),
           oldest first
@@ -32,12 +33,13 @@ from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, operator_d
 from operators.schema import EVENT_TYPES
 
 SOURCE = "item_operator"
-VERSION = 1
+VERSION = 2
 CLICK_FARM = "click_farm"
 SHILLING = "shilling"
 FARM_MEMBER = "click_farm_member"
 SHILL_MEMBER = "shilling_member"
-_HEADER = struct.Struct("<BBqqIdddd2q")
+_HEADER = struct.Struct("<BBqqIdddddd2q")
+_HEADER_V1 = struct.Struct("<BBqqIdddd2q")
 _COUNTS = struct.Struct("<HHB")
 _CLICK = struct.Struct("<32sIB")
 _RATING = struct.Struct("<32sIBB")
@@ -60,6 +62,8 @@ class ItemState:
     base_r_n: float = 0.0  # settled ratings of unflagged accounts (older than the shilling window), decayed
     base_r_sum: float = 0.0  # their sum, decayed
     base_events: float = 0.0  # all events, decayed (trending rate)
+    base_r_hi: float = 0.0  # settled ratings >= rating_high, decayed (the item's own share of extreme ratings)
+    base_r_lo: float = 0.0  # settled ratings <= rating_low, decayed
     flag_last: list[int] = field(default_factory=lambda: [0, 0])  # farm, shilling
     clicks: list[list[Any]] = field(default_factory=list)  # [key bytes, ts, bits]
     ratings: list[list[Any]] = field(default_factory=list)  # [key bytes, ts, bits, rating]
@@ -68,15 +72,16 @@ class ItemState:
     def copy(self) -> ItemState:
         """An independent copy (new lists, new entries: the detectors mark entries in place)."""
         return ItemState(self.first_ts, self.last_ts, self.n_events, self.base_clicks, self.base_r_n, self.base_r_sum,
-                         self.base_events, self.flag_last.copy(), list(map(list.copy, self.clicks)),
-                         list(map(list.copy, self.ratings)), self.key_id)  # fmt: skip
+                         self.base_events, self.base_r_hi, self.base_r_lo, self.flag_last.copy(),
+                         list(map(list.copy, self.clicks)), list(map(list.copy, self.ratings)),
+                         self.key_id)  # fmt: skip
 
 
 def encode_item(s: ItemState) -> bytes:
     kid = s.key_id.encode("utf-8")[:255]
     parts = [
         _HEADER.pack(VERSION, 0, s.first_ts, s.last_ts, min(s.n_events, _U32_MAX), s.base_clicks, s.base_r_n,
-                     s.base_r_sum, s.base_events, *s.flag_last),
+                     s.base_r_sum, s.base_events, s.base_r_hi, s.base_r_lo, *s.flag_last),
         _COUNTS.pack(min(len(s.clicks), 65535), min(len(s.ratings), 65535), len(kid)),
     ]  # fmt: skip
     last = s.last_ts
@@ -91,16 +96,19 @@ def decode_item(data: bytes) -> ItemState:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ItemStateError(f"state must be bytes, got {type(data).__name__}")
     b = bytes(data)
-    if len(b) < _HEADER.size + _COUNTS.size or b[0] != VERSION:
+    head = {VERSION: _HEADER, 1: _HEADER_V1}.get(b[0]) if b else None
+    if head is None or len(b) < head.size + _COUNTS.size:
         raise ItemStateError("not an item state of this version")
-    h = _HEADER.unpack_from(b, 0)
-    nc, nr, nk = _COUNTS.unpack_from(b, _HEADER.size)
-    if len(b) != _HEADER.size + _COUNTS.size + nc * _CLICK.size + nr * _RATING.size + nk:
+    h = head.unpack_from(b, 0)
+    if head is _HEADER_V1:  # version 1: no extreme-rating baselines yet
+        h = (*h[:9], 0.0, 0.0, *h[9:])
+    nc, nr, nk = _COUNTS.unpack_from(b, head.size)
+    if len(b) != head.size + _COUNTS.size + nc * _CLICK.size + nr * _RATING.size + nk:
         raise ItemStateError("item state length does not match its counts")
-    if not all(math.isfinite(x) for x in h[5:9]):
+    if not all(math.isfinite(x) for x in h[5:11]):
         raise ItemStateError("item state holds non-finite baselines")
-    s = ItemState(h[2], h[3], h[4], h[5], h[6], h[7], h[8], [h[9], h[10]])
-    off = _HEADER.size + _COUNTS.size
+    s = ItemState(h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], [h[11], h[12]])
+    off = head.size + _COUNTS.size
     last = s.last_ts
     end = off + nc * _CLICK.size
     s.clicks = [[k, last - a, bits] for k, a, bits in _CLICK.iter_unpack(b[off:end])]
@@ -141,8 +149,9 @@ def _settle_item_fast(s: ItemState) -> bool:
     """`settle_item`'s fast path: True once `s` holds `decode_item(encode_item(s))`'s values (header values set
     here); False, `s` untouched, when the layout would change anything else."""
     h = _HEADER.unpack(_HEADER.pack(VERSION, 0, s.first_ts, s.last_ts, min(s.n_events, _U32_MAX), s.base_clicks,
-                                    s.base_r_n, s.base_r_sum, s.base_events, *s.flag_last))  # fmt: skip
-    if not all(math.isfinite(x) for x in h[5:9]) or len(s.clicks) > 65535 or len(s.ratings) > 65535:
+                                    s.base_r_n, s.base_r_sum, s.base_events, s.base_r_hi, s.base_r_lo,
+                                    *s.flag_last))  # fmt: skip
+    if not all(math.isfinite(x) for x in h[5:11]) or len(s.clicks) > 65535 or len(s.ratings) > 65535:
         return False
     if not (s.key_id.isascii() and len(s.key_id) <= 255):
         return False
@@ -154,7 +163,8 @@ def _settle_item_fast(s: ItemState) -> bool:
     if s.ratings and not _HALF_STEPS.issuperset(map(_FOURTH, s.ratings)):
         return False
     s.first_ts, s.last_ts, s.n_events, s.base_clicks, s.base_r_n, s.base_r_sum, s.base_events = h[2:9]
-    s.flag_last = [h[9], h[10]]
+    s.base_r_hi, s.base_r_lo = h[9], h[10]
+    s.flag_last = [h[11], h[12]]
     return True
 
 
@@ -279,6 +289,8 @@ class ItemOperator:
                 s.base_clicks *= f
                 s.base_r_n *= f
                 s.base_r_sum *= f
+                s.base_r_hi *= f
+                s.base_r_lo *= f
                 s.base_events *= f
             s.last_ts = ts
         s.n_events += 1
@@ -308,6 +320,10 @@ class ItemOperator:
                     wr = 0.5 ** ((s.last_ts - e[1]) / max(c.baseline_half_life_ms, 1))
                     s.base_r_n += wr
                     s.base_r_sum += wr * e[3]
+                    if e[3] >= c.rating_high:
+                        s.base_r_hi += wr
+                    elif e[3] <= c.rating_low:
+                        s.base_r_lo += wr
             s.ratings = keep
 
         flags: list[dict[str, Any]] = []

@@ -112,6 +112,7 @@ class _ListOrder:
     consumed: list[int]  # items excluded as consumed
     req: ScoreRequest | None  # the model's input; None: a cold-start list (no model call)
     need_logprob: bool  # score with the full graph (the surprise detector judges this event)
+    may_judge: bool = True  # the event may still ask for a judgement (`_Judge`) after this list (False: it will not)
 
 
 @dataclass(slots=True)
@@ -120,6 +121,15 @@ class _LogProbs:
 
     req: ScoreRequest
     need_logprob: bool = True
+
+
+@dataclass(slots=True)
+class _Judge:
+    """The surprise detector asks for its threshold on the feed (`ShardRates.surprise_threshold`) for a sequence of
+    this ratio, which then joins the feed's base rate. Answered in arrival order across the call's users (`_judge`),
+    so the threshold an event meets does not depend on how the stream was cut into calls."""
+
+    ratio: float
 
 
 @dataclass(slots=True)
@@ -134,7 +144,7 @@ class _Built:
 _R = TypeVar("_R")
 # A phase of one event (or timer): yields what it needs from the per-list phase, is resumed with the answer
 # (`_Built` for a `_ListOrder`, `ScoreResult` for `_LogProbs`), returns its result.
-_Phase = Generator["_ListOrder | _LogProbs", Any, _R]
+_Phase = Generator["_ListOrder | _LogProbs | _Judge", Any, _R]
 # One unit of work of a queue: (result position, start it from the user's current state, its result if it raises).
 # `start` returns the result at once (nothing to score: e.g. a dead letter) or the phase to drive.
 _Task = tuple[int, Callable[[Any], "StepResult | _Phase[StepResult]"], Callable[[Any, Exception], "StepResult"]]
@@ -150,7 +160,7 @@ class _Queue:
     gen: _Phase[StepResult] | None = None  # the running task's phase (None: between tasks)
     before: Any = None  # the state the running task started from (kept if it fails)
     fail: Callable[[Any, Exception], StepResult] | None = None  # the running task's result if it raises
-    need: _ListOrder | _LogProbs | None = None  # what the running task waits for (None: the queue is done)
+    need: _ListOrder | _LogProbs | _Judge | None = None  # what the running task waits for (None: the queue is done)
 
 
 def _claimed_user(event: Any) -> str | None:
@@ -281,7 +291,7 @@ class UserOperator:
         rates = self.rates if rates is None else rates
         _, ts, task = self._event_task(0, event, rates)
         valid = [] if ts is None else [(0, ts)]
-        return self._settle(rates, valid, self._run([_Queue(state, deque([task]))], 1))[0]
+        return self._settle(rates, valid, self._run([_Queue(state, deque([task]))], 1, rates))[0]
 
     def step_many(
         self, states: dict[str, bytes | None], events: Sequence[Any], rates: ShardRates | None = None
@@ -308,7 +318,7 @@ class UserOperator:
             if q is None:
                 q = queues[user] = _Queue(states.get(user), deque())
             q.tasks.append(task)
-        out = self._settle(rates, valid, self._run([*queues.values(), *alone], len(events)))
+        out = self._settle(rates, valid, self._run([*queues.values(), *alone], len(events), rates))
         for user, q in queues.items():
             # decoded only if the user's last events left the state a previous one settled (duplicates, dead letters)
             states[user] = encode(q.state) if isinstance(q.state, UserState) else q.state
@@ -322,7 +332,7 @@ class UserOperator:
         """`on_timer` for each (state, ts), in order (the caller threads each result's state; one timer per user and
         call), with the lists scored together."""
         queues = [_Queue(state, deque([self._timer_task(i, ts)])) for i, (state, ts) in enumerate(fired)]
-        return self._run(queues, len(queues))
+        return self._run(queues, len(queues), self.rates)  # timers never judge
 
     def erase(self, state: bytes | None, user_id: str, ts: int) -> StepResult:
         """Right to erasure: clear the state and tell every sink to delete what it holds for this user."""
@@ -390,25 +400,60 @@ class UserOperator:
 
         return i, lambda state: self._timer_phase(state, ts), failed
 
-    def _run(self, queues: list[_Queue], n: int) -> list[StepResult]:
+    def _run(self, queues: list[_Queue], n: int, rates: ShardRates) -> list[StepResult]:
         """Drive the queues' tasks to their `n` results. Each round answers the current need of every queue at once
         (the per-list phase, `_serve`), then resumes each task until its next need; a finished task starts its queue's
-        next one. Never raises: a failing task (or a failing answer) is its own OPERATOR_ERROR dead letter."""
+        next one. Judgements against the feed's base rates (`_Judge`) are answered in arrival order in between
+        (`_judge`). Never raises: a failing task (or a failing answer) is its own OPERATOR_ERROR dead letter."""
         out: list[StepResult | None] = [None] * n
         for q in queues:
             self._advance(q, out, None)
-        waiting = [q for q in queues if q.need is not None]
-        while waiting:
-            needs = [q.need for q in waiting if q.need is not None]
+        while True:
+            self._judge(queues, out, rates)
+            waiting = [q for q in queues if q.need is not None and not isinstance(q.need, _Judge)]
+            if not waiting:
+                break
+            needs = [q.need for q in waiting]
             try:
-                answers = self._serve(needs)
+                answers = self._serve(needs)  # type: ignore[arg-type]
             except Exception as e:  # noqa: BLE001 - a bug in the round: every event of it fails, alone
                 answers = [e] * len(needs)
             for q, answer in zip(waiting, answers, strict=True):
                 self._advance(q, out, answer)
-            waiting = [q for q in waiting if q.need is not None]
-        assert all(r is not None for r in out)
+        assert all(r is not None for r in out) and all(q.need is None for q in queues)
         return cast(list[StepResult], out)
+
+    def _judge(self, queues: list[_Queue], out: list[StepResult | None], rates: ShardRates) -> None:
+        """Answer the `_Judge` needs whose turn it is, oldest event first: a judgement waits until every earlier event
+        of the call (any user's: results are indexed in arrival order) has finished, waits for its own judgement or
+        is known never to ask for one.
+        Each answer is the threshold before the judgement; its ratio then joins the base rate."""
+        fc, br = self.conf.user_fraud, self.conf.base_rates
+        while True:
+            # earlier events that may still judge hold a judgement back: a running one (unless it waits for a list
+            # and will not judge after it), and the next event of a queue whose running one will not judge
+            blocking = 1 << 62
+            for q in queues:
+                nd = q.need
+                if nd is None or isinstance(nd, _Judge):
+                    continue
+                if not isinstance(nd, _ListOrder) or nd.may_judge:
+                    blocking = min(blocking, q.index)
+                elif q.tasks:
+                    blocking = min(blocking, q.tasks[0][0])
+            ready = [q for q in queues if isinstance(q.need, _Judge) and q.index < blocking]
+            if not ready:
+                return
+            q = min(ready, key=lambda x: x.index)
+            need = q.need
+            assert isinstance(need, _Judge)
+            answer: Any
+            try:
+                answer = rates.surprise_threshold(fc)
+                rates.add_ratio(need.ratio, br)
+            except Exception as e:  # noqa: BLE001 - as a failing answer of the per-list phase
+                answer = e
+            self._advance(q, out, answer)
 
     @staticmethod
     def _advance(q: _Queue, out: list[StepResult | None], answer: Any) -> None:
@@ -606,8 +651,9 @@ class UserOperator:
         due = s.last_emit_ts == 0 or ev.ts - s.last_emit_ts >= deb.interval_ms
         if due or type_code(ev.event_type) in self.strong or deb.interval_ms <= 0:
             # the model's log-probs (the full graph) only for an event the surprise detector judges
+            due_surprise = self._surprise_due(s)  # the event is judged after its list, or never
             rec, lp = yield from self._recommend(s, user_key, ev.event_id, ev.ts, ev.ts, debounced=False,
-                                                 need_logprob=self._surprise_due(s))  # fmt: skip
+                                                 need_logprob=due_surprise, may_judge=due_surprise)  # fmt: skip
             recs.append(rec)
             scored = True
         else:
@@ -695,6 +741,7 @@ class UserOperator:
         now: int,
         debounced: bool,
         need_logprob: bool,
+        may_judge: bool = True,
     ) -> _Phase[tuple[dict[str, Any], np.ndarray | None]]:
         """Ask the per-list phase for one recommendation list and record it in the state: the list record + the
         model's log-probs (None for a cold-start list; with `need_logprob` those of the full graph, else empty: the
@@ -707,7 +754,7 @@ class UserOperator:
         if len(known) >= r.min_history:  # else a cold-start list
             req = ScoreRequest(idx, s.types, s.ts, consumed, extra_exclude=self.static_exclude)
         built: _Built = yield _ListOrder(s, user_key, event_id, event_ts, now, debounced, known, consumed, req,
-                                         need_logprob)  # fmt: skip
+                                         need_logprob, may_judge)  # fmt: skip
         s.last_emit_ts = now
         s.pending_ts, s.pending_event_id = 0, ""
         s.last_recs = built.hashes
@@ -819,9 +866,11 @@ class UserOperator:
             lp = res.next_item_logprob
         if lp is None:
             return []
-        det = fraud.surprise(lp, self.n_items, fc)
-        if det is None:
+        stats = fraud.surprise_stats(lp, self.n_items, fc)
+        if stats is None:
             return []
+        threshold, learned = yield _Judge(stats[1])  # the feed's base rate, in arrival order
+        det = fraud.surprise_detection(stats, threshold, self.n_items, learned)
         s.surprise = float(det.evidence["mean_logprob"]) if math.isfinite(det.evidence["mean_logprob"]) else 0.0
         s.surprise_n = int(det.evidence["transitions"])
         return self._raise(s, det, event_id, event_ts, user_key)

@@ -11,7 +11,7 @@ import pytest
 from operators import fraud
 from operators.baserates import ALARM_KIND, RatesError, ShardRates, decode_rates, encode_rates
 from operators.batch import to_json, user_events
-from operators.config import AlarmConf, BaseRatesConf
+from operators.config import AlarmConf, BaseRatesConf, UserFraudConf
 from tests.unit.operators.conftest import T0, ev
 
 H = 3_600_000
@@ -150,3 +150,64 @@ def test_flags_and_rates_do_not_depend_on_how_the_stream_is_batched(
             got += user_events(op, store, raw[i : i + cut], "test", rates=value).fraud_flags
         assert got == [to_json(f) for f in ref], cut
         assert decode_rates(value.v) == ref_op.rates, cut
+
+
+def test_surprise_threshold_is_learned_from_the_feed() -> None:
+    uf = UserFraudConf(surprise_factor=1.3, surprise_warmup=20, surprise_spread=4.0, surprise_min_factor=0.9)
+    br = BaseRatesConf(surprise_memory=1000.0)
+    r = ShardRates()
+    for i in range(19):  # genuine accounts of a sharp model: ratios 0.70-0.88
+        assert r.surprise_threshold(uf) == (1.3, False)  # the configured factor until warm
+        r.add_ratio(0.70 + (i % 10) * 0.02, br)
+    r.add_ratio(0.79, br)
+    assert not r.surprise_threshold(uf)[1]  # 20 judgements, aged (memory 1000): 19.8 remembered
+    r.add_ratio(0.79, br)
+    thr, learned = r.surprise_threshold(uf)
+    q25, q50 = r._quantile(0.25), r._quantile(0.5)
+    assert learned and 0.74 < q25 < q50 < 0.81 and thr == pytest.approx(q50 + 4 * (q50 - q25))
+    assert 0.95 <= thr < 1.3  # far above these accounts, below the cold factor
+    # a flat model's feed sits near 1: the learned factor follows it up, never below the floor
+    flat = ShardRates()
+    for i in range(100):
+        flat.add_ratio(0.95 + (i % 10) * 0.01, br)
+    assert flat.surprise_threshold(uf)[0] > thr
+    tight = ShardRates()
+    for _ in range(100):
+        tight.add_ratio(0.5, br)
+    assert tight.surprise_threshold(uf)[0] == 0.9  # the floor (default 1: no account better than a uniform guess)
+    # a tenth of the judged sequences from attackers (ratio 1.15) barely moves the lower half: they stay above
+    mixed = decode_rates(encode_rates(r))
+    for i in range(200):
+        mixed.add_ratio(1.15 if i % 10 == 0 else 0.70 + (i % 10) * 0.02, br)
+    assert abs(mixed.surprise_threshold(uf)[0] - thr) < 0.06 and mixed.surprise_threshold(uf)[0] < 1.1
+    # memory: old judgements fade (counts, not time)
+    old = ShardRates()
+    for _ in range(3000):
+        old.add_ratio(0.6, br)
+    for _ in range(3000):
+        old.add_ratio(0.9, br)
+    assert old._quantile(0.5) > 0.85 and old.judged == pytest.approx(1000.0, rel=0.1)
+
+
+def test_surprise_judgements_do_not_depend_on_the_batches(artifact: Any, scorer: Any, pseud: Any,
+                                                         sim_dir: Any) -> None:  # fmt: skip
+    """With a learned surprise threshold that moves with every judgement (and flags some), `step_many` over any cut
+    gives the very flags (thresholds included) and rates of `step` one event at a time: judgements are answered in
+    arrival order across a call's users."""
+    from operators.user import UserOperator
+    from tests.unit.operators.conftest import conf_with
+    from tests.unit.operators.test_step_many import _run, _stream
+
+    uf = {"surprise_every": 3, "surprise_min_events": 5, "surprise_warmup": 10, "surprise_spread": 0.5,
+          "surprise_min_factor": 0.0, "cooldown_ms": 1}  # fmt: skip
+    events = _stream(sim_dir)
+    for batch in (7, 64, 10_000):  # (debounce timers fire after each batch: one-by-one runs with the same batches)
+        ref_op = UserOperator(artifact, conf_with(user_fraud=uf), pseud, scorer)
+        ref, _ = _run(ref_op, events, batch, False)
+        flags = [f for r in ref for f in r.fraud_flags if f["detector"] == fraud.SURPRISE]
+        learned = [f for f in flags if f["evidence"]["learned"]]
+        assert len(learned) >= 10 and len({f["evidence"]["threshold"] for f in learned}) >= 5  # moving, flagging
+        op = UserOperator(artifact, conf_with(user_fraud=uf), pseud, scorer)
+        got, _ = _run(op, events, batch, True)
+        assert [r.fraud_flags for r in got] == [r.fraud_flags for r in ref], batch
+        assert op.rates == ref_op.rates, batch

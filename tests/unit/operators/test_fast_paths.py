@@ -211,7 +211,8 @@ def _random_item_state(rng: random.Random) -> ItemState:
     return ItemState(
         first_ts=T, last_ts=last, n_events=odd(rng.randint(1, 1000), 2**33),
         base_clicks=odd(rng.uniform(0, 50), math.inf), base_r_n=rng.uniform(0, 5), base_r_sum=rng.uniform(0, 20),
-        base_events=rng.uniform(0, 100), flag_last=[rng.choice([0, last]), 0],
+        base_events=rng.uniform(0, 100), base_r_hi=rng.uniform(0, 3), base_r_lo=odd(rng.uniform(0, 2), math.nan),
+        flag_last=[rng.choice([0, last]), 0],
         clicks=[[rng.randbytes(32), t(), rng.randint(0, 15)] for _ in range(rng.randint(0, 12))],
         ratings=[[rng.randbytes(32), t(), rng.randint(0, 15), odd(rng.choice([0.5, 3.5, 7.5]), rng.choice([3.7, 0.1]))]
                  for _ in range(rng.randint(0, 8))],

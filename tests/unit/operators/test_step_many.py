@@ -167,8 +167,9 @@ def test_step_many_equals_step_one_by_one(artifact: Any, scorer: Any, pseud: Any
     assert all(n == 1 for n, _ in ref_calls)
     for full in (False, True):
         assert sum(n for n, f in calls if f == full) == sum(n for n, f in ref_calls if f == full)
-    if batch >= 64:  # this stream's batches hold a few users with several events each: rounds follow their events
-        assert len(calls) < 0.6 * len(ref_calls)
+    if batch >= 64:  # this stream's batches hold a few users with several events each: rounds follow their events;
+        # surprise judgements (every 3rd event here, every 20th by default) go in arrival order and hold some back
+        assert len(calls) < 0.75 * len(ref_calls)  # (0.39 with judgements every 20th event, 0.35 unordered)
 
 
 @pytest.mark.parametrize("surprise", [False, True])
