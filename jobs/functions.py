@@ -326,6 +326,7 @@ class ItemFunction(KeyedProcessFunction):
         self.op: Any = None
         self.items: Any = None
         self.waiting: Any = None
+        self.rates: Any = None
         self.rows: _CassandraRows | None = None
 
     def open(self, ctx: RuntimeContext) -> None:
@@ -334,6 +335,7 @@ class ItemFunction(KeyedProcessFunction):
         self.op = ItemOperator(self.operators_conf)
         self.items = _map_state(ctx, "items", self.job.state.ttl_days)
         self.waiting = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
+        self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rate
         if self.cassandra is not None:
             self.rows = _CassandraRows(self.job, *self.cassandra)
 
@@ -363,7 +365,7 @@ class ItemFunction(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(min(map(_event_ts, rest)))
         else:
             self.waiting.clear()
-        out = batch.item_events(self.op, self.items, due)
+        out = batch.item_events(self.op, self.items, due, self.rates)
         if self.rows is not None:
             self.rows.write(out.cassandra)
         if out.fraud_flags:

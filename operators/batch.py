@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from operators.baserates import RatesError, decode_rates, encode_rates
+from operators.baserates import (
+    RatesError,
+    decode_rates,
+    decode_rating_rates,
+    encode_rates,
+    encode_rating_rates,
+)
 from operators.dead_letter import dead_letter, operator_dead_letter
 from operators.item import ItemOperator, ItemStepResult
 from operators.schema import EraseRequest, Event, Rejection, parse_event
@@ -185,14 +191,23 @@ def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[
     return [ev for _, _, ev in due], rest
 
 
-def item_events(op: ItemOperator, store: Store, events: Sequence[Any]) -> Outputs:
+def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Value | None = None) -> Outputs:
     """Item events (from the user operator) in order, through `op.step_many` over the stored states of their items
-    (one without an item id is refused by the operator: a dead letter)."""
+    (one without an item id is refused by the operator: a dead letter). `rates`: the item shard's rating base rate,
+    read and written back (None: the operator's own; bytes it cannot read start afresh)."""
     out = Outputs()
     items = dict.fromkeys(ev["item_id"] for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str))
     before = {item: store.get(item) for item in items}
     states = dict(before)
-    for result in op.step_many(states, events):
+    shard_rates = None
+    if rates is not None:
+        try:
+            shard_rates = decode_rating_rates(rates.value())
+        except RatesError:
+            shard_rates = decode_rating_rates(None)
+    for result in op.step_many(states, events, shard_rates):
         out.add_item(result)
     _write_back(store, before, states)
+    if rates is not None and shard_rates is not None:
+        rates.update(encode_rating_rates(shard_rates))
     return out

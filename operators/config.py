@@ -63,6 +63,7 @@ class UserFraudConf:
     surprise_warmup: int = 50  # surprise: judgements per shard before the learned factor replaces surprise_factor
     surprise_spread: float = 4.0  # surprise: learned factor = median ratio + spread * (median - 1st quartile)
     surprise_min_factor: float = 1.0  # surprise: the learned factor is never below this (1 = a uniform guess)
+    surprise_confirm: bool = True  # surprise: the user's previous judgement must be past the threshold too
     rating_min: int = 0  # rating anomaly (extreme rule): ratings in the window needed (0 = off: see conf)
     rating_window_ms: int = 3_600_000  # rating anomaly: ratings within this window count
     rating_extreme_share: float = 1.0  # rating anomaly (extreme rule): share of extreme ratings (<= low or >= high)
@@ -110,7 +111,10 @@ class ItemFraudConf:
     shill_min_accounts: int = 5  # shilling: distinct suspect accounts giving extreme ratings in the window
     shill_unverified_min_accounts: int = 3  # shilling: ...or this many, if their extreme ratings are unverified
     # (no engagement with the item first; marked only on feeds with engagement, see user_fraud; 0 = off)
-    shill_min_share: float = 0.9  # shilling: share of window ratings that are extreme from suspect accounts
+    shill_min_share: float = 0.0  # shilling: share of window ratings that are extreme from suspect accounts (0: off)
+    shill_max_chance: float = 1e-6  # shilling: the window's extreme ratings must be this unlikely given the item's
+    # share of that value before the window, blended with the feed's (binomial tail; 0: off)
+    shill_prior_weight: float = 10.0  # shilling: the feed's share weighs as much as this many of the item's ratings
     shill_min_deviation: float = 1.2  # shilling: |extreme rating - item's mean before the window|
     rating_prior_mean: float = 3.5  # prior of an item's mean rating (items with few earlier ratings)
     rating_prior_weight: float = 3.0  # weight of that prior, in ratings

@@ -28,6 +28,7 @@ from operator import itemgetter
 from typing import Any
 
 from operators import fraud
+from operators.baserates import RatingRates, binomial_tail
 from operators.config import ItemFraudConf, OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, operator_dead_letter
 from operators.schema import EVENT_TYPES
@@ -223,18 +224,23 @@ class ItemOperator:
         self.conf = conf
         self.c: ItemFraudConf = conf.item_fraud
         self.version = model_version
+        self.rates = RatingRates()  # the feed's rating base rate for callers that keep none per shard
+        self._rr = self.rates  # the rates of the call in progress
 
-    def step(self, state: bytes | None, item_event: Any) -> ItemStepResult:
+    def step(self, state: bytes | None, item_event: Any, rates: RatingRates | None = None) -> ItemStepResult:
         """One item event on its item's stored state. Never raises: bad input or a bug is a dead letter (state
-        kept)."""
+        kept). `rates`: the item shard's rating base rate (default: the operator's own, one stream), updated."""
+        self._rr = self.rates if rates is None else rates
         return self._step(state, item_event, last=True)
 
-    def step_many(self, states: dict[str, bytes | None], events: Sequence[Any]) -> list[ItemStepResult]:
+    def step_many(self, states: dict[str, bytes | None], events: Sequence[Any],
+                  rates: RatingRates | None = None) -> list[ItemStepResult]:  # fmt: skip
         """`step` over a batch of item events in order, each item's state threaded through its events: the results
         `step` gives event by event. `states` maps item_id to its stored state before the batch (missing: None) and
         is updated in place to each item's final state. An event without a string item_id touches no state (its
         dead letter, as `step(None, event)` gives). An item's state is decoded once: between its events it stays
-        decoded (`settle_item`), and it is encoded after its last one."""
+        decoded (`settle_item`), and it is encoded after its last one. `rates` as in `step`."""
+        self._rr = self.rates if rates is None else rates
         last = {ev["item_id"]: i for i, ev in enumerate(events)
                 if isinstance(ev, dict) and isinstance(ev.get("item_id"), str)}  # fmt: skip
         cur: dict[str, bytes | ItemState | None] = {}
@@ -332,6 +338,8 @@ class ItemOperator:
                 flags += self._farm(s, ev)
             elif ev["event_type"] == "rating":
                 flags += self._shilling(s, ev)
+        if ev["event_type"] == "rating" and not quarantined:  # judged on the rates before it, then one of them
+            self._rr.observe(float(ev["rating"]), ts, self.conf.base_rates, c.rating_low, c.rating_high)
         trending = []
         if c.trending_every > 0 and s.n_events % c.trending_every == 0:
             rate_h = s.base_events * math.log(2) / max(c.baseline_half_life_ms, 1) * 3_600_000
@@ -382,15 +390,28 @@ class ItemOperator:
             share = len(hits) / len(s.ratings)
             value = c.rating_high if direction == "push" else c.rating_low
             deviation = abs(value - mean)
-            # a group of suspect accounts; a smaller one suffices when they rate what they never engaged with
-            r_acc = len(accts) / max(c.shill_min_accounts, 1)
+            # a group of suspect accounts whose extreme ratings are unlikely for this item (the chance that so many of
+            # the window's ratings are this value, each with the item's share of it before the window blended with
+            # the feed's, learned: base_rates); or a smaller group rating what they never engaged with (unverified)
+            top = direction == "push"
+            own = s.base_r_hi if top else s.base_r_lo
+            w = max(c.shill_prior_weight, 0.0)
+            p = (own + w * self._rr.share(top, self.conf.base_rates)) / max(s.base_r_n + w, 1e-9)
+            r_dev = deviation / c.shill_min_deviation
+            r = min(len(accts) / max(c.shill_min_accounts, 1), r_dev)
+            chance = 1.0
+            if r >= 1.0 and c.shill_max_chance > 0:
+                chance = binomial_tail(len(hits), len(s.ratings), p)
+                r = min(r, math.log(max(chance, 1e-300)) / math.log(c.shill_max_chance))
             if c.shill_unverified_min_accounts > 0:
-                r_acc = max(r_acc, len(unverified) / c.shill_unverified_min_accounts)
-            r = min(r_acc, share / c.shill_min_share, deviation / c.shill_min_deviation)
+                r = max(r, min(len(unverified) / c.shill_unverified_min_accounts, r_dev))
+            if c.shill_min_share > 0:
+                r = min(r, share / c.shill_min_share)
             if r < 1.0:
                 continue
             evidence = {"direction": direction, "suspect_accounts": len(accts), "unverified_accounts": len(unverified),
                         "extreme_ratings": len(hits), "window_ratings": len(s.ratings), "share": round(share, 3),
+                        "expected_share": round(p, 4), "chance": float(f"{chance:.3g}"),
                         "baseline_mean": round(mean, 3), "window_ms": c.shill_window_ms}  # fmt: skip
             out += self._flag(s, ev, 1, SHILLING, SHILL_MEMBER, r, evidence, accts, s.ratings)
         return out

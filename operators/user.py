@@ -870,7 +870,13 @@ class UserOperator:
         if stats is None:
             return []
         threshold, learned = yield _Judge(stats[1])  # the feed's base rate, in arrival order
-        det = fraud.surprise_detection(stats, threshold, self.n_items, learned)
-        s.surprise = float(det.evidence["mean_logprob"]) if math.isfinite(det.evidence["mean_logprob"]) else 0.0
-        s.surprise_n = int(det.evidence["transitions"])
+        # with surprise_confirm, the user's previous judgement must have been past the threshold too: the lower
+        # of the two ratios is judged (one odd stretch of a genuine history is not enough)
+        prev = s.surprise / math.log(1.0 / self.n_items) if s.surprise_n and self.n_items > 1 else None
+        judged = stats
+        if fc.surprise_confirm:
+            judged = (stats[0], min(stats[1], prev) if prev is not None else 0.0, stats[2])
+        det = fraud.surprise_detection(judged, threshold, self.n_items, learned)
+        s.surprise = stats[0] if math.isfinite(stats[0]) else 0.0
+        s.surprise_n = stats[2]
         return self._raise(s, det, event_id, event_ts, user_key)

@@ -107,7 +107,7 @@ def run_replay(
     from jobs.config import load_job_conf
     from model_export.artifact import load_artifact
     from operators.baselines import ItemKNNScorer, MostPopScorer
-    from operators.baserates import ALARM_KIND, ShardRates
+    from operators.baserates import ALARM_KIND, RatingRates, ShardRates
     from operators.config import load_operators_conf
     from operators.dead_letter import dead_letter
     from operators.fraud import USER_DETECTORS
@@ -134,6 +134,7 @@ def run_replay(
     if n_shards < 1:
         raise ValueError(f"shards must be >= 1, got {n_shards}")
     rates = [ShardRates() for _ in range(n_shards)]
+    item_rates = [RatingRates() for _ in range(n_shards)]  # item shards: as many (the job's batching.shards)
     alarms: list[dict[str, Any]] = []
 
     files: dict[str, Any] = {}
@@ -245,7 +246,7 @@ def run_replay(
                 heapq.heappush(timers, (res.timer_ts, seq, user))
             for ie in res.item_events:
                 counts["item_events"] += 1
-                ir = iop.step(item_states.get(ie["item_id"]), ie)
+                ir = iop.step(item_states.get(ie["item_id"]), ie, item_rates[shard_of(ie["item_id"], n_shards)])
                 if ir.state is not None:
                     item_states[ie["item_id"]] = ir.state
                 handle_flags(ir.fraud_flags)

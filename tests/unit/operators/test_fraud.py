@@ -133,7 +133,10 @@ def test_model_surprise_function_and_wiring(make_op: Callable[..., Any], artifac
     lax = make_op(user_fraud={**uf, "surprise_factor": 100.0})
     flags = _run(strict, events)[0]
     assert [f["detector"] for f in flags] == [fraud.SURPRISE]
-    assert flags[0]["evidence"]["transitions"] >= 5 and flags[0]["event_id"] == "e9"  # the 10th event
+    # judged on the 10th event and confirmed on the 20th (surprise_confirm: two judgements in a row)
+    assert flags[0]["evidence"]["transitions"] >= 5 and flags[0]["event_id"] == "e19"
+    once = make_op(user_fraud={**uf, "surprise_factor": 0.01, "surprise_confirm": False})
+    assert [f["event_id"] for f in _run(once, events)[0]] == ["e9"]  # the 10th event
     assert _run(lax, events)[0] == []
     assert _run(make_op(user_fraud={**uf, "surprise_factor": 0.01, "surprise_every": 0}), events)[0] == []
 
@@ -177,6 +180,7 @@ def test_model_surprise_is_a_function_of_the_events_not_of_timers(artifact: Any,
     rng = np.random.default_rng(4)
     events = [ev(i, its[(i * 7) % 40], T0 + int(t)) for i, t in enumerate(np.cumsum(rng.integers(5_000, 90_000, 45)))]
     uf = {"surprise_min_events": 5, "surprise_every": 10, "surprise_factor": 0.01, "cooldown_ms": 1,
+          "surprise_confirm": False,
           "velocity_max_events": 10**6, "regular_min_gaps": 1000}  # fmt: skip
     runs = {}
     full_calls: dict[str, int] = {}
@@ -355,21 +359,51 @@ def test_shilling_by_a_few_unverified_accounts() -> None:
     # verified ratings (after a purchase) need the full group of 5; so does a platform without the notion
     assert _item_run(base + [{**e, "unverified": False} for e in attack]) == []
     assert _item_run(base + attack, shill_unverified_min_accounts=0) == []
-    # and the group must make up nearly all of the window's ratings
+    # a genuine rating among theirs does not clear them (no share floor by default)
     diluted = sorted(attack + [_ie(200, "old99", start + H, "rating", rating=3.0, first=T0 - 30 * DAY)],
                      key=lambda e: e["ts"])  # fmt: skip
-    assert _item_run(base + diluted) == []
+    assert [f["detector"] for f in _item_run(base + diluted) if f["subject_kind"] == "item"] == [SHILLING]
+    assert _item_run(base + diluted, shill_min_share=0.9) == []
 
 
-def test_shilling_share_must_be_nearly_all() -> None:
+def _feed_op(values: list[float], **fields: Any) -> ItemOperator:
+    """An item operator whose feed has shown these ratings (other items, the day before the tests' attacks): its
+    learned rating base rate."""
+    op = ItemOperator(conf_with(item_fraud=fields) if fields else conf_with(), "v1")
+    for i, v in enumerate(values):
+        op.step(None, _ie(1000 + i, f"fan{i}", T0 + 9 * DAY + i * 60_000, "rating", rating=v, item=f"other{i % 50}"))
+    return op
+
+
+def _op_run(op: ItemOperator, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    s, flags = None, []
+    for e in events:
+        r = op.step(s, e)
+        s, flags = r.state, flags + r.fraud_flags
+    return flags
+
+
+def test_shilling_needs_an_unlikely_share_of_extreme_ratings() -> None:
+    """Five new accounts rating a fair item 5 within two days is what its first fans do (ML-100K: Terminator 2):
+    each rating is a 5 with the item's (prior) share of ~0.2, and 5 of 5 has a chance of ~3e-4. Twelve of them is
+    shilling (chance < 1e-6), even diluted by a genuine rating (the old share rule missed that)."""
+    feed = [float(v) for v in np.random.default_rng(4).choice([1, 2, 3, 4, 5], 500, p=[.06, .11, .27, .34, .22])]
     base = [_ie(i, f"old{i}", T0 + i * DAY // 2, "rating", rating=3.5, first=T0 - 30 * DAY) for i in range(6)]
     start = T0 + 10 * DAY
     five = [_ie(100 + i, f"new{i}", start + i * H, "rating", rating=5.0) for i in range(5)]
+    assert _op_run(_feed_op(feed), base + five) == []
+    ten = [_ie(100 + i, f"new{i}", start + i * H, "rating", rating=5.0) for i in range(12)]
     other = [_ie(200, "old9", start + 30 * 60_000, "rating", rating=4.0, first=T0 - 30 * DAY)]
-    assert [f["detector"] for f in _item_run(base + five) if f["subject_kind"] == "item"] == [SHILLING]
-    mixed = sorted(five + other, key=lambda e: e["ts"])
-    assert _item_run(base + mixed) == []  # 5 of 6 window ratings (0.83): new fans of a good item
-    assert _item_run(base + mixed, shill_min_share=0.6) != []
+    diluted = base + sorted(ten + other, key=lambda e: e["ts"])
+    item = [f for f in _op_run(_feed_op(feed), diluted) if f["subject_kind"] == "item"]
+    assert [f["detector"] for f in item] == [SHILLING] and item[0]["evidence"]["chance"] < 1e-6
+    assert item[0]["evidence"]["share"] < 1.0 and 0.15 < item[0]["evidence"]["expected_share"] < 0.3
+    # the learned share of 5s on the feed decides: where most ratings are 5s, ten are no surprise
+    loved = _feed_op([5.0] * 500)
+    assert loved.rates.share(True, loved.conf.base_rates) > 0.9
+    assert _op_run(loved, diluted) == []
+    # the old share floor is still there for who wants it
+    assert _op_run(_feed_op(feed, shill_min_share=0.95), diluted) == []
 
 
 def test_item_operator_bad_input_and_corrupt_state() -> None:
