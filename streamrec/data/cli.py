@@ -50,6 +50,84 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--out", type=Path, required=True, help="output event JSONL file")
     conv.add_argument("--no-shift", action="store_true", help="refuse instead of shifting timestamps")
     conv.set_defaults(func=cmd_convert)
+    _register_attack(dsub)
+
+
+_ATTACK_DOC = """Inject shilling-attack profiles into a rating data set (any format `data stats` reads) and write
+DIR/events.jsonl (genuine + attack events, sorted by ts, shifted into the contract like `data convert`),
+DIR/items.jsonl and DIR/labels.json (the simulator's label format: `streamrec replay --labels` scores it).
+
+Attack models: random and average (Lam & Riedl 2004, "Shilling recommender systems for fun and profit", WWW 2004),
+bandwagon, attack size and filler size (Mobasher, Burke, Bhaumik & Williams 2007, "Toward trustworthy recommender
+systems", ACM TOIT 7(4)). Departures (targets chosen at random among items with >= 10 ratings below / above the
+global mean, bandwagon items rated r_max in nuke attacks too, timing, which the papers do not model): see the
+docstring of streamrec/data/attack.py. Same options and data -> byte-identical files."""
+
+
+def _register_attack(dsub: argparse._SubParsersAction) -> None:
+    from streamrec.data.attack import DIRECTIONS, KINDS, TIMINGS, AttackOptions
+
+    d = AttackOptions()
+    att = dsub.add_parser(
+        "attack",
+        help="inject literature-standard shilling attacks (random, average, bandwagon) into a rating data set",
+        description=_ATTACK_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    att.add_argument("path", type=Path, help="input data set (MovieLens dir/file or event JSONL)")
+    att.add_argument("--out", type=Path, required=True, help="directory for events.jsonl, items.jsonl, labels.json")
+    _attack_options(att, d, KINDS, DIRECTIONS, TIMINGS)
+    att.set_defaults(func=cmd_attack)
+
+    ev = dsub.add_parser(
+        "attack-eval",
+        help="replay a grid of shilling attacks (and the clean data) through the operators: detection table",
+        description="Converts the clean data set, trains a model on it unless --model is given, injects every "
+        "attack of the grid (kinds x sizes x timings x directions; `data attack`), replays the clean data and every "
+        "cell through the operators (streamrec replay, --jobs processes) and writes DIR/attack_eval.json and "
+        "DIR/attack_eval.md: per cell, users flagged, user precision / recall, share of genuine users flagged, "
+        "targets flagged, item precision, detectors that caught the attack accounts. Operators config: --conf, "
+        "plus STREAMREC_* environment overrides.",
+    )
+    ev.add_argument("--data", type=Path, required=True, help="rating data set (e.g. ../shared/data/ml-100k)")
+    ev.add_argument("--out", type=Path, required=True, help="output directory (data, model, results)")
+    ev.add_argument("--model", type=Path, help="model artefact (default: train one on the clean data)")
+    ev.add_argument("--epochs", type=int, default=10, help="epochs when training (default 10: a few minutes)")
+    ev.add_argument("--model-conf", default="model.yaml", help="model config when training (default conf/model.yaml)")
+    ev.add_argument("--conf", default="operators.yaml", help="operators config (default conf/operators.yaml)")
+    ev.add_argument("--jobs", type=int, default=2, help="replays in parallel (default 2)")
+    ev.add_argument("--results", type=Path, help="markdown file: replace its attack-eval section with the table")
+    ev.add_argument("--kinds", default=",".join(KINDS), help="comma-separated attack kinds")
+    ev.add_argument("--sizes", default="0.03,0.10", help="comma-separated attack sizes (share of genuine users)")
+    ev.add_argument("--timings", default=",".join(TIMINGS), help="comma-separated timings")
+    ev.add_argument("--directions", default="push,nuke", help="comma-separated directions (push, nuke)")
+    ev.add_argument("--filler", type=float, default=d.filler, help=f"filler size (default {d.filler})")
+    ev.add_argument("--targets", type=int, default=d.targets, help=f"target items per attack (default {d.targets})")
+    ev.add_argument("--seed", type=int, default=d.seed, help=f"seed of every attack (default {d.seed})")
+    ev.set_defaults(func=cmd_attack_eval)
+
+
+def _attack_options(p: argparse.ArgumentParser, d: Any, kinds: Any, directions: Any, timings: Any) -> None:
+    p.add_argument("--kind", choices=kinds, default=d.kind, help=f"attack model (default {d.kind})")
+    p.add_argument("--size", type=float, default=d.size,
+                   help=f"attack size: profiles = round(SIZE x genuine users), in (0, 1] (default {d.size})")
+    p.add_argument("--filler", type=float, default=d.filler,
+                   help=f"filler size: share of the catalogue each profile rates besides targets, in (0, 1] "
+                   f"(default {d.filler})")
+    p.add_argument("--direction", choices=directions, default=d.direction,
+                   help="push: targets rated r_max; nuke: r_min (default push)")
+    p.add_argument("--targets", type=int, default=d.targets, help=f"target items (default {d.targets})")
+    p.add_argument("--timing", choices=timings, default=d.timing,
+                   help="burst: profiles start within --burst-hours; spread: over --spread-days (default burst)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--at", type=float, default=d.at,
+                   help=f"attack start as a fraction of the data's time span (default {d.at})")
+    p.add_argument("--burst-hours", type=float, default=d.burst_hours, help=f"default {d.burst_hours}")
+    p.add_argument("--spread-days", type=float, default=d.spread_days, help=f"default {d.spread_days}")
+    p.add_argument("--gap-s", type=float, default=d.gap_s,
+                   help=f"mean gap between a profile's ratings, seconds (default {d.gap_s})")
+    p.add_argument("--bandwagon-items", type=int, default=d.bandwagon_items,
+                   help=f"bandwagon: most-rated items rated r_max (default {d.bandwagon_items})")  # fmt: skip
 
 
 def _fail(msg: str) -> int:
@@ -143,7 +221,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from streamrec.data import load_events, load_items
-    from streamrec.data.loaders import items_path_for, shift_into_contract
+    from streamrec.data.loaders import shift_into_contract, write_events_jsonl
 
     try:
         events = load_events(args.path)
@@ -161,17 +239,48 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     out: Path = args.out
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "wb") as f:
-            for ev in shifted:
-                f.write(ev.to_json().encode("utf-8") + b"\n")
-        print(f"wrote {len(shifted)} events to {out}")
-        if items:
-            ip = items_path_for(out)
-            with open(ip, "wb") as f:
-                for it in items:
-                    f.write(it.to_json().encode("utf-8") + b"\n")
-            print(f"wrote {len(items)} items to {ip}")
+        paths = write_events_jsonl(shifted, items, out)
     except OSError as e:
         return _fail(f"cannot write {out}: {e}")
+    print(f"wrote {len(shifted)} events to {paths['events']}")
+    if "items" in paths:
+        print(f"wrote {len(items)} items to {paths['items']}")
     return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from streamrec.data import attack
+
+    opts = attack.AttackOptions(
+        kind=args.kind, size=args.size, filler=args.filler, direction=args.direction, targets=args.targets,
+        timing=args.timing, seed=args.seed, at=args.at, burst_hours=args.burst_hours,
+        spread_days=args.spread_days, gap_s=args.gap_s, bandwagon_items=args.bandwagon_items,
+    )  # fmt: skip
+    try:
+        opts.check()
+        att = attack.inject(attack.load_dataset(args.path), opts)
+    except (OSError, ValueError) as e:
+        return _fail(str(e))
+    g = att.labels["groups"][0]
+    c = att.labels["counts"]
+    targets = ", ".join(f"{t['item_id']} ({t['ratings']} ratings, mean {t['mean']})" for t in g["target_stats"])
+    print(
+        f"{opts.kind} {opts.direction} attack: {len(g['accounts'])} profiles ({opts.size:g} x "
+        f"{c['genuine_users']} genuine users) x {len(g['targets']) + len(g['selected']) + g['filler_items']} "
+        f"ratings ({g['filler_items']} filler); targets {targets}"
+    )
+    if att.shift_ms:
+        print(f"note: shifted all timestamps by {att.shift_ms:+d} ms into the contract's range (as data convert)")
+    try:
+        paths = attack.write_outputs(att, args.out)
+    except OSError as e:
+        return _fail(f"cannot write {args.out}: {e}")
+    for name, p in paths.items():
+        print(f"wrote {name}: {p} ({p.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_attack_eval(args: argparse.Namespace) -> int:
+    from streamrec.data import attack_eval
+
+    return attack_eval.main(args)

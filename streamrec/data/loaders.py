@@ -146,3 +146,20 @@ def shift_into_contract(events: list[Event]) -> tuple[list[Event], int]:
 
 def _with_ts(e: Event, ts: int) -> Event:
     return Event(e.event_id, e.user_id, e.item_id, e.event_type, ts, e.rating, e.session_id, e.context)
+
+
+def write_events_jsonl(events: list[Event], items: list[ItemMeta], out: str | Path) -> dict[str, Path]:
+    """Events to `out` (one contract message per line) and, if any, items to `items_path_for(out)`."""
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "wb") as f:
+        for ev in events:
+            f.write(ev.to_json().encode("utf-8") + b"\n")
+    paths = {"events": p}
+    if items:
+        ip = items_path_for(p)
+        with open(ip, "wb") as f:
+            for it in items:
+                f.write(it.to_json().encode("utf-8") + b"\n")
+        paths["items"] = ip
+    return paths
