@@ -187,6 +187,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.users: Any = None
         self.due: Any = None
         self.rates: Any = None
+        self.alarms: Any = None
         self.rows: _CassandraRows | None = None
         self.subtask = 0
         self.synced = False
@@ -199,6 +200,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.users = _map_state(ctx, "users", self.job.state.ttl_days)
         self.due = ctx.get_state(ValueStateDescriptor("due", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rates
+        if self.job.python_metrics:  # a miscalibrated detector (operators/baserates.py), beside its alarm record
+            self.alarms = ctx.get_metrics_group().counter("detector_alarms")
         if self.cassandra is not None:
             self.rows = _CassandraRows(self.job, *self.cassandra)
 
@@ -280,6 +283,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.due.update(due)
         if self.rows is not None:
             self.rows.write(out.cassandra)
+        if out.alarms and self.alarms is not None:
+            self.alarms.inc(out.alarms)
         yield from _emit(out, self.item_keys)
 
     def process_element(self, value: bytes, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:

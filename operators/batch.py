@@ -68,6 +68,7 @@ class Outputs:
     item_events: list[dict[str, Any]] = field(default_factory=list)  # to the item operator, keyed by item
     cassandra: list[dict[str, Any]] = field(default_factory=list)  # rows for the Cassandra sink
     timers: list[tuple[int, str]] = field(default_factory=list)  # (event time, user id) debounce timers
+    alarms: int = 0  # detector_alarm records among the fraud flags (the job's `detector_alarms` metric)
 
     def add_user(self, result: StepResult, user_id: str | None) -> None:
         for r in result.recommendations:
@@ -76,6 +77,7 @@ class Outputs:
         for f in result.fraud_flags:
             self.fraud_flags.append(to_json(f))
             self.cassandra.append(f)
+            self.alarms += f.get("kind") == "detector_alarm"
         for d in result.deletions:
             if d.get("kind") == "tombstone":
                 self.recommendations.append(f"{d['key']}\n")  # null value: erases the key from the topic
@@ -172,19 +174,26 @@ def user_erase(op: UserOperator, store: Store, request: EraseRequest) -> Outputs
     return out
 
 
+def item_order_key(ev: Any) -> tuple[int, str]:
+    """The order the item operator sees its events in: event time, ties by event id (events of one second from
+    different user shards arrive in any order; MovieLens times are whole seconds)."""
+    ts = ev.get("ts") if isinstance(ev, dict) else None
+    eid = ev.get("event_id") if isinstance(ev, dict) else None
+    return (ts if isinstance(ts, int) and not isinstance(ts, bool) else -(2**63), eid if isinstance(eid, str) else "")
+
+
 def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[Any]]:
-    """Item events the watermark `upto` has passed, oldest first (ties keep arrival order), and the rest (still
-    waiting). Batching and parallelism change the order item events arrive in; processed in event-time order as the
-    watermark completes them, the item detectors see the same sequence whatever that order was. Anything without an
-    integer `ts` is due at once (the operator refuses it with a dead letter)."""
-    due: list[tuple[int, int, Any]] = []
+    """Item events the watermark `upto` has passed, in `item_order_key` order (then arrival order), and the rest
+    (still waiting). Batching and parallelism change the order item events arrive in; processed in event-time order
+    as the watermark completes them, the item detectors see the same sequence whatever that order was (and
+    `streamrec replay` feeds them in the same order). Anything without an integer `ts` is due at once (the operator
+    refuses it with a dead letter)."""
+    due: list[tuple[tuple[int, str], int, Any]] = []
     rest: list[Any] = []
     for i, ev in enumerate(buffer):
-        ts = ev.get("ts") if isinstance(ev, dict) else None
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            due.append((-(2**63), i, ev))
-        elif ts <= upto:
-            due.append((ts, i, ev))
+        key = item_order_key(ev)
+        if key[0] <= upto:
+            due.append((key, i, ev))
         else:
             rest.append(ev)
     due.sort(key=lambda t: (t[0], t[1]))

@@ -108,6 +108,7 @@ def run_replay(
     from model_export.artifact import load_artifact
     from operators.baselines import ItemKNNScorer, MostPopScorer
     from operators.baserates import ALARM_KIND, RatingRates, ShardRates
+    from operators.batch import item_order_key
     from operators.config import load_operators_conf
     from operators.dead_letter import dead_letter
     from operators.fraud import USER_DETECTORS
@@ -130,7 +131,9 @@ def run_replay(
     uop = UserOperator(art, conf, pseud, scorer)
     iop = ItemOperator(conf, art.version)
     k = conf.recs.k
-    n_shards = shards if shards is not None else load_job_conf().batching.shards
+    job = load_job_conf()
+    n_shards = shards if shards is not None else job.batching.shards
+    lateness = job.watermark.out_of_orderness_ms  # item events wait for the job's watermark, as in the job
     if n_shards < 1:
         raise ValueError(f"shards must be >= 1, got {n_shards}")
     rates = [ShardRates() for _ in range(n_shards)]
@@ -198,6 +201,23 @@ def run_replay(
         handle_recs(user, res.recommendations)
         handle_flags(res.fraud_flags)
 
+    item_waiting: list[tuple[tuple[int, str], int, dict[str, Any]]] = []
+    max_ts = 0
+
+    def item_queue(upto: int) -> None:
+        """The item events the job's watermark (newest event time - out-of-orderness) has passed, in the order the
+        job's item operator takes them (`operators.batch.item_order_key`)."""
+        while item_waiting and item_waiting[0][0][0] <= upto:
+            _, _, ie = heapq.heappop(item_waiting)
+            ir = iop.step(item_states.get(ie["item_id"]), ie, item_rates[shard_of(ie["item_id"], n_shards)])
+            if ir.state is not None:
+                item_states[ie["item_id"]] = ir.state
+            handle_flags(ir.fraud_flags)
+            for d in ir.dead_letters:
+                counts["dead_letters"] += 1
+                reasons[d["reason"]] += 1
+                write("dead_letters", d)
+
     def fire_timers(upto: int) -> None:
         while timers and timers[0][0] <= upto:
             ts, _, user = heapq.heappop(timers)
@@ -219,6 +239,7 @@ def run_replay(
                 write("dead_letters", dead_letter(ev, "replay", offset=n_line))
                 continue
             counts["valid"] += 1
+            max_ts = max(max_ts, ev.ts)
             if ev.ts > watermark:
                 watermark = ev.ts
                 fire_timers(watermark)
@@ -246,14 +267,10 @@ def run_replay(
                 heapq.heappush(timers, (res.timer_ts, seq, user))
             for ie in res.item_events:
                 counts["item_events"] += 1
-                ir = iop.step(item_states.get(ie["item_id"]), ie, item_rates[shard_of(ie["item_id"], n_shards)])
-                if ir.state is not None:
-                    item_states[ie["item_id"]] = ir.state
-                handle_flags(ir.fraud_flags)
-                for d in ir.dead_letters:
-                    counts["dead_letters"] += 1
-                    reasons[d["reason"]] += 1
-                    write("dead_letters", d)
+                seq += 1
+                heapq.heappush(item_waiting, (item_order_key(ie), seq, ie))
+            item_queue(max_ts - lateness)
+    item_queue(2**62)
     fire_timers(2**62)  # end of input: the final watermark fires every pending timer
     seconds = time.perf_counter() - t0
     for fh in files.values():

@@ -145,10 +145,13 @@ def test_flags_and_rates_do_not_depend_on_how_the_stream_is_batched(
     assert any(f["kind"] == ALARM_KIND for f in ref)  # the alarm is part of what must not depend on the cut
     for cut in (1, 7, 64, len(raw)):
         value, store = _Value(), _Store()
-        got = []
+        got, alarms = [], 0
         for i in range(0, len(raw), cut):
-            got += user_events(op, store, raw[i : i + cut], "test", rates=value).fraud_flags
+            out = user_events(op, store, raw[i : i + cut], "test", rates=value)
+            got += out.fraud_flags
+            alarms += out.alarms  # the job's detector_alarms metric
         assert got == [to_json(f) for f in ref], cut
+        assert alarms == 1, cut
         assert decode_rates(value.v) == ref_op.rates, cut
 
 
