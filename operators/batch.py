@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from operators.baserates import (
     RatesError,
@@ -96,6 +96,17 @@ class Outputs:
         self.dead_letters.extend(to_json(d) for d in result.dead_letters)
 
 
+_T = TypeVar("_T")
+
+
+def _read_rates(rates: Value, decode: Callable[[bytes | None], _T]) -> _T:
+    """A shard's base rates from its keyed state; bytes this code cannot read start afresh."""
+    try:
+        return decode(rates.value())
+    except RatesError:
+        return decode(None)
+
+
 def _write_back(store: Store, before: dict[str, bytes | None], after: dict[str, bytes | None]) -> None:
     for key, state in after.items():
         old = before.get(key)
@@ -128,12 +139,7 @@ def user_events(op: UserOperator, store: Store, raw: Sequence[bytes], source: st
         return out
     before = {u: store.get(u) for u in dict.fromkeys(e.user_id for e in events)}
     states = dict(before)
-    shard_rates = None
-    if rates is not None:
-        try:
-            shard_rates = decode_rates(rates.value())
-        except RatesError:
-            shard_rates = decode_rates(None)
+    shard_rates = None if rates is None else _read_rates(rates, decode_rates)
     for ev, result in zip(events, op.step_many(states, events, shard_rates), strict=True):
         out.add_user(result, ev.user_id)
     _write_back(store, before, states)
@@ -208,12 +214,7 @@ def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Va
     items = dict.fromkeys(ev["item_id"] for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str))
     before = {item: store.get(item) for item in items}
     states = dict(before)
-    shard_rates = None
-    if rates is not None:
-        try:
-            shard_rates = decode_rating_rates(rates.value())
-        except RatesError:
-            shard_rates = decode_rating_rates(None)
+    shard_rates = None if rates is None else _read_rates(rates, decode_rating_rates)
     for result in op.step_many(states, events, shard_rates):
         out.add_item(result)
     _write_back(store, before, states)
