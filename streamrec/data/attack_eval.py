@@ -189,7 +189,8 @@ def _conf_env() -> dict[str, str]:
     return dict(sorted(keep.items()))
 
 
-def _commit() -> str:
+def _commit(results: Path | None = None) -> str:
+    """HEAD, and whether tracked files differ from it (the results file this run writes does not count)."""
     from streamrec.config import REPO_ROOT
 
     def git(*a: str) -> str:
@@ -197,7 +198,10 @@ def _commit() -> str:
 
     try:
         head = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        mine = None
+        if results is not None and results.resolve().is_relative_to(REPO_ROOT.resolve()):
+            mine = str(results.resolve().relative_to(REPO_ROOT.resolve()))
+        dirty = any(line[3:] != mine for line in git("status", "--porcelain", "--untracked-files=no").splitlines())
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (" + uncommitted changes" if dirty else "")
@@ -278,7 +282,7 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "command": command,
-        "commit": _commit(),
+        "commit": _commit(args.results),
         "setup": {
             "data": str(args.data),
             "model": str(model),
