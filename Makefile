@@ -4,6 +4,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# every Python package at an exact version with its hashes (`make lock` refreshes it from pyproject.toml)
+LOCK := requirements.lock
 # pytest options, e.g. `make test PYTEST_ARGS="-x -k kafka"`
 PYTEST_ARGS ?=
 # `streamrec bench` options, e.g. `make bench BENCH_ARGS=--quick`
@@ -11,20 +13,26 @@ BENCH_ARGS ?=
 # the job of this commit runs beside today's on the same backlog (speedup_vs_baseline); empty: none
 BASELINE ?= 0189e4d
 
-.PHONY: help setup services-up services-down services-status demo test test-unit test-integration bench lint clean
+.PHONY: help setup lock services-up services-down services-status demo test test-unit test-integration bench lint clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
 	@command -v java >/dev/null || { echo "need Java 17 (Debian: apt-get install -y openjdk-17-jdk-headless)"; exit 1; }
 	@command -v javac >/dev/null || [ -x "$$JAVA_HOME/bin/javac" ] || { echo "installing a JDK for javac (jobs/java)"; apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless; }
 	@command -v mvn >/dev/null || { echo "installing Maven (Debian package)"; apt-get update -qq && apt-get install -y -qq maven; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+lock: $(STAMP) ## refresh requirements.lock: the newest versions pyproject.toml allows, with hashes (then make test)
+	printf 'pip\nsetuptools>=68\nwheel\n' | $(BIN)/uv pip compile pyproject.toml - --extra dev --generate-hashes \
+		--python-version 3.11 --upgrade --no-header -o $(LOCK)
+	@sed -i '1i # Python packages for .venv at exact versions with their hashes: `make setup` installs exactly these\n# (pip install --require-hashes). Made by `make lock` (uv pip compile of pyproject.toml + pip, setuptools,\n# wheel) for CPython 3.11 on Linux x86_64.' $(LOCK)
 
 setup: $(STAMP) ## create .venv (Python deps incl. torch, PyFlink) and fetch the JVM artefacts from Maven Central
 	$(BIN)/streamrec services fetch
