@@ -246,7 +246,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
             return
         try:
-            art = verify_model(update, self.op.art)
+            art = verify_model(update, self.op.art, self.job.path(self.job.model_store))
             new = self._operator(art)
         except (ModelRejected, OSError, ValueError) as e:
             if self.subtask == 0:  # every instance verifies; one dead letter is enough

@@ -23,14 +23,23 @@ class ModelRejected(ValueError):
     """Why a published artefact cannot serve."""
 
 
-def verify_model(update: ModelUpdate, current: ModelArtifact | None) -> ModelArtifact:
+def verify_model(update: ModelUpdate, current: ModelArtifact | None, store: Path | None = None) -> ModelArtifact:
     """Load the artefact a `model` record names and check it can replace `current`; raises `ModelRejected`.
 
-    Checks: the directory exists; its checksum is the published one (the files are the published files); it loads
-    and its weights hash to its version; the version is the published one; the graph inputs are the ones the scorer
-    feeds; its event types are the current model's (state stores event codes by that order).
+    Checks: the directory is inside the model store `store` (the job's `model_store`: a control record cannot make
+    the workers load a path anywhere else, `..` and symlinks resolved first; None: no store, the CLI's own check of
+    what it is about to publish); it exists; its checksum is the published one (the files are the published
+    files); it loads and its weights hash to its version; the version is the published one; the graph inputs are
+    the ones the scorer feeds; its event types are the current model's (state stores event codes by that order).
     """
     d = Path(update.path)
+    if store is not None:
+        try:
+            inside = d.resolve().is_relative_to(store.resolve())
+        except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL in the path
+            raise ModelRejected(f"artefact path {update.path!r} does not resolve: {e}") from e
+        if not inside:
+            raise ModelRejected(f"artefact path {update.path!r} is outside the model store {str(store)!r}")
     if not d.is_dir():
         raise ModelRejected(f"artefact directory not found: {d}")
     try:

@@ -48,7 +48,7 @@ def publish_model(src: Path, store: Path, bootstrap: str, topic: str) -> dict[st
         shutil.copytree(src, tmp)
         tmp.rename(dest)
     update = ModelUpdate(art.version, str(dest.resolve()), checksum(dest), int(time.time() * 1000))
-    verify_model(update, None)  # the copy is what the workers will check
+    verify_model(update, None, store)  # the copy is what the workers will check
     _send(bootstrap, topic, [(b"model", json.dumps(update.to_dict()).encode())])
     return update.to_dict()
 

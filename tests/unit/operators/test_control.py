@@ -91,6 +91,22 @@ def test_verify_model_rejects_missing_changed_mislabelled_and_incompatible(
         verify_model(_update(copy, artifact.version), artifact)
 
 
+def test_verify_model_refuses_paths_outside_the_model_store(model_dir: Path, artifact: Any, tmp_path: Path) -> None:
+    """A control record naming a directory anywhere but the job's model store is refused before anything is read
+    there, however the path is spelt (`..`, a symlink); the same artefact inside the store is accepted."""
+    store = tmp_path / "store"
+    inside = store / artifact.version
+    shutil.copytree(model_dir, inside)
+    assert verify_model(_update(inside, artifact.version), artifact, store).version == artifact.version
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(model_dir, outside)
+    (store / "link").symlink_to(outside)
+    for path in (outside, store / ".." / "elsewhere", store / "link", Path("/etc")):
+        with pytest.raises(ModelRejected, match="outside the model store"):
+            verify_model(ModelUpdate(artifact.version, str(path), SHA, T0), artifact, store)
+    assert verify_model(_update(outside, artifact.version), artifact).version == artifact.version  # no store: CLI
+
+
 def test_model_rejection_is_a_deterministic_dead_letter() -> None:
     u = ModelUpdate("v9", "/m", SHA, T0)
     a, b = model_rejection(u, "checksum mismatch"), model_rejection(u, "checksum mismatch")
