@@ -132,8 +132,9 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
                 counts[i] = counts.get(i, 0) + 1
         hot_item = max(counts, key=lambda i: counts[i])
 
-        # 2. a corrupt artefact (files changed after the checksum was taken) and an item made unavailable
-        bad = tmp_path / "bad"
+        # 2. a corrupt artefact (files changed after the checksum was taken), a missing one, one outside the model
+        # store (a sound artefact: refused for where it is), and an item made unavailable
+        bad = tmp_path / "store" / "bad"
         shutil.copytree(model_b, bad)
         digest = checksum(bad)
         with (bad / "model.onnx").open("r+b") as fh:
@@ -142,7 +143,9 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
         producer.send(topics["control"], value=json.dumps(
             ModelUpdate(version_b, str(bad), digest, int(time.time() * 1000)).to_dict()).encode())
         producer.send(topics["control"], value=json.dumps(ModelUpdate(
-            version_b, str(tmp_path / "missing"), "0" * 64, int(time.time() * 1000)).to_dict()).encode())
+            version_b, str(tmp_path / "store" / "missing"), "0" * 64, int(time.time() * 1000)).to_dict()).encode())
+        producer.send(topics["control"], value=json.dumps(ModelUpdate(
+            version_b, str(model_b), checksum(model_b), int(time.time() * 1000)).to_dict()).encode())
         producer.flush()
         items_file = tmp_path / "items.jsonl"
         items_file.write_text(ItemMeta(hot_item, "made unavailable", ("x",), available=False).to_json() + "\n")
@@ -151,9 +154,10 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
             dead = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics["dead-letters"]) if v is not None]
             return [d for d in dead if d["reason"] == "model_rejected"]
 
-        rejected = wait_for("two model rejections", lambda: r if len(r := rejections()) >= 2 else None, proc=proc)
+        rejected = wait_for("three model rejections", lambda: r if len(r := rejections()) >= 3 else None, proc=proc)
         assert any("checksum mismatch" in d["message"] for d in rejected)
         assert any("not found" in d["message"] for d in rejected)
+        assert any("outside the model store" in d["message"] for d in rejected)
         send(events[BATCH:2 * BATCH])
         wait_for("batch 2", lambda: len(recs()) >= 2 * BATCH, proc=proc)
 
