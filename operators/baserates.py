@@ -7,11 +7,11 @@ user operator learns what the feed itself looks like and lets configuration give
 `ShardRates` is kept per user shard (the job's keyed state of one shard; `streamrec replay` keeps one per shard too,
 with the job's shard function, so replay = job). It has two parts:
 
-- Feed rates, exponentially decayed in event time (`base_rates.half_life_ms`): events, engagement events (view, click,
-  cart, purchase), ratings, extreme ratings. They are updated in a pre-pass over a batch's events in arrival order
+- Feed rates, exponentially decayed in event time (`base_rates.half_life_ms`): events and engagement events (view,
+  click, cart, purchase). They are updated in a pre-pass over a batch's events in arrival order
   (`observe`), and each event is judged on the rates as they stood just before it (`view`), so a detection depends
   on the shard's events in order and never on how the job cut them into batches. The rates start from a prior of
-  `base_rates.prior_events` pseudo-events (`engagement_share_prior`, `extreme_share_prior`).
+  `base_rates.prior_events` pseudo-events (`engagement_share_prior`).
 - The alarm (`settle`, a post-pass over the batch's results in arrival order): per user detector, the accounts it
   flagged and the accounts active, both decayed over `alarm.window_ms`. When a detector flags more than
   `alarm.max_share` of the active accounts (once `alarm.min_active` are active) it is miscalibrated for this feed,
@@ -24,8 +24,8 @@ with the job's shard function, so replay = job). It has two parts:
   the feed: a sharp model on a focused catalogue puts genuine accounts at 0.7-0.9, a flat one near 1. Past
   `surprise_warmup` judgements an account is surprising when far above what this feed's accounts score.
 
-Layout (little-endian, version 1): header `<BBqqdddddqdH` version, n_detectors, last_ts, seen, events, engagement,
-ratings, extreme, active, alarm_ts, judged, n_bins; then per detector `<dqqq` flagged (decayed), alarm_since (0 =
+Layout (little-endian, version 2): header `<BBqqdddqdH` version, n_detectors, last_ts, seen, events, engagement,
+active, alarm_ts, judged, n_bins; then per detector `<dqqq` flagged (decayed), alarm_since (0 =
 none), last_alarm_ts, withheld; then n_bins `<d` histogram weights.
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 
 from operators.config import AlarmConf, BaseRatesConf, UserFraudConf
 
-VERSION = 1
-_HEAD = struct.Struct("<BBqqdddddqdH")
+VERSION = 2  # 1: also the shard's rating shares (never read; dropped)
+_HEAD = struct.Struct("<BBqqdddqdH")
 _DET = struct.Struct("<dqqq")
 _BIN = struct.Struct("<d")
 BIN_WIDTH = 0.025  # surprise ratio histogram: bins of this width from 0; the last bin holds everything above
@@ -58,7 +58,6 @@ class RatesView:
     """The feed's rates as they stood before one event (priors blended in)."""
 
     engagement_share: float  # share of events that are views, clicks, carts, purchases
-    extreme_share: float  # share of ratings at the scale's ends
     seen: int  # events the shard had seen
 
 
@@ -70,8 +69,6 @@ class ShardRates:
     seen: int = 0  # events seen, not decayed
     events: float = 0.0  # decayed counts as of last_ts
     engagement: float = 0.0
-    ratings: float = 0.0
-    extreme: float = 0.0
     active: float = 0.0  # accounts that became active (first event after a quiet window), decayed
     alarm_ts: int = 0  # newest event time the alarm counts saw (their decay reference)
     judged: float = 0.0  # surprise judgements remembered (aged: see `add_ratio`)
@@ -90,11 +87,9 @@ class ShardRates:
     def view(self, conf: BaseRatesConf) -> RatesView:
         w = max(conf.prior_events, 0.0)
         eng = (self.engagement + conf.engagement_share_prior * w) / max(self.events + w, 1e-9)
-        ext = (self.extreme + conf.extreme_share_prior * w) / max(self.ratings + w, 1e-9)
-        return RatesView(eng, ext, self.seen)
+        return RatesView(eng, self.seen)
 
-    def observe(self, event_type: str, rating: float | None, ts: int, conf: BaseRatesConf, low: float,
-                high: float) -> None:  # fmt: skip
+    def observe(self, event_type: str, ts: int, conf: BaseRatesConf) -> None:
         """One event of the shard, in arrival order (a late event counts with its age's weight)."""
         hl = max(conf.half_life_ms, 1)
         if ts > self.last_ts:
@@ -102,18 +97,12 @@ class ShardRates:
                 f = 0.5 ** ((ts - self.last_ts) / hl)
                 self.events *= f
                 self.engagement *= f
-                self.ratings *= f
-                self.extreme *= f
             self.last_ts = ts
         wt = 0.5 ** ((self.last_ts - ts) / hl)
         self.seen += 1
         self.events += wt
         if event_type in ENGAGEMENT:
             self.engagement += wt
-        elif event_type == "rating" and rating is not None and rating > 0:
-            self.ratings += wt
-            if rating <= low or rating >= high:
-                self.extreme += wt
 
     # ------------------------------------------------------------------ surprise base rate
 
@@ -200,7 +189,7 @@ class ShardRates:
 def alarm_record(detector: str, ts: int, share: float, r: ShardRates, d: int, alarm: AlarmConf,
                  model_version: str) -> dict[str, Any]:  # fmt: skip
     """A `detector_alarm` for the fraud topic (and the fraud_flags table, subject_kind 'detector')."""
-    key = "\x00".join(("detector_alarm", detector, str(ts), f"{r.active:.6f}"))
+    key = "\x00".join((ALARM_KIND, detector, str(ts), f"{r.active:.6f}"))
     return {
         "kind": ALARM_KIND, "flag_id": hashlib.sha256(key.encode()).hexdigest()[:32], "subject_kind": "detector",
         "subject": detector, "detector": detector, "score": round(min(share, 1.0), 4), "reasons": [ALARM_KIND],
@@ -214,8 +203,8 @@ def alarm_record(detector: str, ts: int, share: float, r: ShardRates, d: int, al
 def encode_rates(r: ShardRates) -> bytes:
     n = len(r.flagged)
     r.ensure(n)
-    parts = [_HEAD.pack(VERSION, n, r.last_ts, r.seen, r.events, r.engagement, r.ratings, r.extreme, r.active,
-                        r.alarm_ts, r.judged, len(r.ratios))]
+    parts = [_HEAD.pack(VERSION, n, r.last_ts, r.seen, r.events, r.engagement, r.active, r.alarm_ts, r.judged,
+                        len(r.ratios))]
     parts += [_DET.pack(r.flagged[d], r.alarm_since[d], r.last_alarm[d], r.withheld[d]) for d in range(n)]
     parts += [_BIN.pack(w) for w in r.ratios]
     return b"".join(parts)
@@ -226,8 +215,7 @@ def decode_rates(data: bytes | None) -> ShardRates:
     if data is None:
         return ShardRates()
     try:
-        (version, n, last_ts, seen, events, eng, ratings, extreme, active, alarm_ts, judged,
-         nb) = _HEAD.unpack_from(data, 0)  # fmt: skip
+        version, n, last_ts, seen, events, eng, active, alarm_ts, judged, nb = _HEAD.unpack_from(data, 0)
         if version != VERSION or len(data) != _HEAD.size + n * _DET.size + nb * _BIN.size:
             raise RatesError(f"shard rates: version {version}, {len(data)} bytes for {n} detectors, {nb} bins")
         dets = [_DET.unpack_from(data, _HEAD.size + d * _DET.size) for d in range(n)]
@@ -235,7 +223,7 @@ def decode_rates(data: bytes | None) -> ShardRates:
         bins = [_BIN.unpack_from(data, off + b * _BIN.size)[0] for b in range(nb)]
     except struct.error as e:
         raise RatesError(f"shard rates: {e}") from e
-    return ShardRates(last_ts, seen, events, eng, ratings, extreme, active, alarm_ts, judged, [x[0] for x in dets],
+    return ShardRates(last_ts, seen, events, eng, active, alarm_ts, judged, [x[0] for x in dets],
                       [x[1] for x in dets], [x[2] for x in dets], [x[3] for x in dets], bins)  # fmt: skip
 
 
@@ -268,10 +256,10 @@ class RatingRates:
             self.low += wt
 
     def share(self, top: bool, conf: BaseRatesConf) -> float:
-        """The share of ratings at the top (else the bottom), the prior (`extreme_share_prior`, split 3:1 between top
-        and bottom as on ML-100K: 21 % 5s, 6 % 1s) weighing `prior_events` ratings."""
+        """The share of ratings at the top (else the bottom), the prior (`top_share_prior`, `bottom_share_prior`)
+        weighing `prior_events` ratings."""
         w = max(conf.prior_events, 0.0)
-        prior = conf.extreme_share_prior * (0.75 if top else 0.25)
+        prior = conf.top_share_prior if top else conf.bottom_share_prior
         return ((self.high if top else self.low) + prior * w) / max(self.ratings + w, 1e-9)
 
 

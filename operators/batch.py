@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from operators.baserates import (
+    ALARM_KIND,
     RatesError,
     decode_rates,
     decode_rating_rates,
@@ -77,7 +78,7 @@ class Outputs:
         for f in result.fraud_flags:
             self.fraud_flags.append(to_json(f))
             self.cassandra.append(f)
-            self.alarms += f.get("kind") == "detector_alarm"
+            self.alarms += f.get("kind") == ALARM_KIND
         for d in result.deletions:
             if d.get("kind") == "tombstone":
                 self.recommendations.append(f"{d['key']}\n")  # null value: erases the key from the topic

@@ -83,7 +83,8 @@ class BaseRatesConf:
     prior_events: float = 50.0  # the priors below weigh as much as this many events
     engagement_share_prior: float = 0.0  # prior share of engagement events (0: a feed is ratings-only until its
     # events show otherwise, so no account is judged "unverified" before the feed's habits are known)
-    extreme_share_prior: float = 0.3  # prior share of ratings at the scale's ends
+    top_share_prior: float = 0.225  # prior share of ratings at the scale's top (item shards' rating base rate)
+    bottom_share_prior: float = 0.075  # prior share of ratings at its bottom
     surprise_memory: float = 1000.0  # the surprise ratios of about this many recent judgements make its base rate
 
 

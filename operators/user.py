@@ -378,8 +378,7 @@ class UserOperator:
         if isinstance(ev, dict):
             return _claimed_user(event), None, (i, lambda state: StepResult(_kept(state), dead_letters=[ev]), failed)
         view = rates.view(self.conf.base_rates)
-        fc = self.conf.user_fraud
-        rates.observe(ev.event_type, ev.rating, ev.ts, self.conf.base_rates, fc.rating_low, fc.rating_high)
+        rates.observe(ev.event_type, ev.ts, self.conf.base_rates)
         return ev.user_id, ev.ts, (i, lambda state: self._event_phase(state, ev, view), failed)
 
     def _settle(self, rates: ShardRates, valid: list[tuple[int, int]], out: list[StepResult]) -> list[StepResult]:

@@ -275,7 +275,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labelled = {pseudonymizer.pseudonym(u) for u in sim.labels["users"]}
     flagged = {f["subject"] for f in flags if f["subject_kind"] == "user"}
     flagged_items = {f["subject"] for f in flags if f["subject_kind"] == "item"}
-    alarms = [f for f in flags if f.get("kind") == "detector_alarm"]
+    from operators.baserates import ALARM_KIND
+
+    alarms = [f for f in flags if f.get("kind") == ALARM_KIND]
     abuse_kinds = dict(collections.Counter(v["kind"] for v in sim.labels["users"].values()))
     lat = [(collector.received_at[e] - sent_at[e]) * 1000 for e in collector.received_at if e in sent_at]
     summary.update({

@@ -9,32 +9,38 @@ from typing import Any
 import pytest
 
 from operators import fraud
-from operators.baserates import ALARM_KIND, RatesError, ShardRates, decode_rates, encode_rates
+from operators.baserates import ALARM_KIND, RatesError, RatingRates, ShardRates, decode_rates, encode_rates
 from operators.batch import to_json, user_events
 from operators.config import AlarmConf, BaseRatesConf, UserFraudConf
 from tests.unit.operators.conftest import T0, ev
 
 H = 3_600_000
 DAY = 24 * H
-BR = BaseRatesConf(half_life_ms=DAY, prior_events=10.0, engagement_share_prior=0.0, extreme_share_prior=0.3)
+BR = BaseRatesConf(half_life_ms=DAY, prior_events=10.0, engagement_share_prior=0.0, top_share_prior=0.225,
+                   bottom_share_prior=0.075)  # fmt: skip
 
 
 def _feed(r: ShardRates, kinds: list[str], t0: int, gap: int = 1000) -> None:
     for i, k in enumerate(kinds):
-        r.observe(k, 5.0 if k == "rating" else None, t0 + i * gap, BR, 1.0, 5.0)
+        r.observe(k, t0 + i * gap, BR)
 
 
 def test_rates_learn_the_feed_from_their_prior() -> None:
     r = ShardRates()
-    assert r.view(BR).engagement_share == 0.0 and r.view(BR).extreme_share == pytest.approx(0.3)
+    assert r.view(BR).engagement_share == 0.0
     _feed(r, ["view"] * 90, T0)
     v = r.view(BR)
     assert v.engagement_share == pytest.approx(90 / 100, rel=1e-3) and v.seen == 90  # 10 prior events at 0
-    assert v.extreme_share == pytest.approx(0.3)  # no rating yet
     _feed(r, ["rating"] * 90, T0 + 90_000)
     v = r.view(BR)
     assert 0.45 < v.engagement_share < 0.5  # half of the events (and the prior) are views
-    assert v.extreme_share == pytest.approx((90 + 3) / 100, rel=1e-3)  # every rating a 5
+    # the item shards' rating base rate: the same prior-then-feed learning, top and bottom shares apart
+    rr = RatingRates()
+    assert rr.share(True, BR) == pytest.approx(0.225) and rr.share(False, BR) == pytest.approx(0.075)
+    for i in range(90):
+        rr.observe(5.0, T0 + i * 1000, BR, 1.0, 5.0)  # every rating a 5
+    assert rr.share(True, BR) == pytest.approx((90 + 2.25) / 100, rel=1e-3)
+    assert rr.share(False, BR) == pytest.approx(0.75 / 100, rel=1e-3)
 
 
 def test_rates_decay_with_event_time() -> None:
@@ -44,7 +50,7 @@ def test_rates_decay_with_event_time() -> None:
     assert r.view(BR).engagement_share < 0.01
     e = r.events
     late, newest = T0 + 8 * DAY, r.last_ts
-    r.observe("view", None, late, BR, 1.0, 5.0)  # a late event counts with its age's weight (~2 half-lives: 1/4)
+    r.observe("view", late, BR)  # a late event counts with its age's weight (~2 half-lives: 1/4)
     assert r.events == pytest.approx(e + 0.5 ** ((newest - late) / DAY), rel=1e-9) and r.last_ts == newest
 
 
