@@ -32,6 +32,7 @@ from operators.baserates import RatingRates, binomial_tail
 from operators.config import ItemFraudConf, OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, operator_dead_letter
 from operators.schema import EVENT_TYPES
+from operators.state import settle_via
 
 SOURCE = "item_operator"
 VERSION = 2
@@ -130,17 +131,7 @@ def settle_item(s: ItemState) -> ItemState | bytes:
     Fast path (the states the operator builds): `s` itself, when the layout changes nothing but its header's
     clipped counts; anything else (an age past u32, a rating off the half steps, a key id cut...) goes through
     the bytes. Trusts the fields' declared types (32-byte keys, int times and bits, float ratings)."""
-    try:
-        done = _settle_item_fast(s)
-    except Exception:  # noqa: BLE001 - unusual: the bytes decide (and raise what encode_item raises)
-        done = False
-    if done:
-        return s
-    b = encode_item(s)
-    try:
-        return decode_item(b)
-    except ItemStateError:
-        return b
+    return settle_via(s, _settle_item_fast, encode_item, decode_item, ItemStateError)
 
 
 _HALF_STEPS = frozenset(h / 2 for h in range(256))  # the ratings the layout keeps as they are (u8 half steps)

@@ -24,10 +24,11 @@ import math
 import struct
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter, or_, sub
+from typing import TypeVar
 
 import numpy as np
 
@@ -183,18 +184,32 @@ def settle(s: UserState) -> UserState | bytes:
     Pure-Python fast path for the states the operator builds (only their header and category weights change): `s`
     itself, brought in place to those values. Anything else goes through the bytes, so the result is the same
     either way."""
-    if _FAST:
-        try:
-            done = _settle_fast(s)
-        except Exception:  # noqa: BLE001 - unusual: the bytes decide (and raise what encode raises)
-            done = False
-        if done:
-            return s
-    b = encode(s)
+    return settle_via(s, _settle_fast if _FAST else _never, encode, decode, StateError)
+
+
+_S = TypeVar("_S")
+
+
+def settle_via(s: _S, fast: Callable[[_S], bool], enc: Callable[[_S], bytes], dec: Callable[[bytes], _S],
+               unreadable: type[Exception]) -> _S | bytes:  # fmt: skip
+    """`dec(enc(s))`, or those bytes when they do not decode (`unreadable`): the state a stored `s` gives back. When
+    `fast(s)` says so (True: it has brought `s` in place to those values), `s` itself; if `fast` raises, the bytes
+    decide (and raise what `enc` raises). `settle` (user states) and `operators.item.settle_item` are this."""
     try:
-        return decode(b)
-    except StateError:
+        done = fast(s)
+    except Exception:  # noqa: BLE001 - unusual: the bytes decide
+        done = False
+    if done:
+        return s
+    b = enc(s)
+    try:
+        return dec(b)
+    except unreadable:
         return b
+
+
+def _never(_s: object) -> bool:
+    return False
 
 
 def _decode_np(data: bytes) -> UserState:
