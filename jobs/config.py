@@ -85,6 +85,7 @@ class JobConf:
     bundle_time_ms: int = 1000  # python.fn-execution.bundle.time
     state_cache_size: int = 100_000  # python.state.cache-size: keyed states cached per Python worker
     python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
+    worker_patches: bool = True  # jobs/worker_patches.py: no per-bundle waits in process-mode Python workers
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
     buffer_timeout_ms: int = 100  # execution.buffer-timeout.interval: network buffers flushed at least this often
     model_dir: str = "artifacts/model"  # model artefact directory
@@ -108,6 +109,10 @@ class JobConf:
         if self.python_workers == "auto":
             return "loopback" if self.parallelism <= 1 else "process"
         return self.python_workers
+
+    def patch_workers(self) -> bool:
+        """Whether the Python workers get `jobs/worker_patches.py` (process mode only: thread mode has no bundles)."""
+        return self.worker_patches and self.execution_mode == "process"
 
     def path(self, p: str) -> Path:
         """A config path made absolute against the repo root."""

@@ -114,14 +114,26 @@ class _CassandraRows:
         self.writer.close()
 
 
+def _worker_setup(patches: bool) -> None:
+    """Process-wide settings of the Python worker this function runs in (before its first bundle ends)."""
+    if patches:
+        from jobs import worker_patches
+
+        worker_patches.install()
+
+
 class ParseControl(ProcessFunction):
     """Raw `control` message → an erase request (main output: a USER_BATCH record holding an erase frame, keyed by the
     user's shard: it travels with the event batches), a `ModelUpdate` (side output, broadcast to every user-operator
     instance) or a dead letter."""
 
-    def __init__(self, source: str, user_keys: Sequence[int]) -> None:
+    def __init__(self, source: str, user_keys: Sequence[int], patches: bool = True) -> None:
         self.source = source
         self.user_keys = list(user_keys)
+        self.patches = patches
+
+    def open(self, ctx: RuntimeContext) -> None:
+        _worker_setup(self.patches)
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         from operators.dead_letter import dead_letter
@@ -140,8 +152,12 @@ class ParseControl(ProcessFunction):
 class ParseItems(ProcessFunction):
     """Raw `items` message → `ItemMeta` (to be broadcast) or a dead letter."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, patches: bool = True) -> None:
         self.source = source
+        self.patches = patches
+
+    def open(self, ctx: RuntimeContext) -> None:
+        _worker_setup(self.patches)
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
         from operators.dead_letter import dead_letter
@@ -195,6 +211,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def open(self, ctx: RuntimeContext) -> None:
         from model_export.artifact import load_artifact
 
+        _worker_setup(self.job.patch_workers())
         self.subtask = ctx.get_index_of_this_subtask()
         self.op = self._operator(load_artifact(self.job.path(self.job.model_dir)))
         self.users = _map_state(ctx, "users", self.job.state.ttl_days)
@@ -337,6 +354,7 @@ class ItemFunction(KeyedProcessFunction):
     def open(self, ctx: RuntimeContext) -> None:
         from operators.item import ItemOperator
 
+        _worker_setup(self.job.patch_workers())
         self.op = ItemOperator(self.operators_conf)
         self.items = _map_state(ctx, "items", self.job.state.ttl_days)
         self.waiting = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))

@@ -176,10 +176,10 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     quiet = (WatermarkStrategy.for_monotonous_timestamps()
              .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
     control = env.from_source(kafka_source(job, bootstrap, t.control), quiet, "control") \
-        .uid("control-source").process(ParseControl(t.control, keys), output_type=USER_BATCH) \
+        .uid("control-source").process(ParseControl(t.control, keys, job.patch_workers()), output_type=USER_BATCH) \
         .name("parse-control").uid("parse-control")
     catalogue = env.from_source(kafka_source(job, bootstrap, t.items), quiet, "items") \
-        .uid("items-source").process(ParseItems(t.items), output_type=Types.PICKLED_BYTE_ARRAY()) \
+        .uid("items-source").process(ParseItems(t.items, job.patch_workers()), output_type=Types.PICKLED_BYTE_ARRAY()) \
         .name("parse-items").uid("parse-items")
     broadcast = control.get_side_output(BROADCAST).union(catalogue).broadcast(control_state_descriptor())
 

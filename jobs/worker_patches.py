@@ -1,0 +1,157 @@
+"""Two changes to PyFlink's process-mode Python worker (apache-flink 2.3.0 on apache-beam 2.61.0), each removing a
+wait at every bundle end. Installed by the job's functions in `open()` when `worker_patches: true` (conf/local.yaml);
+process-wide and idempotent. Measured side by side in `make bench` (see conf/local.yaml and the README).
+
+Why (py-spy of the job's Python worker, p=1, backlog; `--idle --threads`, 2026-12):
+1. **State commits one after another.** At a bundle's end PyFlink commits every keyed state the bundle touched —
+   per shard key: the users' MapState, the debounce index and the base rates (ValueStates are Beam bag states) —
+   and Beam's `SynchronousBagRuntimeState.commit` / PyFlink's `InternalSynchronousMapRuntimeState.commit` each wait
+   for their own gRPC round trip before the next is sent. A round trip took ~5 ms in the job (three GIL hand-offs
+   between the worker's threads at CPython's 5 ms switch interval), about 8 % of the worker's bundle time. The
+   requests travel in order on one state stream and the JVM answers them in order; here they are all sent first and
+   all awaited before the bundle ends, so the bundle still ends only when every write has landed (same guarantee).
+2. **A sampling thread per bundle.** Beam's `StateSampler` starts a thread at every bundle start and joins it at the
+   end; the thread sleeps in steps growing to 200 ms, so every bundle end waits up to 200 ms for it (~10 % of the
+   bundle thread's time on a backlog; a floor on latency with short bundles). It measures Beam's per-transform
+   timings, which Flink does not report, and Beam's "processing lull" log. Here no thread is started.
+
+Anything else than the verified versions: nothing is patched and `install()` says why (the job runs unpatched).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VERIFIED = {"apache-flink": "2.3.0", "apache-beam": "2.61.0"}
+
+_installed: list[str] = []
+_lock = threading.Lock()
+_pending = threading.local()  # .futures: list while a keyed backend commits, else absent
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in VERIFIED:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def install() -> list[str]:
+    """Install both patches once per process; returns what is installed (empty when the versions differ)."""
+    with _lock:
+        if _installed:
+            return list(_installed)
+        found = versions()
+        if found != VERIFIED:
+            log.warning("worker patches not installed: verified with %s, found %s", VERIFIED, found)
+            return []
+        _patch_commits()
+        _patch_sampler()
+        _installed.extend(["concurrent-state-commits", "no-sampler-thread"])
+        return list(_installed)
+
+
+@contextmanager
+def deferred_waits() -> Iterator[list[Any]]:
+    """While open, the patched state commits of this thread hand their last request's future to the list instead
+    of waiting for it; the caller waits for them all."""
+    futures: list[Any] = []
+    _pending.futures = futures
+    try:
+        yield futures
+    finally:
+        del _pending.futures
+
+
+def _await(to_await: Any) -> None:
+    futures = getattr(_pending, "futures", None)
+    if futures is None:
+        to_await.get()
+    else:
+        futures.append(to_await)
+
+
+def _patch_commits() -> None:
+    from apache_beam.runners.worker import bundle_processor
+    from pyflink.fn_execution import state_impl
+
+    cmsh = state_impl.CachingMapStateHandler
+
+    # Same bodies as Beam's / PyFlink's commit, with the final wait through `_await`.
+    def bag_commit(self: Any) -> None:
+        to_await = None
+        if self._cleared:
+            to_await = self._state_handler.clear(self._state_key)
+        if self._added_elements:
+            to_await = self._state_handler.extend(self._state_key, self._value_coder.get_impl(),
+                                                  self._added_elements)  # fmt: skip
+        if to_await:
+            _await(to_await)
+
+    def map_commit(self: Any) -> None:
+        to_await = None
+        if self._cleared:
+            to_await = self._map_state_handler.clear(self._state_key)
+        if self._write_cache:
+            items = []
+            for map_key, (exists, value) in self._write_cache.items():
+                if not exists:
+                    items.append((cmsh.DELETE, map_key, None))
+                elif value is None:
+                    items.append((cmsh.SET_NONE, map_key, None))
+                else:
+                    items.append((cmsh.SET_VALUE, map_key, value))
+            self._write_cache.clear()
+            to_await = self._map_state_handler.extend(self._state_key, items, self._map_key_encoder,
+                                                      self._map_value_encoder)  # fmt: skip
+        if to_await:
+            _await(to_await)
+        self._write_cache.clear()
+        self._cleared = False
+        self._mod_count += 1
+
+    backend_commit = state_impl.RemoteKeyedStateBackend.commit
+
+    def commit_all(self: Any) -> None:
+        with deferred_waits() as futures:
+            backend_commit(self)
+        for f in futures:
+            f.get()  # raises what the JVM answered, as the unpatched commit would
+
+    setattr(bundle_processor.SynchronousBagRuntimeState, "commit", bag_commit)  # noqa: B010 - typed as methods
+    setattr(state_impl.InternalSynchronousMapRuntimeState, "commit", map_commit)  # noqa: B010
+    setattr(state_impl.RemoteKeyedStateBackend, "commit", commit_all)  # noqa: B010
+
+
+def _patch_sampler() -> None:
+    from apache_beam.runners.worker import statesampler
+
+    cls = statesampler.StateSampler
+    original_stop = cls.stop
+
+    def start(self: Any) -> None:
+        self.tracked_thread = threading.current_thread()
+        statesampler.set_current_tracker(self)
+        self._no_thread = True
+        self.started = True
+
+    def stop(self: Any) -> None:
+        if getattr(self, "_no_thread", False):
+            statesampler.set_current_tracker(None)
+            self.finished = True
+        else:  # started before the patch: its thread must be joined
+            original_stop(self)
+
+    setattr(cls, "start", start)  # noqa: B010
+    setattr(cls, "stop", stop)  # noqa: B010
