@@ -59,8 +59,9 @@ class KafkaSinkConf:
 class CassandraSinkConf:
     enabled: bool = True  # write to Cassandra at all
     max_in_flight: int = 128  # bounded async writes (backpressure beyond)
-    retries: int = 6  # retries per write before failing the job
-    backoff_ms: int = 100  # first retry delay, doubling
+    retries: int = 60  # retries per write before failing the job
+    backoff_ms: int = 100  # first retry delay, doubling ...
+    max_backoff_ms: int = 2000  # ... up to this
     consistency: str = "LOCAL_QUORUM"  # write consistency level
     request_timeout_s: float = 10.0  # per-write timeout
     flush_interval_ms: int = 200  # the operators wait for their rows to land at least this often (not per batch)

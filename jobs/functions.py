@@ -96,7 +96,8 @@ class _CassandraRows:
         c = job.cassandra_sink
         self.writer = CassandraWriter(hosts, port, WriterConf(
             keyspace=keyspace, max_in_flight=c.max_in_flight, retries=c.retries, backoff_ms=c.backoff_ms,
-            consistency=c.consistency, request_timeout_s=c.request_timeout_s))  # fmt: skip
+            max_backoff_ms=c.max_backoff_ms, consistency=c.consistency,
+            request_timeout_s=c.request_timeout_s))  # fmt: skip
         self.writer.open()
         self.clock = time.monotonic
         self.every_s = c.flush_interval_ms / 1000.0

@@ -13,7 +13,8 @@ There is no Flink Cassandra connector for Flink 2.x, so the job calls this from 
   callback per batch instead of per row: about 1/3 of the Python CPU and of the Cassandra CPU per row);
 - bounded in flight: `write`/`write_many` block (backpressure) while `max_in_flight` rows are pending; besides those,
   at most one open batch (< `batch_max_rows` rows) waits for more rows or for `flush()`;
-- retries of a failed request (a whole batch) with exponential backoff; a batch Cassandra rejects as too large is split
+- retries of a failed request (a whole batch) with exponential backoff (capped: a node away for a minute or two is
+  ridden out, the operators blocking meanwhile); a batch Cassandra rejects as too large is split
   and its halves sent again; a write that exhausts its retries raises, failing the job, which then restarts from its
   last checkpoint instead of dropping the write.
 
@@ -47,8 +48,9 @@ class SinkError(RuntimeError):
 class WriterConf:
     keyspace: str  # keyspace holding the product tables
     max_in_flight: int = 128  # rows in pending requests before `write` blocks
-    retries: int = 6  # retries per request (a batch or a single row)
-    backoff_ms: int = 100  # first retry delay, doubling
+    retries: int = 60  # retries per request (a batch or a single row)
+    backoff_ms: int = 100  # first retry delay, doubling ...
+    max_backoff_ms: int = 2000  # ... up to this: 60 retries span about two minutes of Cassandra being away
     consistency: str = "LOCAL_QUORUM"  # consistency level name
     request_timeout_s: float = 10.0  # driver timeout per request
     # Rows per UNLOGGED batch (1: one request per row). Each row is one partition at most, so this bounds the
@@ -199,7 +201,7 @@ class CassandraWriter:
     def open(self) -> None:
         from cassandra import ConsistencyLevel
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-        from cassandra.policies import RoundRobinPolicy
+        from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy
 
         profile = ExecutionProfile(
             load_balancing_policy=RoundRobinPolicy(),
@@ -208,8 +210,11 @@ class CassandraWriter:
         )
         # TCP_NODELAY: the driver writes a request in 4 KiB chunks; without it a batch a little over 4 KiB waits for
         # the server's delayed ACK (Nagle), ~40 ms per request.
+        # A node that went away is tried again every second (the driver's default backs off to 10 minutes: after a
+        # 30 s outage the writes would wait for its next attempt, up to a minute later).
         cluster = Cluster(self.hosts, port=self.port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                          protocol_version=5, sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+                          protocol_version=5, sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                          reconnection_policy=ConstantReconnectionPolicy(1.0, max_attempts=None))
         self._session = cluster.connect(self.conf.keyspace)
         ks, prep = self.conf.keyspace, self._session.prepare
         self._stmts = {
@@ -337,7 +342,8 @@ class CassandraWriter:
                 continue
             if attempt >= self.conf.retries:
                 raise SinkError(f"Cassandra write of {len(group.rows)} row(s) failed after {attempt} retries: {err!r}")
-            time.sleep(self.conf.backoff_ms * (2 ** attempt) / 1000.0)  # backpressure while Cassandra struggles
+            # backpressure while Cassandra struggles or is away
+            time.sleep(min(self.conf.backoff_ms * 2 ** min(attempt, 30), self.conf.max_backoff_ms) / 1000.0)
             self.retried += 1
             self._send(group, attempt + 1)
 

@@ -273,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
         c = job.cassandra_sink
         writer = CassandraWriter(svc.cassandra.contact_points, svc.cassandra.native_port, WriterConf(
             keyspace=svc.cassandra.keyspace, max_in_flight=c.max_in_flight, retries=c.retries,
-            backoff_ms=c.backoff_ms, consistency=c.consistency, request_timeout_s=c.request_timeout_s))
+            backoff_ms=c.backoff_ms, max_backoff_ms=c.max_backoff_ms, consistency=c.consistency,
+            request_timeout_s=c.request_timeout_s))
         writer.open()
     sinks = Sinks(svc.kafka.bootstrap, topics, writer, sw)
     consumer = KafkaConsumer(bootstrap_servers=svc.kafka.bootstrap, group_id=job.consumer_group,

@@ -1,0 +1,112 @@
+"""Faults production brings, against the real services (#16): Cassandra stopped for 30 s while the job runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamrec.config import REPO_ROOT
+from tests.integration.test_control_plane import read_topic, train, wait_for
+from tests.integration.test_job_e2e import OUTPUTS, job_env
+
+BATCH = 300  # events per phase
+OUTAGE_S = 30.0
+
+
+def test_cassandra_down_for_30_s_loses_no_row(kafka_bootstrap: str, cassandra_up: Any, connector_jars: list[Path],
+                                              tmp_path: Path) -> None:
+    """Phase 1 lands; Cassandra is stopped; phase 2 is sent while it is away; it comes back after 30 s; phase 3.
+    The job rides it out (backpressure and retries in the sink, no restart needed): every event's list is in Kafka
+    once, and afterwards the Cassandra rows are exactly what the Kafka outputs say they must be (each user's row =
+    their latest list, every flag a row) — what a run without the fault writes."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from streamrec.data import simulator
+    from streamrec.services.cassandra import CassandraService, apply_schema, connect
+
+    if not cassandra_up.cassandra.managed:
+        pytest.skip("Cassandra is not one this state dir started: the test would have to stop someone else's node")
+    sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=3 * BATCH, users=80, seed=9))
+    events = sim.events
+    assert len(events) >= 3 * BATCH
+    clean = tmp_path / "events.jsonl"
+    clean.write_text("".join(e.to_json() + "\n" for e in events))
+    model = train(tmp_path, clean, "model", 0)
+
+    run_id = f"fault-{uuid.uuid4().hex[:10]}"
+    keyspace = f"fault_{uuid.uuid4().hex[:10]}"  # every row in it is this run's
+    c = cassandra_up.cassandra
+    apply_schema(c.contact_points, c.native_port, c, keyspace=keyspace)
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
+    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics(
+        [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
+    env = job_env(topics, model, keyspace, tmp_path, run_id)
+    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000",
+                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0"})  # one list per event: counts show loss or repeats
+    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+
+    def send(batch: list[Any]) -> None:
+        for e in batch:
+            producer.send(topics["events"], value=e.to_json().encode(), timestamp_ms=e.ts)
+        producer.flush()
+
+    def outputs(name: str) -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics[name]) if v is not None]
+
+    service = CassandraService(cassandra_up)
+    log = (tmp_path / "job.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        send(events[:BATCH])
+        wait_for("phase 1", lambda: len(outputs("recommendations")) >= BATCH, proc=proc)
+        service.down()
+        down_at = time.monotonic()
+        send(events[BATCH:2 * BATCH])
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+        service.up()
+        send(events[2 * BATCH:3 * BATCH])
+        wait_for("phase 3", lambda: len(outputs("recommendations")) >= 3 * BATCH, timeout_s=400, proc=proc)
+        time.sleep(3)  # a later checkpoint would commit anything extra
+        recs = outputs("recommendations")
+        assert len(recs) == 3 * BATCH and len({r["rec_id"] for r in recs}) == len(recs), "lost or repeated lists"
+        latest: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for r in recs:
+            latest[r["user_key"]] = (r["event_id"], tuple(r["items"]))
+        flags = {(f["subject_kind"], f["subject"], f["flag_id"]) for f in outputs("fraud-flags")}
+
+        session = connect(c.contact_points, c.native_port, keyspace)
+        try:
+            def rows() -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[tuple[str, str, str]]]:
+                users = {r.user_key: (r.event_id, tuple(r.items)) for r in session.execute(
+                    "SELECT user_key, event_id, items FROM recommendations_by_user")}
+                got = {(r.subject_kind, r.subject, r.flag_id) for r in session.execute(
+                    "SELECT subject_kind, subject, flag_id FROM fraud_flags")}
+                return users, got
+
+            deadline = time.monotonic() + 60  # rows still in flight land within the sink's flush interval
+            while (got := rows()) != (latest, flags) and time.monotonic() < deadline:
+                time.sleep(2)
+            users, got_flags = got
+            missing = {u for u in latest if users.get(u) != latest[u]}
+            assert not missing and set(users) == set(latest), (len(missing), len(set(users) - set(latest)))
+            assert got_flags == flags, (len(flags - got_flags), len(got_flags - flags))
+        finally:
+            session.cluster.shutdown()
+        assert proc.poll() is None, "the job stopped"
+    finally:
+        service.up()  # whatever happened above, the node is back for the tests after this one
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
