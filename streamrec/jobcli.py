@@ -45,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return subprocess.call(argv, cwd=REPO_ROOT)
 
 
-def submit_argv(conf: str, operators_conf: str, detached: bool) -> tuple[list[str], dict[str, str]]:
+def submit_argv(conf: str, operators_conf: str, detached: bool, from_savepoint: str = "",
+                parallelism: int = 0) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     from streamrec.services import maven
     from streamrec.services.flink import FlinkService
     from streamrec.services.settings import services
@@ -62,13 +63,31 @@ def submit_argv(conf: str, operators_conf: str, detached: bool) -> tuple[list[st
     args += ["-j", str(connector), "--conf", conf, "--operators-conf", operators_conf]
     for jar in ours:
         args += ["--jar", str(jar)]
-    return svc.run_argv(*args)
+    if from_savepoint:
+        args += ["--from-checkpoint", from_savepoint]
+    argv, env = svc.run_argv(*args)
+    if parallelism:  # the job sets its parallelism from its conf (`flink run -p` would not override it)
+        env["STREAMREC_JOB_PARALLELISM"] = str(parallelism)
+    return argv, env
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     check_model(args.conf)
-    argv, env = submit_argv(args.conf, args.operators_conf, args.detached)
+    argv, env = submit_argv(args.conf, args.operators_conf, args.detached, args.from_savepoint, args.parallelism)
     return subprocess.call(argv, env=env, cwd=REPO_ROOT)
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    from jobs.config import load_job_conf
+    from streamrec.services.flink import FlinkService
+    from streamrec.services.settings import services
+
+    job = load_job_conf(args.conf)
+    svc = FlinkService(services())
+    job_id = args.job_id or svc.running_job(job.job_name)
+    target = Path(args.dir) if args.dir else job.path(job.checkpoint.dir).parent / "savepoints"
+    print(svc.savepoint(job_id, target.resolve().as_uri(), stop=args.stop))
+    return 0
 
 
 def consumer(topic: str, from_beginning: bool, group: str | None = None) -> Any:
@@ -155,7 +174,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="submit the job to a Flink cluster with `flink run -py`")
     conf_args(p)
     p.add_argument("--detached", action="store_true", help="return once submitted")
+    p.add_argument("--from-savepoint", default="", help="start from this savepoint (or retained checkpoint)")
+    p.add_argument("--parallelism", type=int, default=0,
+                   help="operator parallelism (default: the conf's); a savepoint restores at any parallelism up to "
+                        "batching.shards (keyed state moves with its key groups)")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("savepoint", help="take a savepoint of the job on the Flink cluster; prints its path")
+    conf_args(p)
+    p.add_argument("job_id", nargs="?", default="", help="default: the one running job named as in the conf")
+    p.add_argument("--dir", default="", help="target directory (default: .state/savepoints)")
+    p.add_argument("--stop", action="store_true", help="stop the job with the savepoint (for a restart or rescale)")
+    p.set_defaults(func=cmd_savepoint)
 
     p = sub.add_parser("consume", help="print a topic's records (read_committed)")
     p.add_argument("topic")

@@ -183,6 +183,37 @@ class FlinkService:
                 raise ServiceError(f"job {job_id} still {state} {timeout_s:.0f} s after cancel (overview {ov})")
             time.sleep(0.5)
 
+    def running_job(self, name: str) -> str:
+        """The id of the one RUNNING job called `name` (ServiceError when there is none, or more than one)."""
+        jobs = [j for j in self.rest("/jobs/overview")["jobs"] if j["name"] == name and j["state"] == "RUNNING"]
+        if len(jobs) != 1:
+            raise ServiceError(f"{len(jobs)} running jobs named {name!r} on {self.rest_url}: give the job id")
+        return str(jobs[0]["jid"])
+
+    def savepoint(self, job_id: str, target_dir: str, stop: bool, timeout_s: float = 300.0) -> str:
+        """A savepoint of the job in `target_dir` (`POST /jobs/<id>/stop` when `stop`: the job then ends, its Kafka
+        transactions committed; else `POST /jobs/<id>/savepoints`, the job goes on); returns the savepoint's path."""
+        body = ({"targetDirectory": target_dir, "drain": False} if stop
+                else {"target-directory": target_dir, "cancel-job": False})  # fmt: skip
+        req = urllib.request.Request(self.rest_url + f"/jobs/{job_id}/" + ("stop" if stop else "savepoints"),
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                trigger = json.load(r)["request-id"]
+        except urllib.error.HTTPError as e:
+            raise ServiceError(f"savepoint of job {job_id}: HTTP {e.code} {e.read()[:500]!r}") from e
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = self.rest(f"/jobs/{job_id}/savepoints/{trigger}")
+            if st["status"]["id"] == "COMPLETED":
+                op = st.get("operation") or {}
+                if "location" in op:
+                    return str(op["location"])
+                raise ServiceError(f"savepoint of job {job_id} failed: {str(op.get('failure-cause'))[:1000]}")
+            time.sleep(0.5)
+        raise ServiceError(f"savepoint of job {job_id} not done after {timeout_s:.0f} s")
+
     def pids(self) -> list[int]:
         return find_pids(self.marker)
 
