@@ -185,3 +185,69 @@ def test_cassandra_down_for_30_s_loses_no_row(kafka_bootstrap: str, cassandra_up
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+def test_taskmanager_killed_on_the_cluster_is_replaced_and_the_job_restores(
+        kafka_bootstrap: str, flink_cluster: Any, connector_jars: list[Path], tmp_path: Path) -> None:
+    """The job on the standalone cluster; phase 1 lands; its TaskManager is killed with SIGKILL and a new one is
+    started (what a supervisor would do); the job restores from its latest checkpoint onto it; phase 2. Every list
+    readable once, each equal to that of an uninterrupted run."""
+    from streamrec.data import simulator
+    from streamrec.services.flink import flink_home
+    from streamrec.services.proc import cmdline, find_pids
+    from tests.integration.test_rescale import (
+        differing_lists,
+        fresh_topics,
+        outputs,
+        send_events,
+        uninterrupted_run,
+    )
+
+    sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=2 * BATCH, users=60, seed=17))
+    events = sim.events[: 2 * BATCH]
+    clean = tmp_path / "events.jsonl"
+    clean.write_text("".join(e.to_json() + "\n" for e in sim.events))
+    model = train(tmp_path, clean, "model", 0)
+    reference, _ = uninterrupted_run(kafka_bootstrap, events, model, connector_jars, tmp_path)
+
+    run_id, topics = fresh_topics(kafka_bootstrap, "tmkill")
+    env = job_env(topics, model, "streamrec", tmp_path / "tm", run_id)
+    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_DEBOUNCE_INTERVAL_MS": "0",
+                "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000", "STREAMREC_JOB_CASSANDRA_SINK_ENABLED": "false"})
+    proc = subprocess.run([sys.executable, "-m", "streamrec.cli", "submit", "--detached"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_id = flink_cluster.running_job("streamrec")
+
+    def lists() -> list[dict[str, Any]]:
+        return outputs(kafka_bootstrap, topics, "recommendations")
+
+    def taskmanagers() -> list[int]:
+        return [p for p in find_pids(flink_cluster.marker) if "TaskManagerRunner" in cmdline(p)]
+
+    try:
+        send_events(kafka_bootstrap, topics["events"], events[:BATCH])
+        wait_for("phase 1", lambda: len(lists()) >= BATCH)
+        checkpoints = flink_cluster.rest(f"/jobs/{job_id}/checkpoints")["counts"]["completed"]
+        wait_for("a checkpoint after phase 1", lambda: flink_cluster.rest(
+            f"/jobs/{job_id}/checkpoints")["counts"]["completed"] > checkpoints)
+        killed = taskmanagers()
+        assert len(killed) == 1, killed
+        os.kill(killed[0], signal.SIGKILL)
+        send_events(kafka_bootstrap, topics["events"], events[BATCH:])
+        started = subprocess.run(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"],
+                                 env=flink_cluster.env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert started.returncode == 0, started.stdout + started.stderr
+        wait_for("phase 2 after the restore", lambda: len(lists()) >= 2 * BATCH, timeout_s=400)
+        time.sleep(5)  # a later checkpoint would commit anything extra
+        got = lists()
+        assert len(got) == 2 * BATCH and len({r["rec_id"] for r in got}) == len(got), "lost or repeated lists"
+        changed = differing_lists(reference, got)
+        assert not changed, f"{len(changed)} lists differ from the uninterrupted run, e.g. {changed[:3]}"
+        assert flink_cluster.rest(f"/jobs/{job_id}")["state"] == "RUNNING"
+        assert taskmanagers() and killed[0] not in taskmanagers()
+    finally:
+        if not taskmanagers():
+            subprocess.run(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"], env=flink_cluster.env(),
+                           capture_output=True, timeout=60)  # fmt: skip
+        flink_cluster.cancel_job(job_id, timeout_s=120)

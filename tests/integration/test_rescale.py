@@ -19,6 +19,54 @@ from tests.integration.test_job_e2e import OUTPUTS, deterministic_flags, job_env
 PHASE = 250  # events per phase
 
 
+def fresh_topics(kafka_bootstrap: str, tag: str) -> tuple[str, dict[str, str]]:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    run_id = f"{tag}-{uuid.uuid4().hex[:10]}"
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
+    admin.close()
+    return run_id, topics
+
+
+def send_events(kafka_bootstrap: str, topic: str, batch: list[Any]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for e in batch:
+        producer.send(topic, value=e.to_json().encode(), timestamp_ms=e.ts)
+    producer.flush()
+    producer.close()
+
+
+def outputs(kafka_bootstrap: str, topics: dict[str, str], name: str) -> list[dict[str, Any]]:
+    return [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics[name]) if v is not None]
+
+
+def uninterrupted_run(kafka_bootstrap: str, events: list[Any], model: Path, connector_jars: list[Path],
+                      tmp: Path) -> tuple[dict[str, tuple[list[str], list[float]]], Any]:
+    """One bounded run at parallelism 1 on the minicluster over `events` (one list per event): lists by event id,
+    and the deterministic flags."""
+    run_id, topics = fresh_topics(kafka_bootstrap, "ref")
+    send_events(kafka_bootstrap, topics["events"], events)
+    env = job_env(topics, model, "streamrec", tmp / "ref", run_id)
+    env.update({"STREAMREC_DEBOUNCE_INTERVAL_MS": "0", "STREAMREC_JOB_CASSANDRA_SINK_ENABLED": "false"})
+    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
+    ref = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr.decode(errors="replace")[-3000:]
+    lists = {r["event_id"]: (r["items"], r["scores"]) for r in outputs(kafka_bootstrap, topics, "recommendations")}
+    assert len(lists) == len(events)
+    return lists, deterministic_flags(outputs(kafka_bootstrap, topics, "fraud-flags"))
+
+
+def differing_lists(reference: dict[str, tuple[list[str], list[float]]], got: list[dict[str, Any]]) -> list[str]:
+    """Event ids whose list is not the reference's: items exactly; scores to float noise (onnxruntime's sums depend
+    on how many lists share a call: ±1e-6 after the records' rounding to 6 decimals)."""
+    return [r["event_id"] for r in got if reference[r["event_id"]][0] != r["items"]
+            or max(abs(a - b) for a, b in zip(reference[r["event_id"]][1], r["scores"], strict=True)) > 5e-6]
+
+
 def _cli(*args: str, env: dict[str, str], timeout_s: float = 600) -> str:
     proc = subprocess.run([sys.executable, "-m", "streamrec.cli", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
@@ -28,9 +76,6 @@ def _cli(*args: str, env: dict[str, str], timeout_s: float = 600) -> str:
 
 def test_savepoint_p1_to_p2_and_back_keeps_every_users_state(kafka_bootstrap: str, flink_cluster: Any,
                                                              connector_jars: list[Path], tmp_path: Path) -> None:
-    from kafka import KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     from streamrec.data import simulator
 
     sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=3 * PHASE, users=60, seed=21))
@@ -39,45 +84,20 @@ def test_savepoint_p1_to_p2_and_back_keeps_every_users_state(kafka_bootstrap: st
     clean = tmp_path / "events.jsonl"
     clean.write_text("".join(e.to_json() + "\n" for e in sim.events))
     model = train(tmp_path, clean, "model", 0)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    reference, reference_flags = uninterrupted_run(kafka_bootstrap, events, model, connector_jars, tmp_path)
 
-    def setup(tag: str) -> tuple[dict[str, str], dict[str, str]]:
-        run_id = f"{tag}-{uuid.uuid4().hex[:10]}"
-        topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-        admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
-        env = job_env(topics, model, "streamrec", tmp_path / tag, run_id)
-        env.update({"STREAMREC_DEBOUNCE_INTERVAL_MS": "0",  # one list per event: every event shows its user's state
-                    "STREAMREC_JOB_CASSANDRA_SINK_ENABLED": "false"})
-        return topics, env
-
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-
-    def send(topic: str, batch: list[Any]) -> None:
-        for e in batch:
-            producer.send(topic, value=e.to_json().encode(), timestamp_ms=e.ts)
-        producer.flush()
-
-    def outputs(topics: dict[str, str], name: str) -> list[dict[str, Any]]:
-        return [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics[name]) if v is not None]
+    # p=1 → savepoint → p=2 → savepoint → p=1, on the cluster
+    run_id, topics = fresh_topics(kafka_bootstrap, "scale")
+    env = job_env(topics, model, "streamrec", tmp_path / "scale", run_id)
+    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_DEBOUNCE_INTERVAL_MS": "0",
+                "STREAMREC_JOB_CASSANDRA_SINK_ENABLED": "false"})
 
     def lists_at_least(k: int) -> Any:
-        return lambda: len(outputs(topics, "recommendations")) >= k
+        return lambda: len(outputs(kafka_bootstrap, topics, "recommendations")) >= k
 
-    # the reference: one bounded run at parallelism 1 on the minicluster over all three phases
-    ref_topics, ref_env = setup("ref")
-    send(ref_topics["events"], events)
-    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
-    ref = subprocess.run(argv, cwd=REPO_ROOT, env=ref_env, capture_output=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr.decode(errors="replace")[-3000:]
-    reference = {r["event_id"]: (r["items"], r["scores"]) for r in outputs(ref_topics, "recommendations")}
-    assert len(reference) == len(events)
-
-    # the rescaled run: p=1 → savepoint → p=2 → savepoint → p=1, on the cluster
-    topics, env = setup("scale")
-    env["STREAMREC_JOB_BOUNDED"] = "false"
     savepoint = ""
     for n, parallelism in enumerate((1, 2, 1)):
-        send(topics["events"], events[n * PHASE:(n + 1) * PHASE])
+        send_events(kafka_bootstrap, topics["events"], events[n * PHASE:(n + 1) * PHASE])
         args = ["submit", "--detached", "--parallelism", str(parallelism)]
         _cli(*args, *(["--from-savepoint", savepoint] if savepoint else []), env=env)
         wait_for(f"phase {n + 1} at parallelism {parallelism}", lists_at_least((n + 1) * PHASE), timeout_s=300)
@@ -90,13 +110,8 @@ def test_savepoint_p1_to_p2_and_back_keeps_every_users_state(kafka_bootstrap: st
         while flink_cluster.job_state(job_id) != "FINISHED" and time.monotonic() < deadline:
             time.sleep(0.5)
 
-    got = outputs(topics, "recommendations")
+    got = outputs(kafka_bootstrap, topics, "recommendations")
     assert len(got) == len(events) and len({r["rec_id"] for r in got}) == len(got), "lost or repeated lists"
-    # Items exactly; scores to float noise (onnxruntime's sums depend on how many lists share a call: ±1e-6 after
-    # the records' rounding to 6 decimals)
-    changed = [r["event_id"] for r in got if reference[r["event_id"]][0] != r["items"]
-               or max(abs(a - b) for a, b in zip(reference[r["event_id"]][1], r["scores"], strict=True)) > 5e-6]
+    changed = differing_lists(reference, got)
     assert not changed, f"{len(changed)} lists differ from the run without rescaling, e.g. {changed[:3]}"
-    assert deterministic_flags(outputs(topics, "fraud-flags")) == deterministic_flags(
-        outputs(ref_topics, "fraud-flags"))
-    admin.close()
+    assert deterministic_flags(outputs(kafka_bootstrap, topics, "fraud-flags")) == reference_flags
