@@ -1,9 +1,8 @@
 """Faults production brings, against the real services (#16): Cassandra stopped for 30 s while the job runs; the
-Kafka broker restarted while it runs."""
+Kafka broker restarted while it runs; the job's TaskManager killed on the standalone cluster."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,85 +15,72 @@ from typing import Any
 import pytest
 
 from streamrec.config import REPO_ROOT
-from tests.integration.test_control_plane import read_topic, train, wait_for
-from tests.integration.test_job_e2e import OUTPUTS, job_env
+from tests.integration.test_control_plane import train, wait_for
+from tests.integration.test_job_e2e import job_env
+from tests.integration.test_rescale import differing_lists, fresh_topics, outputs, send_events, uninterrupted_run
 
 BATCH = 300  # events per phase
 OUTAGE_S = 30.0
 
 
 def _job(tmp_path: Path, kafka_bootstrap: str, connector_jars: list[Path], keyspace: str, n_events: int,
-         seed: int) -> tuple[list[Any], dict[str, str], list[str], dict[str, str]]:
-    """A small simulated stream, a model trained on it, fresh topics, and the job's argv and environment (unbounded,
-    checkpoints every 2 s, one list per event)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
+         seed: int) -> tuple[list[Any], Path, dict[str, str], list[str], dict[str, str]]:
+    """A small simulated stream (its first `n_events` valid events), a model trained on it, fresh topics, and the
+    job's argv and environment (unbounded, checkpoints every 2 s, one list per event: counts show loss or repeats)."""
     from streamrec.data import simulator
 
     sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=n_events, users=80, seed=seed))
-    events = sim.events
-    assert len(events) >= n_events
+    events = sim.events[:n_events]
+    assert len(events) == n_events
     clean = tmp_path / "events.jsonl"
-    clean.write_text("".join(e.to_json() + "\n" for e in events))
+    clean.write_text("".join(e.to_json() + "\n" for e in sim.events))
     model = train(tmp_path, clean, "model", 0)
-    run_id = f"fault-{uuid.uuid4().hex[:10]}"
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
-    admin.close()
-    env = job_env(topics, model, keyspace, tmp_path, run_id)
+    run_id, topics = fresh_topics(kafka_bootstrap, "fault")
+    env = job_env(topics, model, keyspace, tmp_path / run_id, run_id)
     env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000",
-                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0"})  # one list per event: counts show loss or repeats
+                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0"})
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
-    return events, topics, argv, env
+    return events, model, topics, argv, env
 
 
-def test_kafka_broker_restart_loses_and_repeats_nothing(kafka_bootstrap: str, cassandra_up: Any,
-                                                        services_conf: Any, connector_jars: list[Path],
-                                                        tmp_path: Path) -> None:
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def test_kafka_broker_restart_loses_and_repeats_nothing(kafka_bootstrap: str, services_conf: Any,
+                                                        connector_jars: list[Path], tmp_path: Path) -> None:
     """Phase 1 lands; the broker is stopped for 10 s and started again (same log dirs); phase 2. Every valid event's
     list is readable under read_committed exactly once."""
-    from kafka import KafkaProducer
-
     from streamrec.services.kafka import KafkaService
 
     if not services_conf.kafka.managed:
         pytest.skip("Kafka is not one this state dir started: the test would have to stop someone else's broker")
-    events, topics, argv, env = _job(tmp_path, kafka_bootstrap, connector_jars, "streamrec", 2 * BATCH, 13)
+    events, _, topics, argv, env = _job(tmp_path, kafka_bootstrap, connector_jars, "streamrec", 2 * BATCH, 13)
     env["STREAMREC_JOB_CASSANDRA_SINK_ENABLED"] = "false"  # not what this test is about
 
-    def send(batch: list[Any]) -> None:
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-        for e in batch:
-            producer.send(topics["events"], value=e.to_json().encode(), timestamp_ms=e.ts)
-        producer.flush()
-        producer.close()
-
     def recs() -> list[dict[str, Any]]:
-        return [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics["recommendations"]) if v is not None]
+        return outputs(kafka_bootstrap, topics, "recommendations")
 
     broker = KafkaService(services_conf)
-    log = (tmp_path / "job.log").open("wb")
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = _start(argv, env, tmp_path / "job.log")
     try:
-        send(events[:BATCH])
+        send_events(kafka_bootstrap, topics["events"], events[:BATCH])
         wait_for("phase 1", lambda: len(recs()) >= BATCH, proc=proc)
         broker.down()
         time.sleep(10)
         broker.up()
-        send(events[BATCH:2 * BATCH])
+        send_events(kafka_bootstrap, topics["events"], events[BATCH:])
         wait_for("phase 2", lambda: len(recs()) >= 2 * BATCH, timeout_s=400, proc=proc)
         time.sleep(5)  # a later checkpoint would commit anything extra
         got = recs()
-        ids = [r["event_id"] for r in got]
-        assert sorted(ids) == sorted(e.event_id for e in events[: 2 * BATCH]), "lost or repeated lists"
+        assert sorted(r["event_id"] for r in got) == sorted(e.event_id for e in events), "lost or repeated lists"
         assert len({r["rec_id"] for r in got}) == len(got)
     finally:
         broker.up()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        log.close()
 
 
 def test_cassandra_down_for_30_s_loses_no_row(kafka_bootstrap: str, cassandra_up: Any, connector_jars: list[Path],
@@ -103,63 +89,38 @@ def test_cassandra_down_for_30_s_loses_no_row(kafka_bootstrap: str, cassandra_up
     The job rides it out (backpressure and retries in the sink, no restart needed): every event's list is in Kafka
     once, and afterwards the Cassandra rows are exactly what the Kafka outputs say they must be (each user's row =
     their latest list, every flag a row) — what a run without the fault writes."""
-    from kafka import KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    from streamrec.data import simulator
     from streamrec.services.cassandra import CassandraService, apply_schema, connect
 
     if not cassandra_up.cassandra.managed:
         pytest.skip("Cassandra is not one this state dir started: the test would have to stop someone else's node")
-    sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=3 * BATCH, users=80, seed=9))
-    events = sim.events
-    assert len(events) >= 3 * BATCH
-    clean = tmp_path / "events.jsonl"
-    clean.write_text("".join(e.to_json() + "\n" for e in events))
-    model = train(tmp_path, clean, "model", 0)
-
-    run_id = f"fault-{uuid.uuid4().hex[:10]}"
     keyspace = f"fault_{uuid.uuid4().hex[:10]}"  # every row in it is this run's
     c = cassandra_up.cassandra
     apply_schema(c.contact_points, c.native_port, c, keyspace=keyspace)
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics(
-        [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
-    env = job_env(topics, model, keyspace, tmp_path, run_id)
-    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000",
-                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0"})  # one list per event: counts show loss or repeats
-    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    events, _, topics, argv, env = _job(tmp_path, kafka_bootstrap, connector_jars, keyspace, 3 * BATCH, 9)
 
-    def send(batch: list[Any]) -> None:
-        for e in batch:
-            producer.send(topics["events"], value=e.to_json().encode(), timestamp_ms=e.ts)
-        producer.flush()
-
-    def outputs(name: str) -> list[dict[str, Any]]:
-        return [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics[name]) if v is not None]
+    def lists() -> list[dict[str, Any]]:
+        return outputs(kafka_bootstrap, topics, "recommendations")
 
     service = CassandraService(cassandra_up)
-    log = (tmp_path / "job.log").open("wb")
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = _start(argv, env, tmp_path / "job.log")
     try:
-        send(events[:BATCH])
-        wait_for("phase 1", lambda: len(outputs("recommendations")) >= BATCH, proc=proc)
+        send_events(kafka_bootstrap, topics["events"], events[:BATCH])
+        wait_for("phase 1", lambda: len(lists()) >= BATCH, proc=proc)
         service.down()
         down_at = time.monotonic()
-        send(events[BATCH:2 * BATCH])
+        send_events(kafka_bootstrap, topics["events"], events[BATCH:2 * BATCH])
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
         service.up()
-        send(events[2 * BATCH:3 * BATCH])
-        wait_for("phase 3", lambda: len(outputs("recommendations")) >= 3 * BATCH, timeout_s=400, proc=proc)
+        send_events(kafka_bootstrap, topics["events"], events[2 * BATCH:])
+        wait_for("phase 3", lambda: len(lists()) >= 3 * BATCH, timeout_s=400, proc=proc)
         time.sleep(3)  # a later checkpoint would commit anything extra
-        recs = outputs("recommendations")
+        recs = lists()
         assert len(recs) == 3 * BATCH and len({r["rec_id"] for r in recs}) == len(recs), "lost or repeated lists"
         latest: dict[str, tuple[str, tuple[str, ...]]] = {}
         for r in recs:
             latest[r["user_key"]] = (r["event_id"], tuple(r["items"]))
-        flags = {(f["subject_kind"], f["subject"], f["flag_id"]) for f in outputs("fraud-flags")}
+        flags = {(f["subject_kind"], f["subject"], f["flag_id"]) for f in outputs(kafka_bootstrap, topics,
+                                                                                 "fraud-flags")}
 
         session = connect(c.contact_points, c.native_port, keyspace)
         try:
@@ -184,7 +145,6 @@ def test_cassandra_down_for_30_s_loses_no_row(kafka_bootstrap: str, cassandra_up
         service.up()  # whatever happened above, the node is back for the tests after this one
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        log.close()
 
 
 def test_taskmanager_killed_on_the_cluster_is_replaced_and_the_job_restores(
@@ -192,28 +152,12 @@ def test_taskmanager_killed_on_the_cluster_is_replaced_and_the_job_restores(
     """The job on the standalone cluster; phase 1 lands; its TaskManager is killed with SIGKILL and a new one is
     started (what a supervisor would do); the job restores from its latest checkpoint onto it; phase 2. Every list
     readable once, each equal to that of an uninterrupted run."""
-    from streamrec.data import simulator
     from streamrec.services.flink import flink_home
     from streamrec.services.proc import cmdline, find_pids
-    from tests.integration.test_rescale import (
-        differing_lists,
-        fresh_topics,
-        outputs,
-        send_events,
-        uninterrupted_run,
-    )
 
-    sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=2 * BATCH, users=60, seed=17))
-    events = sim.events[: 2 * BATCH]
-    clean = tmp_path / "events.jsonl"
-    clean.write_text("".join(e.to_json() + "\n" for e in sim.events))
-    model = train(tmp_path, clean, "model", 0)
+    events, model, topics, _, env = _job(tmp_path, kafka_bootstrap, connector_jars, "streamrec", 2 * BATCH, 17)
+    env["STREAMREC_JOB_CASSANDRA_SINK_ENABLED"] = "false"
     reference, _ = uninterrupted_run(kafka_bootstrap, events, model, connector_jars, tmp_path)
-
-    run_id, topics = fresh_topics(kafka_bootstrap, "tmkill")
-    env = job_env(topics, model, "streamrec", tmp_path / "tm", run_id)
-    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_DEBOUNCE_INTERVAL_MS": "0",
-                "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000", "STREAMREC_JOB_CASSANDRA_SINK_ENABLED": "false"})
     proc = subprocess.run([sys.executable, "-m", "streamrec.cli", "submit", "--detached"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
