@@ -92,6 +92,7 @@ class FlinkService:
             "taskmanager.host": "127.0.0.1",
             "jobmanager.memory.process.size": f.jobmanager_memory,
             "taskmanager.memory.process.size": f.taskmanager_memory,
+            "taskmanager.memory.jvm-metaspace.size": f.taskmanager_metaspace,
             "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
             "parallelism.default": 1,
             "rest.address": f.rest_address,
