@@ -31,6 +31,7 @@ class Checkpoint:
     interval_ms: int = 5000  # checkpoint interval
     mode: str = "EXACTLY_ONCE"  # EXACTLY_ONCE | AT_LEAST_ONCE
     dir: str = ".state/checkpoints"  # checkpoint storage directory
+    savepoint_dir: str = ".state/savepoints"  # where `streamrec savepoint` writes unless told otherwise
     min_pause_ms: int = 1000  # minimum pause between checkpoints
     timeout_ms: int = 120000  # checkpoint timeout
     retain_on_cancel: bool = True  # keep the latest checkpoint when the job stops

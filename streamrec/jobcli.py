@@ -85,7 +85,7 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
     job = load_job_conf(args.conf)
     svc = FlinkService(services())
     job_id = args.job_id or svc.running_job(job.job_name)
-    target = Path(args.dir) if args.dir else job.path(job.checkpoint.dir).parent / "savepoints"
+    target = Path(args.dir) if args.dir else job.path(job.checkpoint.savepoint_dir)
     print(svc.savepoint(job_id, target.resolve().as_uri(), stop=args.stop))
     return 0
 
@@ -183,7 +183,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("savepoint", help="take a savepoint of the job on the Flink cluster; prints its path")
     conf_args(p)
     p.add_argument("job_id", nargs="?", default="", help="default: the one running job named as in the conf")
-    p.add_argument("--dir", default="", help="target directory (default: .state/savepoints)")
+    p.add_argument("--dir", default="", help="target directory (default: the conf's checkpoint.savepoint_dir)")
     p.add_argument("--stop", action="store_true", help="stop the job with the savepoint (for a restart or rescale)")
     p.set_defaults(func=cmd_savepoint)
 

@@ -153,9 +153,12 @@ class FlinkService:
         ov = self.overview()
         return bool(ov and int(str(ov.get("taskmanagers", 0))) >= self.f.taskmanagers)
 
-    def rest(self, path: str, method: str = "GET", timeout_s: float = 10.0) -> Any:
-        """JSON of one REST call (`path` from the root, e.g. "/jobs/overview"); None for an empty body."""
-        req = urllib.request.Request(self.rest_url + path, method=method)
+    def rest(self, path: str, method: str = "GET", timeout_s: float = 10.0, body: Any = None) -> Any:
+        """JSON of one REST call (`path` from the root, e.g. "/jobs/overview"; `body` sent as JSON); None for an
+        empty answer."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.rest_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})  # fmt: skip
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -196,12 +199,8 @@ class FlinkService:
         transactions committed; else `POST /jobs/<id>/savepoints`, the job goes on); returns the savepoint's path."""
         body = ({"targetDirectory": target_dir, "drain": False} if stop
                 else {"target-directory": target_dir, "cancel-job": False})  # fmt: skip
-        req = urllib.request.Request(self.rest_url + f"/jobs/{job_id}/" + ("stop" if stop else "savepoints"),
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                trigger = json.load(r)["request-id"]
+            trigger = self.rest(f"/jobs/{job_id}/" + ("stop" if stop else "savepoints"), "POST", 30, body)["request-id"]
         except urllib.error.HTTPError as e:
             raise ServiceError(f"savepoint of job {job_id}: HTTP {e.code} {e.read()[:500]!r}") from e
         deadline = time.monotonic() + timeout_s
