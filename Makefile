@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 # the job of this commit runs beside today's on the same backlog (speedup_vs_baseline); empty: none
 BASELINE ?= 0189e4d
 
-.PHONY: help setup lock services-up services-down services-status demo test test-unit test-integration bench lint clean
+.PHONY: help setup lock certs services-up services-up-secure services-down services-status demo test test-unit test-integration bench lint clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,8 +40,16 @@ setup: $(STAMP) ## create .venv (Python deps incl. torch, PyFlink) and fetch the
 services-up: setup ## start local Kafka, Cassandra and a standalone Flink cluster (a second call is a no-op)
 	$(BIN)/streamrec services up --flink
 
-services-down: ## stop every local service (no JVM left behind)
-	@if [ -x $(BIN)/streamrec ]; then $(BIN)/streamrec services down; else echo "nothing set up"; fi
+certs: $(STAMP) ## the secure profile's local secrets (openssl): a self-signed CA, the services' certificate, passwords
+	@command -v openssl >/dev/null || { echo "installing openssl (Debian package)"; apt-get update -qq && apt-get install -y -qq openssl; }
+	$(BIN)/streamrec --services secure.yaml services certs
+
+services-up-secure: setup certs ## start the secure profile's Kafka (SASL_SSL, SCRAM) and Cassandra (passwords, TLS)
+	$(BIN)/streamrec services up --secure
+
+services-down: ## stop every local service (no JVM left behind), of both profiles
+	@if [ -x $(BIN)/streamrec ]; then $(BIN)/streamrec services down && \
+		$(BIN)/streamrec --services secure.yaml services down; else echo "nothing set up"; fi
 
 services-status: ## what runs
 	$(BIN)/streamrec services status
@@ -49,13 +57,13 @@ services-status: ## what runs
 demo: setup ## services up, run the pipeline on simulated events, show its output
 	$(BIN)/streamrec demo
 
-test: setup ## unit + integration tests against real Kafka, Cassandra and Flink
+test: setup certs ## unit + integration tests against real Kafka, Cassandra and Flink (both profiles)
 	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## unit tests only (no services)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup ## integration tests only (starts the services it needs)
+test-integration: setup certs ## integration tests only (starts the services it needs)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: setup ## benchmarks: job vs plain consumer end to end, scorer, growth, profile → bench/results/ (BENCH_ARGS=--quick)

@@ -96,6 +96,7 @@ class JobConf:
     consumer_group: str = "streamrec-job"  # Kafka consumer group
     start_from: str = "earliest"  # earliest | latest | committed
     bounded: bool = False  # stop at the end of the input present at start
+    check_endpoints_s: float = 10.0  # first log in to Kafka (and Cassandra) as the job will, this long at most; 0: off
     topics: Topics = field(default_factory=Topics)
     batching: Batching = field(default_factory=Batching)
     watermark: Watermark = field(default_factory=Watermark)

@@ -88,13 +88,13 @@ class _CassandraRows:
     (small UNLOGGED batches, `streamrec.sinks`), and awaited every `cassandra_sink.flush_interval_ms` (wall clock:
     this is I/O pacing, not event logic)."""
 
-    def __init__(self, job: JobConf, hosts: list[str], port: int, keyspace: str) -> None:
+    def __init__(self, job: JobConf, hosts: list[str], port: int, keyspace: str, security: Any = None) -> None:
         import time
 
         from streamrec.sinks import CassandraWriter, WriterConf
 
         c = job.cassandra_sink
-        self.writer = CassandraWriter(hosts, port, WriterConf(
+        self.writer = CassandraWriter(hosts, port, security=security, conf=WriterConf(
             keyspace=keyspace, max_in_flight=c.max_in_flight, retries=c.retries, backoff_ms=c.backoff_ms,
             max_backoff_ms=c.max_backoff_ms, consistency=c.consistency,
             request_timeout_s=c.request_timeout_s))  # fmt: skip
@@ -192,7 +192,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
     def __init__(self, job: JobConf, operators_conf: Any, pseudonymizer: Any, source: str,
                  user_keys: Sequence[int], item_keys: Sequence[int],
-                 cassandra: tuple[list[str], int, str] | None) -> None:  # fmt: skip
+                 cassandra: tuple[list[str], int, str, Any] | None) -> None:  # fmt: skip
         self.job = job
         self.operators_conf = operators_conf
         self.pseudonymizer = pseudonymizer
@@ -342,7 +342,7 @@ class ItemFunction(KeyedProcessFunction):
     passes them and are then run in event-time order (`operators.batch.event_time_order`), so the detectors see
     the same sequence whatever the arrival order."""
 
-    def __init__(self, job: JobConf, operators_conf: Any, cassandra: tuple[list[str], int, str] | None) -> None:
+    def __init__(self, job: JobConf, operators_conf: Any, cassandra: tuple[list[str], int, str, Any] | None) -> None:
         self.job = job
         self.operators_conf = operators_conf
         self.cassandra = cassandra

@@ -23,6 +23,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
+from jobs.recommend import kafka_security
 from jobs.runtime import python_config
 
 
@@ -65,12 +66,12 @@ def build(env: StreamExecutionEnvironment, bootstrap: str, in_topic: str, out_to
         sink_builder = sink_builder.set_transactional_id_prefix(txn_prefix).set_property(
             "transaction.timeout.ms", "600000")
     (
-        env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), "kafka-in")
+        env.from_source(kafka_security(builder).build(), WatermarkStrategy.no_watermarks(), "kafka-in")
         .uid("kafka-in")
         .map(tag, output_type=Types.STRING())
         .name("tag")
         .uid("tag")
-        .sink_to(sink_builder.build())
+        .sink_to(kafka_security(sink_builder).build())
         .name("kafka-out")
         .uid("kafka-out")
     )

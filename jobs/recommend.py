@@ -32,6 +32,17 @@ def keyed_kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
     return builder.build()
 
 
+def kafka_security(builder: Any) -> Any:
+    """The services profile's Kafka security on a KafkaSource/KafkaSink builder (nothing for PLAINTEXT). The password
+    stays out of the graph: the properties refer to it through a Kafka config provider (streamrec.services.clients)."""
+    from streamrec.services.clients import kafka_java_properties
+    from streamrec.services.settings import services
+
+    for key, value in kafka_java_properties(services().kafka.security).items():
+        builder = builder.set_property(key, value)
+    return builder
+
+
 def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
     from pyflink.common.serialization import ByteArraySchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
@@ -50,7 +61,7 @@ def kafka_source(job: Any, bootstrap: str, topic: str) -> Any:
                .set_property("commit.offsets.on.checkpoint", "true"))
     if job.bounded:
         builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
-    return builder.build()
+    return kafka_security(builder).build()
 
 
 def kafka_sink_builder(job: Any, bootstrap: str, topic: str) -> Any:
@@ -62,7 +73,7 @@ def kafka_sink_builder(job: Any, bootstrap: str, topic: str) -> Any:
     if job.kafka_sink.delivery == "EXACTLY_ONCE":
         builder = (builder.set_transactional_id_prefix(f"{job.kafka_sink.transactional_id_prefix}-{topic}")
                    .set_property("transaction.timeout.ms", str(job.kafka_sink.transaction_timeout_ms)))
-    return builder
+    return kafka_security(builder)
 
 
 def kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
@@ -143,7 +154,7 @@ def batch_by_user(raw: Any, job: Any, keys: list[int]) -> Any:
 
 
 def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap: str, cassandra_hosts: list[str],
-          cassandra_port: int, keyspace: str) -> None:
+          cassandra_port: int, keyspace: str, cassandra_security: Any = None) -> None:
     """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name."""
     from pyflink.common import Duration, Types, WatermarkStrategy
 
@@ -163,7 +174,8 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
 
     t = job.topics
     keys = shard_keys(job)
-    cassandra = (cassandra_hosts, cassandra_port, keyspace) if job.cassandra_sink.enabled else None
+    # (hosts, port, keyspace, security): the security names where the sink finds its password, read in open()
+    cassandra = (cassandra_hosts, cassandra_port, keyspace, cassandra_security) if job.cassandra_sink.enabled else None
     # Event time = the Kafka record timestamp (producers set it to the event's `ts`).
     watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(job.watermark.out_of_orderness_ms))
@@ -228,6 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Fails here, before anything is submitted, when STREAMREC_PSEUDONYM_KEY / _KEY_ID are missing.
     pseudonymizer = Pseudonymizer.from_env(allow_dev_key=operators_conf.privacy.allow_dev_key)
     svc = services()
+    if job.check_endpoints_s > 0:
+        from streamrec.services.clients import CredentialsError, check_endpoints
+
+        try:
+            check_endpoints(svc, job.check_endpoints_s, cassandra=job.cassandra_sink.enabled)
+        except CredentialsError as e:
+            print(f"streamrec job: cannot start: {e}", file=sys.stderr)
+            return 2
 
     if job.python_workers not in ("auto", "loopback", "process"):
         raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
@@ -246,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for jar in args.jar:
         env.add_jars(f"file://{jar}")
     build(env, job, operators_conf, pseudonymizer, svc.kafka.bootstrap, svc.cassandra.contact_points,
-          svc.cassandra.native_port, svc.cassandra.keyspace)
+          svc.cassandra.native_port, svc.cassandra.keyspace, svc.cassandra.security)
     env.execute(job.job_name)
     return 0
 

@@ -19,7 +19,9 @@ from typing import Any
 def _producer(bootstrap: str) -> Any:
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    from streamrec.services.clients import kafka_kwargs
+
+    return KafkaProducer(**kafka_kwargs(bootstrap), acks="all", linger_ms=0)
 
 
 def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> int:

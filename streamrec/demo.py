@@ -62,8 +62,10 @@ class Collector:
     def __init__(self, bootstrap: str, topics: dict[str, str]) -> None:
         from kafka import KafkaConsumer
 
+        from streamrec.services.clients import kafka_kwargs
+
         self.by_topic = {v: k for k, v in topics.items() if k in OUTPUTS}
-        self.consumer = KafkaConsumer(*self.by_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        self.consumer = KafkaConsumer(*self.by_topic, **kafka_kwargs(bootstrap), auto_offset_reset="earliest",
                                       enable_auto_commit=False, isolation_level="read_committed")
         self.records: dict[str, list[dict[str, Any]]] = {k: [] for k in OUTPUTS}
         self.received_at: dict[str, float] = {}  # event_id of a recommendation's trigger → first time seen
@@ -100,8 +102,10 @@ def job_lag(bootstrap: str, group: str, topic: str) -> int | None:
     """Messages of `topic` the job has not committed yet (None before its first checkpoint)."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from streamrec.services.clients import kafka_kwargs
+
     # A consumer that never subscribes does not join the group; it only reads the group's committed offsets.
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    c = KafkaConsumer(**kafka_kwargs(bootstrap), group_id=group, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
         committed = {tp: c.committed(tp) for tp in parts}
@@ -148,6 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamrec.data.produce import make_producer
     from streamrec.jobcli import job_argv
     from streamrec.services.cassandra import CassandraService, apply_schema, connect
+    from streamrec.services.clients import kafka_kwargs
     from streamrec.services.kafka import KafkaService
     from streamrec.services.settings import services
 
@@ -166,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True)
     topics = {name: f"demo-{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     bootstrap = svc.kafka.bootstrap
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in topics.values()])
     admin.close()
     keyspace = "demo_" + run_id.replace("-", "_")

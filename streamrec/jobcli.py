@@ -93,9 +93,10 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
 def consumer(topic: str, from_beginning: bool, group: str | None = None) -> Any:
     from kafka import KafkaConsumer
 
+    from streamrec.services.clients import kafka_kwargs
     from streamrec.services.settings import kafka_bootstrap
 
-    return KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap(), group_id=group,
+    return KafkaConsumer(topic, **kafka_kwargs(kafka_bootstrap()), group_id=group,
                          auto_offset_reset="earliest" if from_beginning else "latest",
                          enable_auto_commit=False, isolation_level="read_committed")
 

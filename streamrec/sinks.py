@@ -35,7 +35,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamrec.services.settings import CassandraSecurity
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +186,10 @@ class CassandraWriter:
     `write(record)` or `write_many(records)` queue rows (sent as soon as a batch is full), `flush()` sends the rest and
     waits until everything has landed, `close()` flushes and disconnects. Not thread-safe: one caller thread."""
 
-    def __init__(self, hosts: list[str], port: int, conf: WriterConf) -> None:
-        self.hosts, self.port, self.conf = hosts, port, conf
+    def __init__(self, hosts: list[str], port: int, conf: WriterConf,
+                 security: CassandraSecurity | None = None) -> None:
+        """`security`: credentials and TLS (default: none); its password is read in `open()`."""
+        self.hosts, self.port, self.conf, self.security = hosts, port, conf, security
         self._session: Any = None
         self._stmts: dict[str, _Stmt] = {}
         self._cv = threading.Condition(threading.Lock())
@@ -203,6 +208,8 @@ class CassandraWriter:
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import ConstantReconnectionPolicy, RoundRobinPolicy
 
+        from streamrec.services.clients import cassandra_cluster_kwargs
+
         profile = ExecutionProfile(
             load_balancing_policy=RoundRobinPolicy(),
             consistency_level=getattr(ConsistencyLevel, self.conf.consistency),
@@ -214,7 +221,8 @@ class CassandraWriter:
         # 30 s outage the writes would wait for its next attempt, up to a minute later).
         cluster = Cluster(self.hosts, port=self.port, execution_profiles={EXEC_PROFILE_DEFAULT: profile},
                           protocol_version=5, sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                          reconnection_policy=ConstantReconnectionPolicy(1.0, max_attempts=None))
+                          reconnection_policy=ConstantReconnectionPolicy(1.0, max_attempts=None),
+                          **(cassandra_cluster_kwargs(self.security, self.hosts, self.port) if self.security else {}))
         self._session = cluster.connect(self.conf.keyspace)
         ks, prep = self.conf.keyspace, self._session.prepare
         self._stmts = {

@@ -376,7 +376,7 @@ def _profile(runner: Any, model_dir: Path, workload: Any, plan: Plan, desc: str,
     alone = micro.profile_run(model_dir, workload.stream, plan.profile_events, plan.profile_seconds, None)
     topics = {name: runner._topic(f"profile-{name}", 1) for name in OUTPUTS}
     c = runner.svc.cassandra
-    writer = CassandraWriter(c.contact_points, c.native_port, WriterConf(keyspace=runner.keyspace))
+    writer = CassandraWriter(c.contact_points, c.native_port, WriterConf(keyspace=runner.keyspace), security=c.security)
     writer.open()
     sinks = Sinks(runner.bootstrap, topics, writer, Stopwatch())
     try:

@@ -199,8 +199,10 @@ class Sinks:
     def __init__(self, bootstrap: str, topics: dict[str, str], writer: Any | None, stopwatch: Stopwatch) -> None:
         from kafka import KafkaProducer
 
+        from streamrec.services.clients import kafka_kwargs
+
         self.topics = topics
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+        self.producer = KafkaProducer(**kafka_kwargs(bootstrap), acks="all", linger_ms=5,
                                       batch_size=262144, max_request_size=2 * 1024 * 1024)  # fmt: skip
         self.writer = writer
         self.sw = stopwatch
@@ -259,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     """The consumer service loop (one process)."""
     from kafka import KafkaConsumer
 
+    from streamrec.services.clients import kafka_kwargs
     from streamrec.services.settings import services
     from streamrec.sinks import CassandraWriter, WriterConf
 
@@ -274,10 +277,10 @@ def run(args: argparse.Namespace) -> int:
         writer = CassandraWriter(svc.cassandra.contact_points, svc.cassandra.native_port, WriterConf(
             keyspace=svc.cassandra.keyspace, max_in_flight=c.max_in_flight, retries=c.retries,
             backoff_ms=c.backoff_ms, max_backoff_ms=c.max_backoff_ms, consistency=c.consistency,
-            request_timeout_s=c.request_timeout_s))
+            request_timeout_s=c.request_timeout_s), security=svc.cassandra.security)
         writer.open()
     sinks = Sinks(svc.kafka.bootstrap, topics, writer, sw)
-    consumer = KafkaConsumer(bootstrap_servers=svc.kafka.bootstrap, group_id=job.consumer_group,
+    consumer = KafkaConsumer(**kafka_kwargs(svc.kafka.bootstrap), group_id=job.consumer_group,
                              enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=500,
                              isolation_level="read_committed")  # fmt: skip
 

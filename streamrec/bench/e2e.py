@@ -160,7 +160,9 @@ class RecWatcher:
     def __init__(self, bootstrap: str, topic: str, isolation: str) -> None:
         from kafka import KafkaConsumer
 
-        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        from streamrec.services.clients import kafka_kwargs
+
+        self.consumer = KafkaConsumer(topic, **kafka_kwargs(bootstrap), auto_offset_reset="earliest",
                                       enable_auto_commit=False, group_id=None, isolation_level=isolation,
                                       fetch_max_wait_ms=100)  # fmt: skip
         self.first: dict[str, float] = {}
@@ -201,7 +203,9 @@ class OffsetSampler:
     def __init__(self, bootstrap: str, group: str, topic: str, every_s: float = 1.0) -> None:
         from kafka import KafkaAdminClient
 
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-bench-offsets")
+        from streamrec.services.clients import kafka_kwargs
+
+        self.admin = KafkaAdminClient(**kafka_kwargs(bootstrap), client_id="streamrec-bench-offsets")
         self.group, self.topic, self.every = group, topic, every_s
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -237,7 +241,9 @@ def _first_record(bootstrap: str, topic: str, timeout_s: float, alive: Any) -> f
     """Monotonic time the first record of `topic` is readable (read_uncommitted), or None on timeout / death."""
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+    from streamrec.services.clients import kafka_kwargs
+
+    c = KafkaConsumer(topic, **kafka_kwargs(bootstrap), auto_offset_reset="earliest", enable_auto_commit=False,
                       group_id=None, fetch_max_wait_ms=100)  # fmt: skip
     try:
         deadline = time.monotonic() + timeout_s
@@ -365,6 +371,7 @@ class E2E:
                  say: Any = print) -> None:  # fmt: skip
         from kafka import KafkaAdminClient
 
+        from streamrec.services.clients import kafka_kwargs
         from streamrec.services.settings import services
 
         self.svc = services()
@@ -375,7 +382,7 @@ class E2E:
         self.say = say
         self.run_id = uuid.uuid4().hex[:8]
         self.keyspace = f"bench_{self.run_id}"
-        self.admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamrec-bench")
+        self.admin = KafkaAdminClient(**kafka_kwargs(self.bootstrap), client_id="streamrec-bench")
         self.topics: list[str] = []
         self.groups: list[str] = []
         self.backlog_topic: str | None = None
@@ -394,6 +401,7 @@ class E2E:
 
     def _topic(self, name: str, partitions: int) -> str:
         from kafka.admin import NewTopic
+
 
         t = f"bench-{self.run_id}-{name}"
         self.admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1)])

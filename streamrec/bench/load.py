@@ -50,7 +50,9 @@ def send(stream: Stream, topic: str, bootstrap: str, rate: float, seconds: float
     """Send `stream` paced at `rate` for at most `seconds`; (send times, summary)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5, batch_size=262144,
+    from streamrec.services.clients import kafka_kwargs
+
+    producer = KafkaProducer(**kafka_kwargs(bootstrap), acks=1, linger_ms=5, batch_size=262144,
                              max_request_size=2 * 1024 * 1024)  # fmt: skip
     sent_at = np.full(len(stream), np.nan)
     lock = threading.Lock()

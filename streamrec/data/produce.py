@@ -57,10 +57,12 @@ def make_producer(conf: ProducerConf, bootstrap: str) -> Any:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from streamrec.services.clients import kafka_kwargs
+
     acks: int | str = conf.acks if conf.acks == "all" else int(conf.acks)
     try:
         return KafkaProducer(
-            bootstrap_servers=bootstrap,
+            **kafka_kwargs(bootstrap),
             acks=acks,
             linger_ms=conf.linger_ms,
             batch_size=conf.batch_size,

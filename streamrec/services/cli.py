@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from streamrec.services import maven
+from streamrec.services import maven, secrets
 from streamrec.services.cassandra import CassandraService
 from streamrec.services.flink import FlinkService
 from streamrec.services.kafka import KafkaService
@@ -35,8 +35,18 @@ def selected(args: argparse.Namespace, conf: ServicesConf, *, for_up: bool) -> l
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.secure:
+        from streamrec.cli import use_profile
+
+        use_profile("secure.yaml")
     conf = services()
     names = selected(args, conf, for_up=True)
+    secured = (conf.kafka.security.secured and "kafka" in names) or (
+        (conf.cassandra.security.tls or conf.cassandra.security.username) and "cassandra" in names)
+    if secured:
+        made = secrets.ensure(conf.secrets_path)
+        if made:
+            print(f"secrets: made {', '.join(made)} in {conf.secrets_path}", flush=True)
     for name in names:
         t0 = time.monotonic()
         print(f"{name}: starting ...", flush=True)
@@ -68,6 +78,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    conf = services()
+    try:
+        made = secrets.ensure(conf.secrets_path)
+    except ServiceError as e:
+        print(f"secrets: FAILED: {e}", file=sys.stderr)
+        return 1
+    print(f"secrets: {'made ' + ', '.join(made) if made else 'all present'} in {conf.secrets_path}")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     conf = services()
     for name in args.only.split(",") if args.only else maven.ARTEFACT_SETS:
@@ -95,9 +116,14 @@ def register(sub: Any) -> None:
         ("down", cmd_down, "stop every local service started from this state dir"),
         ("status", cmd_status, "show what runs"),
         ("fetch", cmd_fetch, "resolve the JVM artefacts from Maven Central (cached)"),
+        ("certs", cmd_certs, "make the local CA, the services' certificate and random passwords in the profile's "
+                             "secrets_dir (what is missing only)"),
     ):
         sp = ssub.add_parser(name, help=help_)
         sp.add_argument("--only", default="", help="comma-separated subset of kafka,cassandra,flink")
         if name == "up":
             sp.add_argument("--flink", action="store_true", help="also start the standalone Flink session cluster")
+            sp.add_argument("--secure", action="store_true",
+                            help="the conf/secure.yaml profile: SASL_SSL Kafka, authenticated TLS Cassandra (same as "
+                                 "`streamrec --services secure.yaml services up`)")
         sp.set_defaults(func=func)

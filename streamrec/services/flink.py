@@ -71,7 +71,7 @@ class FlinkService:
     def __init__(self, conf: ServicesConf, home: Path | None = None) -> None:
         self.conf = conf
         self.f = conf.flink
-        self.home = home if home is not None else conf.state_path / "flink"
+        self.home = home if home is not None else conf.services_path / "flink"
         self.conf_dir = self.home / "conf"
         self.log_dir = self.home / "log"
         self.pid_dir = self.home / "pid"

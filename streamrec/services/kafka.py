@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import uuid
 from pathlib import Path
+from typing import Any
 
 from streamrec.services import maven
 from streamrec.services.proc import (
@@ -17,10 +19,12 @@ from streamrec.services.proc import (
     stop_pid,
     wait_until,
 )
-from streamrec.services.settings import ServicesConf
+from streamrec.services.secrets import password_file, read_password
+from streamrec.services.settings import KafkaSecurity, ServicesConf
 
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
+ADMIN_USER = "streamrec-broker"  # SCRAM user of the broker itself on a secured profile (secrets_dir/kafka-admin)
 
 LOG4J2 = """\
 status = warn
@@ -56,11 +60,16 @@ class KafkaService:
     def __init__(self, conf: ServicesConf) -> None:
         self.conf = conf
         self.k = conf.kafka
-        self.home = conf.state_path / "kafka"
+        self.home = conf.services_path / "kafka"
         self.pid_file = self.home / "kafka.pid"
         self.log_file = self.home / "logs" / "kafka.out"
         # Marks our JVM's command line, so `down` finds strays of this state dir and nothing else.
         self.marker = f"-Dstreamrec.service=kafka:{self.home}"
+        self.sec = self.k.security
+        # Secured profile: clients on SASL_SSL (SCRAM) only; the broker itself logs in as ADMIN_USER (inter-broker)
+        # and reaches its controller over mutual TLS.
+        self.admin = dataclasses.replace(self.sec, username=ADMIN_USER, password_env="",
+                                         password_file=str(password_file(conf.secrets_path, "kafka-admin")))
 
     # -- config ---------------------------------------------------------------------------------------------
     def server_properties(self) -> str:
@@ -98,7 +107,44 @@ class KafkaService:
             # timestamp, so old event times rolled a new segment on every append (and let compaction eat history).
             "log.roll.ms": str(100 * 365 * 86_400_000),
         }
+        if self.sec.secured:
+            props.update(self.security_properties())
         return "".join(f"{key}={val}\n" for key, val in props.items())
+
+    def security_properties(self) -> dict[str, str]:
+        """The broker's listeners for a secured profile: SASL_SSL with SCRAM for clients and the broker itself, the
+        KRaft controller on SSL with client certificates required (nothing reaches it without the CA's key)."""
+        k, d = self.k, self.conf.secrets_path
+        if self.sec.protocol != "SASL_SSL":
+            raise ServiceError(f"the local broker secures clients with SASL_SSL only, not {self.sec.protocol!r}")
+        mech = self.sec.sasl_mechanism
+        store_pw = read_password(d, "keystore")
+        jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+                f'username="{ADMIN_USER}" password="{read_password(d, "kafka-admin")}";')
+        return {
+            "listeners": f"SASL_SSL://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{k.host}:{k.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms": mech,
+            "sasl.mechanism.inter.broker.protocol": mech,
+            f"listener.name.sasl_ssl.{mech.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(d / "server.p12"),
+            "ssl.keystore.password": store_pw,
+            "ssl.key.password": store_pw,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(d / "ca.pem"),
+            "listener.name.controller.ssl.client.auth": "required",
+            "ssl.enabled.protocols": "TLSv1.2,TLSv1.3",
+        }
+
+    def client_kwargs(self, security: KafkaSecurity | None = None) -> dict[str, Any]:
+        """kafka-python arguments to reach this broker (as the admin user on a secured profile)."""
+        from streamrec.services.clients import kafka_security_kwargs
+
+        b = f"{self.k.host}:{self.k.port}"
+        return {"bootstrap_servers": b, **kafka_security_kwargs(security or self.admin, b)}
 
     def _jvm(self, main: str, *args: str) -> list[str]:
         jars = maven.fetch(self.conf.state_path, "kafka")
@@ -113,14 +159,19 @@ class KafkaService:
         (self.home / "conf").mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         props = self.home / "conf" / "server.properties"
+        props.touch(mode=0o600)  # holds the keystore and admin passwords on a secured profile
         props.write_text(self.server_properties())
         (self.home / "conf" / "log4j2.properties").write_text(
             LOG4J2.format(log=self.home / "logs" / "server.log"))
         if not (self.home / "data" / "meta.properties").exists():
             import subprocess
 
-            proc = subprocess.run(self._jvm(STORAGE_TOOL, "format", "-t", new_cluster_id(), "-c", str(props)),
-                                  capture_output=True, text=True)
+            scram: list[str] = []
+            if self.sec.secured:  # the broker's own SCRAM user exists from the first start (KRaft bootstrap)
+                pw = read_password(self.conf.secrets_path, "kafka-admin")
+                scram = ["--add-scram", f"{self.sec.sasl_mechanism}=[name={ADMIN_USER},password={pw}]"]
+            proc = subprocess.run(self._jvm(STORAGE_TOOL, "format", "-t", new_cluster_id(), "-c", str(props),
+                                            *scram), capture_output=True, text=True)
             if proc.returncode != 0:
                 raise ServiceError(f"Kafka storage format failed:\n{proc.stdout}\n{proc.stderr}")
         return props
@@ -136,8 +187,7 @@ class KafkaService:
         from kafka import KafkaAdminClient
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=f"{self.k.host}:{self.k.port}", request_timeout_ms=5000,
-                                     client_id="streamrec-health")
+            admin = KafkaAdminClient(**self.client_kwargs(), request_timeout_ms=5000, client_id="streamrec-health")
         except Exception:
             return False
         try:
@@ -192,19 +242,42 @@ class KafkaService:
         return f"stopped {len(pids)} process(es)" if pids else "not running"
 
     def create_topics(self) -> None:
-        ensure_topics(f"{self.k.host}:{self.k.port}", self.k.topics, self.k.num_partitions, self.k.compacted_topics)
+        if self.sec.secured:
+            self.ensure_client_user()
+        ensure_topics(f"{self.k.host}:{self.k.port}", self.k.topics, self.k.num_partitions, self.k.compacted_topics,
+                      client=self.client_kwargs())
+
+    def ensure_client_user(self) -> None:
+        """The clients' SCRAM user with the password the clients are configured with (made or updated)."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import UserScramCredentialUpsertion
+
+        from streamrec.services.clients import read_secret
+
+        pw = read_secret(f"Kafka user {self.sec.username!r}", self.sec.password_env, self.sec.password_file)
+        admin = KafkaAdminClient(**self.client_kwargs(), client_id="streamrec-admin")
+        try:
+            errors = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(self.sec.username, self.sec.sasl_mechanism, pw)])
+        finally:
+            admin.close()
+        if any(errors.values()):
+            raise ServiceError(f"Kafka: could not set the SCRAM credentials of {self.sec.username!r}: {errors}")
 
 
 def ensure_topics(bootstrap: str, names: tuple[str, ...] | list[str], partitions: int,
-                  compacted: tuple[str, ...] | list[str] = ()) -> None:
-    """Create the topics that do not exist yet (idempotent); those in `compacted` keep the latest record per key."""
+                  compacted: tuple[str, ...] | list[str] = (), client: dict[str, Any] | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent); those in `compacted` keep the latest record per key.
+    `client`: kafka-python arguments (default: the profile's, `clients.kafka_kwargs`)."""
     if not names:
         return
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
+    from streamrec.services.clients import kafka_kwargs
+
+    admin = KafkaAdminClient(**(client or kafka_kwargs(bootstrap)), client_id="streamrec-admin")
     try:
         existing = set(admin.list_topics())
         todo = [NewTopic(n, num_partitions=partitions, replication_factor=1,

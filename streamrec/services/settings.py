@@ -1,4 +1,7 @@
-"""Service endpoints and local-service settings, from `conf/services.yaml` (+ STREAMREC_* env overrides)."""
+"""Service endpoints and local-service settings, from `conf/services.yaml` (+ STREAMREC_* env overrides).
+
+`STREAMREC_SERVICES_CONF` names another profile in `conf/` (e.g. `secure.yaml`: SASL/TLS Kafka, authenticated TLS
+Cassandra); `streamrec --services FILE` sets it for the command and every process it starts (the job, its workers)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamrec import config
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How clients authenticate to Kafka. Secrets never come from YAML: the password is read from the environment
+    variable `password_env`, else from the file `password_file` (its whole content, no trailing newline)."""
+
+    protocol: str = "PLAINTEXT"  # PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = "SCRAM-SHA-512"  # with SASL_SSL
+    username: str = ""  # SASL user of every streamrec client (the job, the CLI, the bench)
+    password_env: str = "STREAMREC_KAFKA_PASSWORD"  # environment variable holding the password ...
+    password_file: str = ""  # ... else this file (relative paths: from the repo root)
+    ca_file: str = ""  # PEM file of the CA(s) the clients trust; empty: the system's
+
+    @property
+    def secured(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+
+@dataclass(frozen=True)
+class CassandraSecurity:
+    """How clients authenticate to Cassandra (PasswordAuthenticator) and whether they speak TLS. The password as
+    for Kafka: `password_env`, else `password_file`."""
+
+    tls: bool = False  # client-to-node TLS, verifying the node's certificate and host name
+    username: str = ""  # empty: no credentials (AllowAllAuthenticator)
+    password_env: str = "STREAMREC_CASSANDRA_PASSWORD"
+    password_file: str = ""
+    ca_file: str = ""  # PEM file of the CA(s) the clients trust; empty: the system's
 
 
 @dataclass(frozen=True)
@@ -24,6 +56,7 @@ class KafkaConf:
     topics: tuple[str, ...] = ()  # topics created by `up`
     compacted_topics: tuple[str, ...] = ()  # of those, the ones created with cleanup.policy=compact
     transaction_max_timeout_ms: int = 900000  # broker's transaction.max.timeout.ms
+    security: KafkaSecurity = KafkaSecurity()
 
 
 @dataclass(frozen=True)
@@ -37,6 +70,7 @@ class CassandraConf:
     start_timeout_s: int = 180  # how long `up` waits for CQL to answer
     keyspace: str = "streamrec"  # keyspace the job writes
     schema_file: str = "conf/cassandra-schema.cql"  # CQL applied by `up`, {keyspace} substituted
+    security: CassandraSecurity = CassandraSecurity()
 
     @property
     def contact_points(self) -> list[str]:
@@ -60,7 +94,13 @@ class FlinkConf:
 @dataclass(frozen=True)
 class ServicesConf:
     state_dir: str = ".state"  # jars, logs and data of local services (relative to the repo root)
+    # Data, logs and config of the local services; empty: state_dir. A second profile (conf/secure.yaml) runs its own
+    # services here, beside the default ones, with the same jars.
+    services_dir: str = ""
     java_home: str = ""  # Java 17 home; empty: $JAVA_HOME, else `java` on PATH
+    # Keys, certificates and passwords of the local services (`streamrec services certs`, `make certs`); used only
+    # when a profile secures them (conf/secure.yaml). Git-ignored, never in the repo.
+    secrets_dir: str = ".state/secrets"
     kafka: KafkaConf = KafkaConf()
     cassandra: CassandraConf = CassandraConf()
     flink: FlinkConf = FlinkConf()
@@ -68,6 +108,18 @@ class ServicesConf:
     @property
     def state_path(self) -> Path:
         p = Path(self.state_dir)
+        return p if p.is_absolute() else config.REPO_ROOT / p
+
+    @property
+    def services_path(self) -> Path:
+        if not self.services_dir:
+            return self.state_path
+        p = Path(self.services_dir)
+        return p if p.is_absolute() else config.REPO_ROOT / p
+
+    @property
+    def secrets_path(self) -> Path:
+        p = Path(self.secrets_dir)
         return p if p.is_absolute() else config.REPO_ROOT / p
 
     @property
@@ -82,10 +134,18 @@ class ServicesConf:
         return found
 
 
+PROFILE_ENV = "STREAMREC_SERVICES_CONF"
+
+
+def profile() -> str:
+    """The services profile in use: `$STREAMREC_SERVICES_CONF`, default `services.yaml` (a file in conf/ or a path)."""
+    return os.environ.get(PROFILE_ENV) or "services.yaml"
+
+
 @functools.cache
 def services() -> ServicesConf:
     """The services config (cached: env overrides are read once per process)."""
-    return config.load(ServicesConf, config.CONF_DIR / "services.yaml")
+    return config.load(ServicesConf, config.CONF_DIR / profile())  # an absolute path stays itself
 
 
 def kafka_bootstrap() -> str:
