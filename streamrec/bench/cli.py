@@ -130,7 +130,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     work = REPO_ROOT / ".state" / "bench" / "runs" / stamp
     work.mkdir(parents=True, exist_ok=True)
-    argv = ["streamrec", "bench"] + (["--quick"] if args.quick else [])
+    from streamrec.services.settings import profile
+
+    # the services profile (conf/secure.yaml: every client on SASL/TLS) is part of what was measured
+    argv = ["streamrec", *(["--services", profile()] if profile() != "services.yaml" else []), "bench"]
+    argv += ["--quick"] if args.quick else []
     for flag, val, default in (("--parallelism", args.parallelism, "1,2"), ("--rates", args.rates, "100,1000,5000,max"),
                                ("--systems", args.systems, "job,consumer"), ("--skip", args.skip, ""),
                                ("--conf", args.conf, "local.yaml"),
