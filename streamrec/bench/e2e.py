@@ -364,6 +364,17 @@ class Baseline:
         return Baseline(rev, commit, tree, json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+
+def _assignments(stats_files: list[Path]) -> list[str]:
+    """Each consumer process's latest logged partition assignment ("[]" before its first)."""
+    out = []
+    for f in stats_files:
+        log = f.with_name(f.name.replace(".stats.json", ".log"))
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("assignment:")] \
+            if log.exists() else []
+        out.append(lines[-1].split(":", 1)[1].strip() if lines else "[]")
+    return out
+
 class E2E:
     """One benchmark run's end-to-end phases; owns the topics, groups, keyspace and processes it creates."""
 
@@ -598,6 +609,12 @@ class E2E:
                 if t_ready is None:
                     raise RuntimeError("no sign of life (warm-up dead letter) within "
                                        f"{b.startup_timeout_s:.0f} s" + ("" if alive() else ": it exited"))
+                if stats_files and parallelism > 1:
+                    # every consumer process in the group holds a partition before the load starts (a process
+                    # that joins late would otherwise watch the window go by: seen on a freshly started broker)
+                    deadline = time.monotonic() + b.startup_timeout_s
+                    while "[]" in _assignments(stats_files) and time.monotonic() < deadline and alive():
+                        time.sleep(0.25)
                 result["startup_s"] = round(t_ready - t_spawn, 1)
                 prefix = self.run_dir / f"load-{tag}"
                 meter.start()
@@ -696,12 +713,7 @@ class E2E:
             result["sent_with_event_id"] = len(send_time)
         if stats_files:
             result["consumer_stats"] = [json.loads(f.read_text()) if f.exists() else None for f in stats_files]
-            final = []
-            for f in stats_files:
-                log = f.with_name(f.name.replace(".stats.json", ".log"))
-                lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("assignment:")] \
-                    if log.exists() else []
-                final.append(lines[-1].split(":", 1)[1].strip() if lines else "[]")
+            final = _assignments(stats_files)
             result["final_assignments"] = final
             result["balanced"] = all(a not in ("[]", "") for a in final)
         if result["error"] and system in ("job", "baseline", "cluster"):
