@@ -34,8 +34,9 @@ lock: $(STAMP) ## refresh requirements.lock: the newest versions pyproject.toml 
 		--python-version 3.11 --upgrade --no-header -o $(LOCK)
 	@sed -i '1i # Python packages for .venv at exact versions with their hashes: `make setup` installs exactly these\n# (pip install --require-hashes). Made by `make lock` (uv pip compile of pyproject.toml + pip, setuptools,\n# wheel) for CPython 3.11 on Linux x86_64.' $(LOCK)
 
-setup: $(STAMP) ## create .venv (Python deps incl. torch, PyFlink) and fetch the JVM artefacts from Maven Central
+setup: $(STAMP) ## create .venv (Python deps incl. torch, PyFlink), fetch the JVM artefacts and the text encoder's weights
 	$(BIN)/streamrec services fetch
+	$(BIN)/streamrec encoder fetch
 
 services-up: setup ## start local Kafka, Cassandra and a standalone Flink cluster (a second call is a no-op)
 	$(BIN)/streamrec services up --flink

@@ -58,13 +58,16 @@ def export_onnx(graph: ServingGraph, path: str | Path, opset: int = 17) -> None:
         )
 
 
-def quantize_int8(src: str | Path, dst: str | Path, op_types: tuple[str, ...] = ("MatMul", "Gemm")) -> None:
-    """Dynamic int8 quantisation of the weights of `op_types` (activations quantised on the fly)."""
+def quantize_int8(src: str | Path, dst: str | Path, op_types: tuple[str, ...] = ("MatMul", "Gemm"),
+                  per_channel: bool = False) -> None:  # fmt: skip
+    """Dynamic int8 quantisation of the weights of `op_types` (activations quantised on the fly); `per_channel`:
+    one scale per output column instead of per tensor."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), weight_type=QuantType.QInt8,
+                         per_channel=per_channel)
 
 
 def export_graphs(
