@@ -15,6 +15,16 @@ from model_export.encoder_fetch import fetch, load_encoder_conf, verify
 from model_export.text_encoder import OnnxTextEncoder, WordPiece, export_encoder, load_encoder
 
 
+@dataclass
+class E:
+    """An event as the model code reads it."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    ts: int
+
+
 @pytest.fixture(scope="module")
 def encoder_dir() -> Path:
     conf = load_encoder_conf()
@@ -77,13 +87,6 @@ def test_onnx_export_matches_torch_and_int8_stays_close(encoder_dir: Path, tmp_p
 
 
 def test_cold_split_withholds_the_newest_items() -> None:
-    @dataclass
-    class E:
-        user_id: str
-        item_id: str
-        event_type: str
-        ts: int
-
     events = [E("u", f"i{k}", "view", 1000 * k) for k in range(10)] + [E("v", "i0", "view", 99_999)]
     split = cold_split(events, 0.2)
     assert split.cold == {"i8", "i9"}
@@ -93,13 +96,6 @@ def test_cold_split_withholds_the_newest_items() -> None:
 
 
 def test_cold_cases_are_causal() -> None:
-    @dataclass
-    class E:
-        user_id: str
-        item_id: str
-        event_type: str
-        ts: int
-
     events = [E("a", "w1", "view", 1), E("a", "c1", "view", 2), E("b", "c1", "view", 3), E("b", "w1", "view", 4),
               E("b", "c2", "view", 5), E("a", "c1", "click", 6), E("a", "c2", "view", 7)]
     cats = {"w1": ("x",), "c1": ("x",), "c2": ("y",)}
