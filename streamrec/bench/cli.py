@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
                    help="parallelisms of the job on the bench's own standalone cluster (as many TaskManagers as the "
                         "largest, 1 slot each), on the max phases' backlog ('' = skip)")
     p.add_argument("--skip", default="",
-                   help="comma-separated parts to skip: e2e,cluster,profile,scorer,catalogue,growth")
+                   help="comma-separated parts to skip: e2e,cluster,profile,scorer,encoder,catalogue,growth")
     p.add_argument("--window-s", type=float, default=0, help="override the end-to-end window per phase")
     p.add_argument("--scorer-max-gb", type=float, default=4.0,
                    help="skip scorer cells whose (B, L, N) intermediates would need more memory than this")
@@ -283,6 +283,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result["durations_s"]["scorer"] = time.monotonic() - t0
         gc.collect()
 
+    if "encoder" not in skip:
+        t0 = time.monotonic()
+        _say("text encoder (µs per item text, fp32 / int8, batch 1 and 32; memory of one session) ...")
+        try:
+            result["encoder"] = _encoder_bench(args.seed, plan.scorer_seconds)
+        except Exception as e:  # noqa: BLE001
+            result["encoder"] = {"skipped": f"{type(e).__name__}: {e}"}
+            traceback.print_exc()
+        result["durations_s"]["encoder"] = time.monotonic() - t0
+
     growth: dict[str, Any] = {"model_desc": served_desc, "catalogue_desc": f"{served['n_items']:,} items"}
     result["growth"] = growth
     if "catalogue" not in skip:
@@ -343,6 +353,22 @@ def job_top_k(model_dir: Path) -> int:
 
 def _size_label(n: int) -> str:
     return f"{n / 1000:.1f}k" if n < 10_000 else f"{n // 1000}k"
+
+
+def _encoder_bench(seed: int, seconds: float) -> dict[str, Any]:
+    """`model_export.content.bench_encoder` on the simulator catalogue's item texts (issue 15: the cost of embedding
+    an item published on `items`)."""
+    from model_export.content import bench_encoder, item_text
+    from model_export.encoder_fetch import load_encoder_conf
+    from streamrec.data import simulator
+
+    enc = load_encoder_conf()
+    sim = simulator.simulate(_small_catalogue_conf(seed, 200))
+    texts = [item_text(m.title, m.categories, m.text) for m in sim.items]
+    out = bench_encoder(enc.path, REPO_ROOT / ".state" / "encoder" / "onnx", texts, enc.max_tokens,
+                        seconds=max(seconds, 1.0))  # fmt: skip
+    out["encoder"] = f"{enc.package}=={enc.version} ({enc.path.name})"
+    return out
 
 
 def _sim_catalogue(seed: int) -> dict[str, Any]:

@@ -105,6 +105,9 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "state_bytes_per_user_p50": state.get("p50"),
         "scorer_us_fp32_b1": us("fp32"),
         "scorer_us_int8_b1": us("int8"),
+        # issue 15: embedding one item text published on `items` (batch 1), fp32 / int8 encoder
+        "encoder_us_fp32_b1": (result.get("encoder") or {}).get("fp32", {}).get("us_per_item_b1"),
+        "encoder_us_int8_b1": (result.get("encoder") or {}).get("int8", {}).get("us_per_item_b1"),
         "e2e_max_eps_by_parallelism": job_max,
         "e2e_best_eps_any_phase": best("job"),
         "consumer_best_eps_any_phase": best("consumer"),
@@ -466,6 +469,7 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
     lines += _notes_cluster(result)
     lines += _notes_profile(result, figures)
     lines += _notes_scorer(result, figures)
+    lines += _notes_encoder(result)
     lines += _notes_growth(result, figures)
     lines += ["## Caveats", ""] + [f"- {n}" for n in result.get("notes", [])] + [""]
     lines += [f"Durations: {', '.join(f'{k} {v:.0f} s' for k, v in result.get('durations_s', {}).items())}.", ""]
@@ -783,6 +787,20 @@ def _notes_scorer(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
     out += _img(figures, "scorer")
     out += _scorer_memory(s)
     return out
+
+
+def _notes_encoder(result: dict[str, Any]) -> list[str]:
+    e = result.get("encoder")
+    out = ["## Text encoder (item text → embedding)", ""]
+    if not e or e.get("skipped"):
+        return out + ["Not measured" + (f": {e['skipped']}" if e and e.get("skipped") else "."), ""]
+    out += [f"{e.get('encoder')}: µs per item text (WordPiece tokenisation included) on the simulator catalogue's "
+            f"{e.get('texts')} item texts ({e.get('mean_tokens', 0):.1f} tokens on average), onnxruntime 1 intra-op "
+            "thread; memory: the RSS one session adds to a fresh process after a first batch.", ""]
+    rows = [[name, _fmt(e[name].get("file_mb"), " MB", 1), _fmt(e[name].get("session_rss_mb"), " MB", 0),
+             _fmt(e[name].get("us_per_item_b1"), "", 0), _fmt(e[name].get("us_per_item_b32"), "", 0)]
+            for name in ("fp32", "int8") if name in e]  # fmt: skip
+    return out + [_table(["encoder", "file", "memory per session", "batch 1 µs/item", "batch 32 µs/item"], rows), ""]
 
 
 def _scorer_memory(s: dict[str, Any]) -> list[str]:

