@@ -36,6 +36,9 @@ class RecsConf:
     knn_per_item: int = 20  # neighbours per history item used by the cold-start fallback
     knn_recent: int = 5  # most recent known items the fallback expands
     category_boost: float = 0.5  # fallback: weight of the user's category interests on popular items
+    # content items (known to the artefact by their text only, `streamrec train --content`) added to each model
+    # list's candidates, at the slot SASRec alone would give them (operators/user.py); 0: none
+    content_candidates: int = 5
 
 
 @dataclass(frozen=True)

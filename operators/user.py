@@ -222,6 +222,16 @@ class UserOperator:
         self.static_exclude = self._business_mask()
         self._static_excluded: list[bool] = self.static_exclude.tolist()  # the same mask, for scalar lookups
         self.popular = [int(i) for i in artifact.popular if 0 <= i < self.n_items and not self.static_exclude[i]]
+        # Content candidates (issue 15): items the model never saw but knows by their text (the artefact's content
+        # part, `streamrec train --content` / `--cold-items`), scored by the user vector through the text projection.
+        # They take the indices after the model's (n_items, n_items + 1, ...) in the lists' candidates only.
+        self.content_ids, self.content_vec, self.content_bias = self._content_items()
+        self.content_hash = {item_hash(i): k for k, i in enumerate(self.content_ids)}
+        self.content_banned = np.zeros(len(self.content_ids), dtype=bool)
+        if self.content_ids:
+            self.unit_emb = np.vstack([self.unit_emb, normalise_rows(self.content_vec)])
+            self.item_ids += self.content_ids
+            self.index_hash += [item_hash(i) for i in self.content_ids]
         # Catalogue updates from the `items` topic, in arrival order (re-applied when the model is swapped).
         self.catalog: dict[str, ItemMeta] = {}
         self.catalog_version = 0  # item updates applied so far (carried by every recommendation)
@@ -229,6 +239,27 @@ class UserOperator:
         self.strong = {type_code(t) for t in conf.debounce.strong_events if t in EVENT_TYPES}
         # the feed's base rates for callers that keep none per shard (tests, a single-stream replay)
         self.rates = ShardRates()
+
+    def _content_items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The artefact's content items outside its vocabulary (ids, projected item vectors (m, d), biases (m,)),
+        without those the business rules exclude; none when `recs.content_candidates` is 0 or there is no part."""
+        d = self.art.item_embeddings.shape[1]
+        none: tuple[list[str], np.ndarray, np.ndarray] = ([], np.zeros((0, d), np.float32), np.zeros(0, np.float32))
+        path = getattr(self.art, "path", None)
+        if self.conf.recs.content_candidates <= 0 or path is None or not (path / "content.json").exists():
+            return none
+        from model_export.content import load_content
+
+        part = load_content(path)
+        imap = self.art.vocab.index_map()
+        banned = set(self.conf.recs.unavailable_items)
+        rows = [r for r, i in enumerate(part.item_ids) if i not in imap and i not in banned]
+        if not rows:
+            return none
+        vec, bias = part.projection.apply(part.embeddings[rows])
+        if vec.shape[1] != d:
+            raise ValueError(f"{path}: content projection gives {vec.shape[1]}-dim vectors, the model has {d}")
+        return [part.item_ids[r] for r in rows], vec, bias
 
     def _business_mask(self) -> np.ndarray:
         r = self.conf.recs
@@ -254,6 +285,11 @@ class UserOperator:
         Takes effect from the next list built. Returns whether the item is in this model's vocabulary."""
         self.catalog[meta.item_id] = meta
         self.catalog_version += 1
+        c = self.content_hash.get(item_hash(meta.item_id), -1)
+        if c >= 0 and self.content_ids[c] == meta.item_id and self.content_banned[c] != (not meta.available):
+            banned_c = self.content_banned.copy()  # copy: as the static mask below
+            banned_c[c] = not meta.available
+            self.content_banned = banned_c
         i = self.art.item_index(meta.item_id)
         if not 0 <= i < self.n_items:
             return False
@@ -531,22 +567,32 @@ class UserOperator:
         r = self.conf.recs
         cands: list[list[int]] = []
         rels: list[list[float]] = []
+        srcs: list[dict[int, str]] = []  # each candidate's source: model, content, cf (item-KNN) or popular
         for o, res in zip(orders, scored, strict=True):
             if res is None:
                 cand, rel = self._fallback(o.s, o.known, o.consumed)
+                src = {c: "cf" if x >= 2.0 else "popular" for c, x in zip(cand, rel, strict=True)}  # see _fallback
             else:
                 ok = np.isfinite(res.scores)
                 cand = res.items[ok][: r.candidates].tolist()
                 rel = res.scores[ok][: r.candidates].tolist()
+                src = dict.fromkeys(cand, "model")
                 if len(cand) < r.k:  # tiny catalogues / heavy filters: top up from the fallback
-                    more, _ = self._fallback(o.s, o.known, o.consumed + cand)
+                    more, more_rel = self._fallback(o.s, o.known, o.consumed + cand)
+                    src.update({c: "cf" if x >= 2.0 else "popular" for c, x in zip(more, more_rel, strict=True)})
                     lo = min(rel) if rel else 0.0
                     cand += more
                     rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
+                if self.content_ids and cand:
+                    for c, x in self._content_candidates(o.s, res.user_vector, cand, rel):
+                        cand.append(c)
+                        rel.append(x)
+                        src[c] = "content"
             cands.append(cand)
             rels.append(rel)
+            srcs.append(src)
         chosen = mmr_many(cands, rels, self.unit_emb, r.k, r.mmr_lambda)
-        n = self.n_items
+        n = len(self.item_ids)  # the model's items, then the content items
         # index -> external id, and its hash (the latter raises for an index the artefact does not know)
         ids = [[self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in ch] for ch in chosen]
         hashes = [[self.index_hash[i] for i in ch] for ch in chosen]
@@ -564,6 +610,7 @@ class UserOperator:
                 "items": ids[j],
                 "scores": [round(float(score_of[i]), 6) for i in chosen[j]],
                 "source": "cold_start" if scored[j] is None else "model",
+                "sources": [srcs[j][i] for i in chosen[j]],
                 "model_version": self.version,
                 "catalog_version": self.catalog_version,
                 "event_id": o.event_id,
@@ -758,6 +805,34 @@ class UserOperator:
         s.pending_ts, s.pending_event_id = 0, ""
         s.last_recs = built.hashes
         return built.rec, built.logprob
+
+    def _content_candidates(self, s: UserState, user_vector: np.ndarray, cand: list[int],
+                            rel: list[float]) -> list[tuple[int, float]]:  # fmt: skip
+        """Up to `recs.content_candidates` content items (not consumed, not unavailable) with the relevance of the
+        slot SASRec alone would give them among the model's candidates: item j scores u · ê_j + b̂_j; if p of the
+        model's candidates score higher on the same SASRec logit (u · e_i + b_i, without the item-KNN blend, which
+        no new item can have), j gets a relevance just above the p-th candidate's; below all of them it is left
+        out. The blended scores of the model's candidates stay as they are."""
+        k = self.conf.recs.content_candidates
+        u = np.asarray(user_vector, dtype=np.float32)
+        logit = np.where(self.content_banned, -np.inf, self.content_vec @ u + self.content_bias)  # (m,)
+        get = self.content_hash.get
+        seen = [c for c in map(get, s.items) if c is not None]
+        if seen:
+            logit[seen] = -np.inf  # consumed
+        if k < len(logit):
+            top = np.argpartition(-logit, k - 1)[:k]
+            top = top[np.argsort(-logit[top], kind="stable")]
+        else:
+            top = np.argsort(-logit, kind="stable")
+        top = top[np.isfinite(logit[top])]
+        if not len(top):
+            return []
+        model = np.asarray(cand, dtype=np.int64)  # the model's candidates and the fallback's: all < n_items
+        warm = self.art.item_embeddings[model] @ u + self.art.item_bias[model]  # (len(cand),)
+        slots = (warm[None, :] > logit[top][:, None]).sum(axis=1)  # (len(top),) model candidates above each
+        return [(self.n_items + int(j), float(rel[p]) + 1e-6) for j, p in zip(top.tolist(), slots.tolist(), strict=True)
+                if p < len(rel)]
 
     def _fallback(self, s: UserState, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
         """Cold start: item-KNN neighbours of the recent known items first, then popular items boosted by the
