@@ -12,6 +12,7 @@ import pytest
 
 from streamrec.services import maven
 from streamrec.services.cassandra import CassandraService, apply_schema, connect
+from streamrec.services.clients import kafka_kwargs
 from streamrec.services.flink import FlinkService
 from streamrec.services.kafka import KafkaService
 from streamrec.services.settings import ServicesConf, services
@@ -54,7 +55,7 @@ def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="streamrec-tests")
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap), client_id="streamrec-tests")
     made: list[str] = []
 
     def make(prefix: str = "t", partitions: int = 1) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from streamrec.config import REPO_ROOT
+from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_job_e2e import job_env
 from tests.integration.test_kafka import consume_all
 
@@ -63,7 +64,7 @@ def attacked(kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list
     run_id = f"att-{uuid.uuid4().hex[:10]}"
     outputs = ("recommendations", "fraud-flags", "dead-letters", "deletions")
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *outputs)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     lines = paths["events"].read_bytes().splitlines()
     stream = [(line, e.user_id.encode(), e.ts) for line, e in zip(lines, att.events, strict=True)]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_kafka import consume_all
 from tests.tiny_model import TINY_MODEL_YAML
 
@@ -79,7 +80,7 @@ def test_consumer_phases(kafka_bootstrap: str, cassandra_up: Any, bench_model: P
     assert backlog["throughput_eps"] >= 0.5 * 600 / max(backlog["window_s"], 0.1), backlog
 
     # nothing left behind
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     try:
         left = set(admin.list_topics()) & set(e.topics)
     finally:

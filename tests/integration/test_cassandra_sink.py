@@ -48,7 +48,7 @@ def flag(subject: str, flag_id: str, ts: int) -> dict:
 
 def writer(conf: ServicesConf, keyspace: str, **kw: Any) -> CassandraWriter:
     w = CassandraWriter(conf.cassandra.contact_points, conf.cassandra.native_port,
-                        WriterConf(keyspace=keyspace, consistency="ONE", **kw))
+                        WriterConf(keyspace=keyspace, consistency="ONE", **kw), security=conf.cassandra.security)
     w.open()
     return w
 

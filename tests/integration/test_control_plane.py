@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from streamrec.config import REPO_ROOT
+from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_job_e2e import job_env, latest_checkpoint
 from tests.tiny_model import TINY_MODEL_YAML
 
@@ -32,7 +33,7 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
     """(key, value) of every committed record of a one-partition topic, in offset order."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+    c = KafkaConsumer(**kafka_kwargs(bootstrap), enable_auto_commit=False, isolation_level="read_committed",
                       consumer_timeout_ms=1500)
     try:
         tp = TopicPartition(topic, 0)
@@ -94,7 +95,7 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
     c = cassandra_up.cassandra
     apply_schema(c.contact_points, c.native_port, c, keyspace=cassandra_keyspace)
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     # Not compacted here (the product's topic is): the test reads the whole history to check the switch-over.
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     env = job_env(topics, model_a, cassandra_keyspace, tmp_path, run_id)
@@ -103,7 +104,7 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
                 "STREAMREC_DEBOUNCE_INTERVAL_MS": "0",  # one recommendation per event: counts show loss/duplication
                 "STREAMREC_JOB_MODEL_STORE": str(tmp_path / "store")})
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all")
     pseud = Pseudonymizer(CONTROL_KEY.encode(), "ctl-k1")
 
     def send(batch: list[Any]) -> None:

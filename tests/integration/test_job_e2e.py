@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from streamrec.config import REPO_ROOT
+from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_kafka import consume_all
 from tests.tiny_model import TINY_MODEL_YAML
 
@@ -89,7 +90,7 @@ def run(kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path
     tmp = tmp_path_factory.mktemp("e2e")
     run_id = f"e2e-{uuid.uuid4().hex[:10]}"
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     # One partition: the job sees the stream in file order, as the offline replay does, so their outputs compare.
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
 
@@ -188,7 +189,7 @@ def settle_committed(bootstrap: str, topic: str, quiet_s: float, timeout_s: floa
 
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    c = KafkaConsumer(**kafka_kwargs(bootstrap), isolation_level="read_committed", enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
         last, since, deadline = None, time.monotonic(), time.monotonic() + timeout_s
@@ -231,7 +232,7 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
 
     run_id = f"rec-{uuid.uuid4().hex[:10]}"
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     keyspace = f"rec_{uuid.uuid4().hex[:10]}"
     c = cassandra_up.cassandra
@@ -318,7 +319,7 @@ def test_submit_to_standalone_cluster_gives_the_same_outputs(
 
     run_id = f"sub-{uuid.uuid4().hex[:10]}"
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     try:
         produce(run.sim, topics["events"], topics["items"], rate=0, conf=load_conf().producer,

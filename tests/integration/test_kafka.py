@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from kafka import KafkaConsumer, KafkaProducer
 
+from streamrec.services.clients import kafka_kwargs
+
 
 def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=64 * 1024)
+    producer = KafkaProducer(**kafka_kwargs(bootstrap), acks="all", linger_ms=5, batch_size=64 * 1024)
     futures = [producer.send(topic, value=v, key=str(i % 97).encode()) for i, v in enumerate(values)]
     producer.flush(60)
     for f in futures:
@@ -18,7 +20,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
                 isolation_level: str = "read_uncommitted") -> list[bytes]:
     import time
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(topic, **kafka_kwargs(bootstrap), auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=3000, isolation_level=isolation_level)
     out: list[bytes] = []
     deadline = time.monotonic() + timeout_s

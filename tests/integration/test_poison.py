@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from streamrec.config import REPO_ROOT
+from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_control_plane import read_topic, train
 from tests.integration.test_job_e2e import OUTPUTS, job_env
 
@@ -43,7 +44,7 @@ def test_poison_records_become_dead_letters_and_the_job_goes_on(kafka_bootstrap:
 
     run_id = f"poison-{uuid.uuid4().hex[:10]}"
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    KafkaAdminClient(bootstrap_servers=kafka_bootstrap).create_topics(
+    KafkaAdminClient(**kafka_kwargs(kafka_bootstrap)).create_topics(
         [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     before, after = events[:300], events[300:]
     user, ts = before[-1].user_id, before[-1].ts
@@ -52,7 +53,7 @@ def test_poison_records_become_dead_letters_and_the_job_goes_on(kafka_bootstrap:
     not_utf8 = b'{"event_id": "bad-utf8", "user_id": "' + user.encode() + b'\xff\xfe", "item_id": "i1"}'
     poison = {"too_large": big, "not_json": deep, "not_utf8": not_utf8}
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=2 * BROKER_LIMIT)
+    producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all", max_request_size=2 * BROKER_LIMIT)
     for e in before:
         producer.send(topics["events"], value=e.to_json().encode(), timestamp_ms=e.ts)
     for value in poison.values():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.config import REPO_ROOT
+from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_control_plane import read_topic, train, wait_for
 from tests.integration.test_job_e2e import OUTPUTS, deterministic_flags, job_env
 
@@ -24,7 +25,7 @@ def fresh_topics(kafka_bootstrap: str, tag: str) -> tuple[str, dict[str, str]]:
 
     run_id = f"{tag}-{uuid.uuid4().hex[:10]}"
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     admin.close()
     return run_id, topics
@@ -33,7 +34,7 @@ def fresh_topics(kafka_bootstrap: str, tag: str) -> tuple[str, dict[str, str]]:
 def send_events(kafka_bootstrap: str, topic: str, batch: list[Any]) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all")
     for e in batch:
         producer.send(topic, value=e.to_json().encode(), timestamp_ms=e.ts)
     producer.flush()

@@ -32,7 +32,7 @@ def test_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
     (state / "jars").mkdir(parents=True)
     for name in ("kafka", "cassandra", "flink"):
         (state / "jars" / name).symlink_to(REPO_ROOT / ".state" / "jars" / name)
-    env = {**os.environ, **PORTS, "STREAMREC_STATE_DIR": str(state)}
+    env = {**os.environ, **PORTS, "STREAMREC_STATE_DIR": str(state), "STREAMREC_SERVICES_DIR": str(state)}
     markers = [f"streamrec.service=kafka:{state}", f"streamrec.service=cassandra:{state}",
                f"-Dlog.file={state}/flink/log/"]
     try:

@@ -12,6 +12,7 @@ from kafka import KafkaConsumer
 
 from streamrec.data import cli as data_cli
 from streamrec.data.simulator import load_conf, simulate, with_overrides
+from streamrec.services.clients import kafka_kwargs
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def consume(
     """Everything in `topic` from the start: stop once `expected` arrived and a poll comes back empty."""
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka_kwargs(bootstrap),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_partition_fetch_bytes=8 * 1024 * 1024,
