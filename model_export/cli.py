@@ -190,9 +190,9 @@ def _attach_content(args: argparse.Namespace, cold: frozenset[str]) -> None:
 
 
 def _encoder_cache() -> Path:
-    from streamrec.config import REPO_ROOT
+    from model_export.encoder_fetch import load_encoder_conf
 
-    return REPO_ROOT / ".state" / "encoder" / "onnx"
+    return load_encoder_conf().onnx_cache_path
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

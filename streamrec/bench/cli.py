@@ -365,7 +365,7 @@ def _encoder_bench(seed: int, seconds: float) -> dict[str, Any]:
     enc = load_encoder_conf()
     sim = simulator.simulate(_small_catalogue_conf(seed, 200))
     texts = [item_text(m.title, m.categories, m.text) for m in sim.items]
-    out = bench_encoder(enc.path, REPO_ROOT / ".state" / "encoder" / "onnx", texts, enc.max_tokens,
+    out = bench_encoder(enc.path, enc.onnx_cache_path, texts, enc.max_tokens,
                         seconds=max(seconds, 1.0))  # fmt: skip
     out["encoder"] = f"{enc.package}=={enc.version} ({enc.path.name})"
     return out

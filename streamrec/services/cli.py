@@ -42,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     conf = services()
     names = selected(args, conf, for_up=True)
     secured = (conf.kafka.security.secured and "kafka" in names) or (
-        (conf.cassandra.security.tls or conf.cassandra.security.username) and "cassandra" in names)
+        conf.cassandra.security.secured and "cassandra" in names)
     if secured:
         made = secrets.ensure(conf.secrets_path)
         if made:

@@ -42,6 +42,10 @@ class CassandraSecurity:
     password_file: str = ""
     ca_file: str = ""  # PEM file of the CA(s) the clients trust; empty: the system's
 
+    @property
+    def secured(self) -> bool:
+        return self.tls or bool(self.username)
+
 
 @dataclass(frozen=True)
 class KafkaConf:
