@@ -76,6 +76,15 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class ContentConf:
+    embed_items: bool = True  # embed the text of `items` records in the stream (needs `streamrec encoder fetch`)
+    encoder_dir: str = ""  # sentence-transformers directory ("": conf/encoder.yaml `dir`)
+    int8: bool = True  # the encoder's int8 ONNX graph (else fp32)
+    batch_delay_ms: int = 200  # processing time a queued text waits for others to share its encoder call
+    max_batch: int = 32  # texts per encoder call
+
+
+@dataclass(frozen=True)
 class JobConf:
     job_name: str = "streamrec"  # Flink job name
     parallelism: int = 1  # operator parallelism
@@ -105,6 +114,7 @@ class JobConf:
     state: StateConf = field(default_factory=StateConf)
     kafka_sink: KafkaSinkConf = field(default_factory=KafkaSinkConf)
     cassandra_sink: CassandraSinkConf = field(default_factory=CassandraSinkConf)
+    content: ContentConf = field(default_factory=ContentConf)
 
     def worker_mode(self) -> str:
         """The minicluster's Python worker mode: `python_workers`, with auto = loopback at parallelism 1 (one

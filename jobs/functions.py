@@ -29,6 +29,7 @@ from operators.batch import Outputs, to_json
 # Keyed records, as PyFlink's keyed Python operators read them: Row(shard key, value), keyed in the JVM by field 0.
 USER_BATCH = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])  # (user shard key, frame)
 ITEM_BATCH = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])  # (item shard key, [item events])
+ITEM_META = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])  # (item shard key, ItemMeta), to the encoder
 # Side outputs (output kind → one joined string per batch, except ITEM_EVENTS: ITEM_BATCH records).
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 FRAUD_FLAGS = OutputTag("fraud-flags", Types.STRING())
@@ -151,11 +152,13 @@ class ParseControl(ProcessFunction):
 
 
 class ParseItems(ProcessFunction):
-    """Raw `items` message → `ItemMeta` (to be broadcast) or a dead letter."""
+    """Raw `items` message → `ItemMeta` (to be broadcast; with `item_keys`: Row(item shard key, meta), for the
+    embedding operator) or a dead letter."""
 
-    def __init__(self, source: str, patches: bool = True) -> None:
+    def __init__(self, source: str, patches: bool = True, item_keys: Sequence[int] | None = None) -> None:
         self.source = source
         self.patches = patches
+        self.item_keys = None if item_keys is None else list(item_keys)
 
     def open(self, ctx: RuntimeContext) -> None:
         _worker_setup(self.patches)
@@ -167,12 +170,90 @@ class ParseItems(ProcessFunction):
         parsed = parse_item(value)
         if isinstance(parsed, Rejection):
             yield DEAD_LETTERS, to_json(dead_letter(parsed, self.source))
-        else:
+        elif self.item_keys is None:
             yield parsed
+        else:
+            yield Row(batching.shard_key(parsed.item_id, self.item_keys), parsed)
+
+
+class _MapDigests:
+    """`operators.embed.Digests` over a MapState."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def get(self, key: str) -> str | None:
+        got: str | None = self.state.get(key)
+        return got
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.state.put(key, value)
+
+
+class EmbedItems(KeyedProcessFunction):
+    """Keyed by item shard: `items` records → themselves at once, and their text embedded (`operators.embed`) when
+    the shard's processing-time timer fires, `batch_delay_ms` after the first text queued; both go to the
+    broadcast. An encoder failure gives each queued item a dead letter (the records themselves went on already)."""
+
+    def __init__(self, job: JobConf, encoder_dir: str, onnx_cache: str, max_tokens: int, weights_sha256: str) -> None:
+        self.job = job
+        self.encoder_dir = encoder_dir
+        self.onnx_cache = onnx_cache
+        self.max_tokens = max_tokens
+        self.weights_sha256 = weights_sha256
+        self.op: Any = None
+        self.pending: Any = None
+        self.digests: Any = None
+
+    def open(self, ctx: RuntimeContext) -> None:
+        from pathlib import Path
+
+        from model_export.content import exported_encoder
+        from operators.embed import ItemEmbedder
+
+        _worker_setup(self.job.patch_workers())
+        ex = exported_encoder(Path(self.encoder_dir), Path(self.onnx_cache), self.max_tokens)
+        if ex.weights_sha256 != self.weights_sha256:
+            raise RuntimeError(f"encoder {self.encoder_dir} changed since the job was submitted "
+                               f"(weights sha256 {ex.weights_sha256[:12]}…, expected {self.weights_sha256[:12]}…)")
+        enc = ex.encoder(int8=self.job.content.int8)
+        self.op = ItemEmbedder(enc.embed, ex.weights_sha256, self.job.content.max_batch)
+        self.pending = ctx.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
+        self.digests = ctx.get_map_state(MapStateDescriptor("digests", Types.STRING(), Types.STRING()))
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        from operators.embed import EmbedState
+
+        pending: dict[str, str] = self.pending.value() or {}
+        was_empty = not pending
+        state, out = self.op.step(EmbedState(pending, _MapDigests(self.digests)), value)
+        self.pending.update(state.pending or None)
+        if was_empty and state.pending:
+            now = ctx.timer_service().current_processing_time()
+            ctx.timer_service().register_processing_time_timer(now + self.job.content.batch_delay_ms)
+        yield from out
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        from operators.dead_letter import OPERATOR_ERROR, operator_dead_letter
+        from operators.embed import EmbedState
+
+        pending: dict[str, str] = self.pending.value() or {}
+        if not pending:
+            return
+        self.pending.clear()
+        try:
+            _, out = self.op.flush(EmbedState(pending, _MapDigests(self.digests)))
+        except Exception as e:  # noqa: BLE001 - the items stay known by their records; the dead letters say why
+            for item in pending:
+                yield DEAD_LETTERS, to_json(operator_dead_letter(
+                    OPERATOR_ERROR, f"embedding failed: {type(e).__name__}: {e}", "embed_items", {"item_id": item}))
+            return
+        yield from out
 
 
 def control_state_descriptor() -> Any:
-    """Broadcast state: "model" → the accepted `model` record; "item:<id>" → {"seq", "item"} of the latest update."""
+    """Broadcast state: "model" → the accepted `model` record; "item:<id>" → {"seq", "item"} of the latest update;
+    "emb:<id>" → the item's latest stream embedding (`ItemEmbedding.to_dict`)."""
     return MapStateDescriptor("control", Types.STRING(), Types.STRING())
 
 
@@ -253,6 +334,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
             if not hasattr(meta, "reason"):
                 self.op.apply_item(meta)
         self.op.catalog_version = max([v["seq"] for k, v in recorded.items() if k.startswith("item:")] or [0])
+        from operators.embed import ItemEmbedding
+
+        for k, v in sorted(recorded.items()):
+            if k.startswith("emb:"):
+                self.op.apply_embedding(ItemEmbedding.from_dict(v))
 
     def _switch(self, record: dict[str, Any], ctx: Any) -> Iterator[Any]:
         from operators.control import ModelRejected, model_rejection, verify_model
@@ -276,6 +362,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
 
     def process_broadcast_element(self, value: Any, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
+        from operators.embed import ItemEmbedding
         from operators.schema import ItemMeta, ModelUpdate
 
         yield from self._sync(ctx)
@@ -285,6 +372,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.op.apply_item(value)
             ctx.get_broadcast_state(control_state_descriptor()).put(
                 f"item:{value.item_id}", to_json({"seq": self.op.catalog_version, "item": value.to_dict()}))
+        elif isinstance(value, ItemEmbedding):
+            self.op.apply_embedding(value)
+            ctx.get_broadcast_state(control_state_descriptor()).put(f"emb:{value.item_id}", to_json(value.to_dict()))
 
     # ------------------------------------------------------------------ keyed side (one shard)
 

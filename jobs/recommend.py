@@ -153,9 +153,49 @@ def batch_by_user(raw: Any, job: Any, keys: list[int]) -> Any:
                                                                  b.max_delay_ms))
 
 
+class ContentError(RuntimeError):
+    """The job's item-text encoder is missing or is not the one the model's content part was fitted with."""
+
+
+def content_encoder(job: Any) -> tuple[str, str, int, str] | None:
+    """The encoder `EmbedItems` runs (encoder directory, ONNX cache, tokens per text, weights sha256), checked here on
+    the client before anything is submitted: its files against conf/encoder.yaml (the pinned encoder) and its
+    weights against the artefact's content part. Exports the ONNX graphs into the cache if they are not there yet
+    (the workers only read them). None when `content.embed_items` is off."""
+    if not job.content.embed_items:
+        return None
+    import json
+
+    from model_export.content import exported_encoder
+    from model_export.encoder_fetch import load_encoder_conf
+
+    enc = load_encoder_conf()
+    d = job.path(job.content.encoder_dir) if job.content.encoder_dir else enc.path
+    if not (d / "config.json").exists():
+        raise ContentError(
+            f"content.embed_items is on but there is no encoder in {d}: run `streamrec encoder fetch` "
+            "(make setup does) or set content.embed_items: false"
+        )
+    ex = exported_encoder(d, enc.onnx_cache_path, enc.max_tokens)
+    pinned = enc.files.get("model.safetensors")
+    if not job.content.encoder_dir and pinned and ex.weights_sha256 != pinned:
+        raise ContentError(
+            f"encoder {d}: model.safetensors is not the pinned one (conf/encoder.yaml): run `streamrec encoder fetch`"
+        )
+    cfg = json.loads((job.path(job.model_dir) / "config.json").read_text())
+    want = (cfg.get("content") or {}).get("encoder_weights_sha256")
+    if want and want != ex.weights_sha256:
+        raise ContentError(
+            f"the model's content part was fitted with encoder weights {want[:12]}…, the job's "
+            f"encoder {d} has {ex.weights_sha256[:12]}…: set content.encoder_dir to that encoder"
+        )
+    return str(d), str(enc.onnx_cache_path), enc.max_tokens, ex.weights_sha256
+
+
 def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap: str, cassandra_hosts: list[str],
-          cassandra_port: int, keyspace: str, cassandra_security: Any = None) -> None:
-    """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name."""
+          cassandra_port: int, keyspace: str, cassandra_security: Any = None, encoder: Any = None) -> None:
+    """The job graph. Every operator has a stable uid (savepoint compatibility) and a readable name. `encoder`:
+    the item-text encoder (`content_encoder`), None when `content.embed_items` is off."""
     from pyflink.common import Duration, Types, WatermarkStrategy
 
     from jobs.functions import (
@@ -164,7 +204,9 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
         DELETIONS,
         FRAUD_FLAGS,
         ITEM_EVENTS,
+        ITEM_META,
         USER_BATCH,
+        EmbedItems,
         ItemFunction,
         ParseControl,
         ParseItems,
@@ -190,9 +232,18 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     control = env.from_source(kafka_source(job, bootstrap, t.control), quiet, "control") \
         .uid("control-source").process(ParseControl(t.control, keys, job.patch_workers()), output_type=USER_BATCH) \
         .name("parse-control").uid("parse-control")
-    catalogue = env.from_source(kafka_source(job, bootstrap, t.items), quiet, "items") \
-        .uid("items-source").process(ParseItems(t.items, job.patch_workers()), output_type=Types.PICKLED_BYTE_ARRAY()) \
-        .name("parse-items").uid("parse-items")
+    items_in = env.from_source(kafka_source(job, bootstrap, t.items), quiet, "items").uid("items-source")
+    if encoder is None:
+        parsed_items = catalogue = items_in.process(ParseItems(t.items, job.patch_workers()),
+                                                    output_type=Types.PICKLED_BYTE_ARRAY()) \
+            .name("parse-items").uid("parse-items")
+    else:  # item records keyed by item shard; their text embedded there (batched), records and embeddings broadcast
+        parsed_items = items_in.process(ParseItems(t.items, job.patch_workers(), keys), output_type=ITEM_META) \
+            .name("parse-items").uid("parse-items")
+        catalogue = keyed(parsed_items, Types.PICKLED_BYTE_ARRAY()) \
+            .process(EmbedItems(job, *encoder), output_type=Types.PICKLED_BYTE_ARRAY()) \
+            .name("embed-items").uid("embed-items")
+    item_functions = [parsed_items] if encoder is None else [parsed_items, catalogue]
     broadcast = control.get_side_output(BROADCAST).union(catalogue).broadcast(control_state_descriptor())
 
     # Erase requests travel with the event batches, keyed by user shard: they reach the state they must clear.
@@ -210,7 +261,7 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     deletions = users.get_side_output(DELETIONS)
     dead = users.get_side_output(DEAD_LETTERS).union(
         items.get_side_output(DEAD_LETTERS), control.get_side_output(DEAD_LETTERS),
-        catalogue.get_side_output(DEAD_LETTERS))
+        *(f.get_side_output(DEAD_LETTERS) for f in item_functions))
 
     split(users).name("split-recommendations").uid("split-recommendations") \
         .sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
@@ -249,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"streamrec job: cannot start: {e}", file=sys.stderr)
             return 2
 
+    try:
+        encoder = content_encoder(job)
+    except ContentError as e:
+        print(f"streamrec job: cannot start: {e}", file=sys.stderr)
+        return 2
+
     if job.python_workers not in ("auto", "loopback", "process"):
         raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
     # Read by PyFlink when the environment opens. Unset, the minicluster runs every Python operator inside this
@@ -266,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for jar in args.jar:
         env.add_jars(f"file://{jar}")
     build(env, job, operators_conf, pseudonymizer, svc.kafka.bootstrap, svc.cassandra.contact_points,
-          svc.cassandra.native_port, svc.cassandra.keyspace, svc.cassandra.security)
+          svc.cassandra.native_port, svc.cassandra.keyspace, svc.cassandra.security, encoder)
     env.execute(job.job_name)
     return 0
 

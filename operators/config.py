@@ -39,6 +39,9 @@ class RecsConf:
     # content items (known to the artefact by their text only, `streamrec train --content`) added to each model
     # list's candidates, at the slot SASRec alone would give them (operators/user.py); 0: none
     content_candidates: int = 5
+    # list places reserved for content items: the best content candidates (by that slot) the re-rank left out
+    # replace the list's last items of other sources; 0: content items compete on their slot alone
+    content_slots: int = 1
 
 
 @dataclass(frozen=True)

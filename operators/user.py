@@ -54,6 +54,8 @@ from operators.state import (
 
 if TYPE_CHECKING:
     from model_export.artifact import ModelArtifact
+    from model_export.content import ContentPart
+    from operators.embed import ItemEmbedding
 
 SOURCE = "user_operator"
 _RATING_CODE = EVENT_TYPES.index("rating") + 1
@@ -89,6 +91,21 @@ class StepResult:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _reserve(chosen: list[int], cand: list[int], src: dict[int, str], slots: int) -> list[int]:
+    """A re-ranked list with at least `slots` content items where it has content candidates: the best of them
+    (candidate order: by SASRec logit) the re-rank left out replace the list's last items of other sources."""
+    content = [c for c in cand if src.get(c) == "content"]
+    room = slots - sum(src.get(c) == "content" for c in chosen)
+    missing = [c for c in content[:slots] if c not in chosen][: max(0, room)]
+    if not missing:
+        return chosen
+    out = list(chosen)
+    pos = [i for i in range(len(out) - 1, -1, -1) if src.get(out[i]) != "content"]
+    for i, c in zip(pos, missing, strict=False):
+        out[i] = c
+    return out
 
 
 def _kept(state: Any) -> bytes | UserState | None:
@@ -225,6 +242,8 @@ class UserOperator:
         # Content candidates (issue 15): items the model never saw but knows by their text (the artefact's content
         # part, `streamrec train --content` / `--cold-items`), scored by the user vector through the text projection.
         # They take the indices after the model's (n_items, n_items + 1, ...) in the lists' candidates only.
+        # Items embedded in the stream (`apply_embedding`) join them, projected by the same part's projection.
+        self.content_part = self._content_part()
         self.content_ids, self.content_vec, self.content_bias = self._content_items()
         self.content_hash = {item_hash(i): k for k, i in enumerate(self.content_ids)}
         self.content_banned = np.zeros(len(self.content_ids), dtype=bool)
@@ -232,6 +251,7 @@ class UserOperator:
             self.unit_emb = np.vstack([self.unit_emb, normalise_rows(self.content_vec)])
             self.item_ids += self.content_ids
             self.index_hash += [item_hash(i) for i in self.content_ids]
+        self.embeddings: dict[str, ItemEmbedding] = {}  # stream embeddings received, by item (kept across hot-swaps)
         # Catalogue updates from the `items` topic, in arrival order (re-applied when the model is swapped).
         self.catalog: dict[str, ItemMeta] = {}
         self.catalog_version = 0  # item updates applied so far (carried by every recommendation)
@@ -240,17 +260,25 @@ class UserOperator:
         # the feed's base rates for callers that keep none per shard (tests, a single-stream replay)
         self.rates = ShardRates()
 
-    def _content_items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """The artefact's content items outside its vocabulary (ids, projected item vectors (m, d), biases (m,)),
-        without those the business rules exclude; none when `recs.content_candidates` is 0 or there is no part."""
-        d = self.art.item_embeddings.shape[1]
-        none: tuple[list[str], np.ndarray, np.ndarray] = ([], np.zeros((0, d), np.float32), np.zeros(0, np.float32))
+    def _content_part(self) -> ContentPart | None:
+        """The artefact's content part (`streamrec train --content`); None without one or when
+        `recs.content_candidates` is 0."""
         path = getattr(self.art, "path", None)
         if self.conf.recs.content_candidates <= 0 or path is None or not (path / "content.json").exists():
-            return none
+            return None
         from model_export.content import load_content
 
-        part = load_content(path)
+        return load_content(path)
+
+    def _content_items(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The artefact's content items outside its vocabulary (ids, projected item vectors (m, d), biases (m,)),
+        without those the business rules exclude; none when there is no content part."""
+        d = self.art.item_embeddings.shape[1]
+        none: tuple[list[str], np.ndarray, np.ndarray] = ([], np.zeros((0, d), np.float32), np.zeros(0, np.float32))
+        part = self.content_part
+        if part is None:
+            return none
+        path = self.art.path
         imap = self.art.vocab.index_map()
         banned = set(self.conf.recs.unavailable_items)
         rows = [r for r, i in enumerate(part.item_ids) if i not in imap and i not in banned]
@@ -303,10 +331,45 @@ class UserOperator:
             self.popular = [int(j) for j in self.art.popular if 0 <= j < self.n_items and not mask[j]]
         return True
 
+    def apply_embedding(self, emb: ItemEmbedding) -> bool:
+        """A text embedding made in the stream (`operators.embed`): an item this model never saw becomes a content
+        candidate (or its content vector is replaced), projected by the artefact's content projection. Returns
+        whether it did; it does not for an item in the model's vocabulary, without a content part, for an embedding
+        of another encoder than the part's, or a business-excluded item. Kept either way: a hot-swapped model
+        re-applies it (`adopt_catalog`)."""
+        self.embeddings[emb.item_id] = emb
+        part = self.content_part
+        if part is None or emb.encoder != part.encoder.get("weights_sha256"):
+            return False
+        if 0 <= self.art.item_index(emb.item_id) < self.n_items or emb.item_id in self.conf.recs.unavailable_items:
+            return False
+        if emb.vector.shape != (part.embeddings.shape[1],):
+            return False
+        vec, bias = part.projection.apply(emb.vector[None, :].astype(np.float64))  # [1, d], [1]
+        unit = normalise_rows(vec)
+        c = self.content_hash.get(item_hash(emb.item_id), -1)
+        if c >= 0 and self.content_ids[c] == emb.item_id:  # copies: a list being built keeps what it started with
+            cv, cb, ue = self.content_vec.copy(), self.content_bias.copy(), self.unit_emb.copy()
+            cv[c], cb[c], ue[self.n_items + c] = vec[0], bias[0], unit[0]
+            self.content_vec, self.content_bias, self.unit_emb = cv, cb, ue
+            return True
+        meta = self.catalog.get(emb.item_id)
+        self.content_hash.setdefault(item_hash(emb.item_id), len(self.content_ids))
+        self.content_ids = [*self.content_ids, emb.item_id]
+        self.content_vec = np.vstack([self.content_vec, vec]).astype(np.float32)
+        self.content_bias = np.concatenate([self.content_bias, bias]).astype(np.float32)
+        self.content_banned = np.append(self.content_banned, meta is not None and not meta.available)
+        self.unit_emb = np.vstack([self.unit_emb, unit]).astype(self.unit_emb.dtype)
+        self.item_ids = [*self.item_ids, emb.item_id]
+        self.index_hash = [*self.index_hash, item_hash(emb.item_id)]
+        return True
+
     def adopt_catalog(self, other: UserOperator) -> None:
-        """Carry the catalogue updates another operator (the previous model's) has applied."""
+        """Carry the catalogue updates and stream embeddings another operator (the previous model's) has applied."""
         for meta in other.catalog.values():
             self.apply_item(meta)
+        for emb in other.embeddings.values():
+            self.apply_embedding(emb)
         self.catalog_version = other.catalog_version
 
     def _business_mask_one(self, i: int) -> bool:
@@ -592,6 +655,9 @@ class UserOperator:
             rels.append(rel)
             srcs.append(src)
         chosen = mmr_many(cands, rels, self.unit_emb, r.k, r.mmr_lambda)
+        if r.content_slots > 0 and self.content_ids:
+            chosen = [_reserve(ch, cand, src, r.content_slots)
+                      for ch, cand, src in zip(chosen, cands, srcs, strict=True)]  # fmt: skip
         n = len(self.item_ids)  # the model's items, then the content items
         # index -> external id, and its hash (the latter raises for an index the artefact does not know)
         ids = [[self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in ch] for ch in chosen]

@@ -156,6 +156,7 @@ def run_replay(
     key_to_user: dict[str, str] = {}
     current: dict[str, list[str]] = {}  # list in effect per user (raw id: offline only)
     last_hit: dict[str, tuple[bool, bool, int]] = {}  # user -> (had a list, hit, events before)
+    every, every_hits = [0, 0], [0, 0]  # events with a list in effect / hits, [model items, unseen items]
     timers: list[tuple[int, int, str]] = []
     timer_set: set[tuple[int, str]] = set()
     counts: Counter[str] = Counter()
@@ -258,7 +259,12 @@ def run_replay(
             if res.state_reset:
                 counts["state_resets"] += 1
             lst = current.get(user)
-            last_hit[user] = (lst is not None, lst is not None and ev.item_id in lst[:k], n_events_user[user])
+            hit = lst is not None and ev.item_id in lst[:k]
+            last_hit[user] = (lst is not None, hit, n_events_user[user])
+            if lst is not None:  # every event against the list in effect; apart: items the model never saw
+                unseen = not 0 <= art.item_index(ev.item_id) < art.n_items
+                every[unseen] += 1
+                every_hits[unseen] += hit
             n_events_user[user] += 1
             apply(user, res)
             if res.timer_ts is not None and (res.timer_ts, user) not in timer_set:
@@ -320,6 +326,12 @@ def run_replay(
             "users": len(eval_users),
             "users_with_a_list": sum(1 for had, _, _ in eval_users if had),
             f"hr@{k}": round(hits / max(len(eval_users), 1), 4),
+            # every event of a user with a list in effect (not only the last): was its item in that list? Apart:
+            # events on items outside the model's vocabulary (cold items, reachable only as content candidates)
+            "events": every[0] + every[1],
+            f"hr@{k}_every_event": round((every_hits[0] + every_hits[1]) / max(every[0] + every[1], 1), 4),
+            "events_unseen_items": every[1],
+            f"hr@{k}_unseen_items": round(every_hits[1] / max(every[1], 1), 4),
         },
         "conf": {"debounce_ms": conf.debounce.interval_ms, "mmr_lambda": conf.recs.mmr_lambda},
     }

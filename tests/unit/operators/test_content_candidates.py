@@ -101,3 +101,64 @@ def test_a_content_item_below_every_model_candidate_is_left_out(make_cold_op: Ca
     op.content_bias = np.full_like(op.content_bias, -1e6)
     rec = _last_list(op, _history(op))
     assert "content" not in rec["sources"] and not set(rec["items"]) & set(op.content_ids)
+
+
+def test_a_reserved_slot_gives_the_best_qualifying_content_item_a_place(make_cold_op: Callable[..., Any]) -> None:
+    free = make_cold_op(recs={"content_slots": 0})
+    held = make_cold_op(recs={"content_slots": 1})
+    # lower every content item's bias until, on their SASRec slot alone, none makes this user's list any more
+    bias = free.content_bias.copy()
+    for drop in (0.5 * 2**i for i in range(12)):
+        free.content_bias = held.content_bias = bias - drop
+        a = _last_list(free, _history(free))
+        if "content" not in a["sources"]:
+            break
+    assert "content" not in a["sources"]
+    b = _last_list(held, _history(held))
+    # reserved: exactly one, in the last place; the rest of the list as before
+    assert b["sources"].count("content") == 1 and b["sources"][-1] == "content"
+    assert b["items"][:-1] == a["items"][:-1] and b["items"][-1] in held.content_ids
+
+
+def _stream_embedding(op: Any, item_id: str, like: str, encoder: str | None = None) -> Any:
+    """An `ItemEmbedding` for `item_id` with the text embedding of the artefact's content item `like`."""
+    from operators.embed import ItemEmbedding
+
+    part = op.content_part
+    vec = part.embeddings[part.item_ids.index(like)]
+    return ItemEmbedding(item_id, vec.astype(np.float32), encoder or part.encoder["weights_sha256"], "d")
+
+
+def test_an_item_embedded_in_the_stream_becomes_a_content_candidate(make_cold_op: Callable[..., Any]) -> None:
+    op = make_cold_op(recs={"mmr_lambda": 1.0})
+    like = op.content_ids[0]
+    n_before, rows_before = len(op.content_ids), op.unit_emb.shape[0]
+    assert op.apply_embedding(_stream_embedding(op, "stream-new-1", like))
+    k = op.content_ids.index("stream-new-1")
+    assert len(op.content_ids) == n_before + 1 and op.unit_emb.shape[0] == rows_before + 1
+    # the same projection as the artefact's own content item with that text
+    np.testing.assert_allclose(op.content_vec[k], op.content_vec[0], rtol=1e-5, atol=1e-6)
+    op.content_bias = op.content_bias.copy()
+    op.content_bias[k] = 1e6
+    rec = _last_list(op, _history(op))
+    assert rec["items"][0] == "stream-new-1" and rec["sources"][0] == "content"
+    # a hot-swapped model takes it over (re-projected by its own content part)
+    new = make_cold_op(recs={"mmr_lambda": 1.0})
+    new.adopt_catalog(op)
+    assert "stream-new-1" in new.content_ids and "stream-new-1" in new.embeddings
+    # unavailable before its embedding arrived: a candidate never recommended
+    op2 = make_cold_op()
+    op2.apply_item(ItemMeta("stream-new-2", "t", (), None, available=False))
+    assert op2.apply_embedding(_stream_embedding(op2, "stream-new-2", like))
+    assert op2.content_banned[op2.content_ids.index("stream-new-2")]
+
+
+def test_stream_embeddings_the_model_cannot_use_are_kept_but_not_candidates(make_cold_op: Callable[..., Any]) -> None:
+    op = make_cold_op()
+    like = op.content_ids[0]
+    n = len(op.content_ids)
+    assert not op.apply_embedding(_stream_embedding(op, "x-other-encoder", like, encoder="f" * 64))
+    assert not op.apply_embedding(_stream_embedding(op, op.item_ids[0], like))  # in the model's vocabulary
+    assert len(op.content_ids) == n and {"x-other-encoder", op.item_ids[0]} <= set(op.embeddings)
+    plain = make_cold_op(recs={"content_candidates": 0})  # no content path in use
+    assert not plain.apply_embedding(_stream_embedding(op, "stream-new-3", like)) and plain.content_ids == []

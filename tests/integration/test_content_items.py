@@ -1,0 +1,110 @@
+"""Item text in the running job (issue 15, must-show 2), on the real services: an item the model never saw,
+published on `items` with a title and description that match a user's interests, is embedded in the stream
+(`embed-items`: the pinned sentence encoder, int8) and broadcast; the user's next list, built one checkpoint interval
+after the item was published, holds it, marked `content`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from streamrec.config import REPO_ROOT
+from streamrec.services.clients import kafka_kwargs
+from tests.integration.test_control_plane import read_topic, wait_for
+from tests.integration.test_job_e2e import job_env
+from tests.tiny_model import TINY_MODEL_YAML
+
+OUTPUTS = ("recommendations", "fraud-flags", "dead-letters", "deletions")
+CHECKPOINT_MS = 3000
+
+
+def test_an_item_published_with_text_reaches_a_matching_users_next_list(
+        kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path], tmp_path: Path) -> None:  # fmt: skip
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from model_export.encoder_fetch import fetch, load_encoder_conf
+    from operators.schema import Event, ItemMeta
+    from streamrec.cli import main
+    from streamrec.data import simulator
+
+    fetch(load_encoder_conf())
+    sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=1500, users=100, seed=13))
+    events = sim.events
+    # The artefact knows the items of its training data (their text too): the published item is the only one the
+    # model has never seen, so it is the only content candidate and the reserved content place is its to take.
+    seen = {e.item_id for e in events}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.jsonl").write_text("".join(e.to_json() + "\n" for e in events))
+    (data / "items.jsonl").write_text("".join(m.to_json() + "\n" for m in sim.items if m.item_id in seen))
+    (tmp_path / "tiny.yaml").write_text(TINY_MODEL_YAML)
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--out", str(model), "--conf", str(tmp_path / "tiny.yaml"),
+                 "--content", "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((model / "config.json").read_text())["content"]["items"] == len(seen)
+
+    # the test user: the genuine one with the most events; their main category; an unseen item in that category
+    by_user = Counter(e.user_id for e in events if e.user_id not in sim.labels["users"])
+    user = by_user.most_common(1)[0][0]
+    cats = {m.item_id: m.categories for m in sim.items}
+    top_cat = Counter(c for e in events if e.user_id == user for c in cats.get(e.item_id, ())).most_common(1)[0][0]
+    like = next(m for m in sim.items if m.item_id in seen and m.categories[:1] == (top_cat,))
+    new_id = f"new-{uuid.uuid4().hex[:8]}"
+    new_item = ItemMeta(new_id, f"{like.title.split(' (')[0]} Returns", (top_cat,), like.text)
+
+    run_id = f"content-{uuid.uuid4().hex[:10]}"
+    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
+    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
+    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
+    env = job_env(topics, model, cassandra_keyspace, tmp_path, run_id)
+    env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": str(CHECKPOINT_MS),
+                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0"})  # fmt: skip
+    argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
+    producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all")
+
+    def recs() -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics["recommendations"]) if v is not None]
+
+    log = (tmp_path / "job.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        for e in events:
+            producer.send(topics["events"], value=e.to_json().encode(), timestamp_ms=e.ts)
+        producer.flush()
+        last_id = [e.event_id for e in events if e.user_id == user][-1]
+        before = wait_for("the user's list for their last event",
+                          lambda: [r for r in recs() if r["event_id"] == last_id], proc=proc)[-1]  # fmt: skip
+        assert new_id not in before["items"] and "content" not in before["sources"]
+
+        producer.send(topics["items"], value=new_item.to_json().encode(), timestamp_ms=int(time.time() * 1000))
+        producer.flush()
+        time.sleep(CHECKPOINT_MS / 1000)  # one checkpoint interval after the item was published ...
+        last = max(e.ts for e in events)
+        nxt = Event(f"{run_id}-next", user, like.item_id, "view", last + 60_000)
+        producer.send(topics["events"], value=nxt.to_json().encode(), timestamp_ms=nxt.ts)
+        producer.flush()
+        # ... the user's next list holds it, marked content
+        rec = wait_for("the list for the next event", lambda: [r for r in recs() if r["event_id"] == nxt.event_id],
+                       timeout_s=120, proc=proc)[-1]  # fmt: skip
+        assert new_id in rec["items"], f"{new_id} not in {rec['items']} ({rec['sources']})"
+        assert rec["sources"][rec["items"].index(new_id)] == "content"
+        assert rec["catalog_version"] >= 1
+        dead = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics["dead-letters"]) if v is not None]
+        assert not [d for d in dead if d.get("source") == "embed_items"], dead
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        producer.close()
+        admin.delete_topics(list(topics.values()))
+        admin.close()
