@@ -17,6 +17,7 @@ class Topics:
     fraud_flags: str = "fraud-flags"  # fraud flags out
     dead_letters: str = "dead-letters"  # rejected input out
     deletions: str = "deletions"  # erasure records out
+    cf: str = ""  # the job's own streaming-CF feedback topic (compacted; "": <consumer_group>-cf), made at start
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ class JobConf:
     def patch_workers(self) -> bool:
         """Whether the Python workers get `jobs/worker_patches.py` (process mode only: thread mode has no bundles)."""
         return self.worker_patches and self.execution_mode == "process"
+
+    def cf_topic(self) -> str:
+        """The topic the item operator publishes CF neighbours to and the user operators read them back from."""
+        return self.topics.cf or f"{self.consumer_group}-cf"
 
     def path(self, p: str) -> Path:
         """A config path made absolute against the repo root."""

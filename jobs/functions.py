@@ -36,6 +36,7 @@ FRAUD_FLAGS = OutputTag("fraud-flags", Types.STRING())
 DELETIONS = OutputTag("deletions", Types.STRING())
 ITEM_EVENTS = OutputTag("item-events", ITEM_BATCH)
 BROADCAST = OutputTag("broadcast", Types.PICKLED_BYTE_ARRAY())  # model records, to every user-operator instance
+CF_UPDATES = OutputTag("cf-updates", Types.STRING())  # published CF neighbours, "KEY\nVALUE" joined per batch
 
 __all__ = ["to_json"]
 
@@ -176,6 +177,29 @@ class ParseItems(ProcessFunction):
             yield Row(batching.shard_key(parsed.item_id, self.item_keys), parsed)
 
 
+class ParseCf(ProcessFunction):
+    """Raw record of the job's CF topic → `CfUpdate` (to be broadcast) or a dead letter."""
+
+    def __init__(self, source: str, patches: bool = True) -> None:
+        self.source = source
+        self.patches = patches
+
+    def open(self, ctx: RuntimeContext) -> None:
+        _worker_setup(self.patches)
+
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        import json
+
+        from operators.cf import CfUpdate
+        from operators.dead_letter import OPERATOR_BAD_INPUT, operator_dead_letter
+
+        try:
+            yield CfUpdate.from_dict(json.loads(value))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+            yield DEAD_LETTERS, to_json(operator_dead_letter(OPERATOR_BAD_INPUT, f"cf record: {e}", self.source,
+                                                             value))  # fmt: skip
+
+
 class _MapDigests:
     """`operators.embed.Digests` over a MapState."""
 
@@ -253,7 +277,8 @@ class EmbedItems(KeyedProcessFunction):
 
 def control_state_descriptor() -> Any:
     """Broadcast state: "model" → the accepted `model` record; "item:<id>" → {"seq", "item"} of the latest update;
-    "emb:<id>" → the item's latest stream embedding (`ItemEmbedding.to_dict`)."""
+    "emb:<id>" → the item's latest stream embedding (`ItemEmbedding.to_dict`); "cf:<id>" → its latest published CF
+    neighbours (`CfUpdate.to_dict`)."""
     return MapStateDescriptor("control", Types.STRING(), Types.STRING())
 
 
@@ -339,6 +364,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
         for k, v in sorted(recorded.items()):
             if k.startswith("emb:"):
                 self.op.apply_embedding(ItemEmbedding.from_dict(v))
+        from operators.cf import CfUpdate
+
+        for k, v in sorted(recorded.items()):
+            if k.startswith("cf:"):
+                self.op.apply_cf(CfUpdate.from_dict(v))
 
     def _switch(self, record: dict[str, Any], ctx: Any) -> Iterator[Any]:
         from operators.control import ModelRejected, model_rejection, verify_model
@@ -362,6 +392,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
 
     def process_broadcast_element(self, value: Any, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
+        from operators.cf import CfUpdate
         from operators.embed import ItemEmbedding
         from operators.schema import ItemMeta, ModelUpdate
 
@@ -375,6 +406,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
         elif isinstance(value, ItemEmbedding):
             self.op.apply_embedding(value)
             ctx.get_broadcast_state(control_state_descriptor()).put(f"emb:{value.item_id}", to_json(value.to_dict()))
+        elif isinstance(value, CfUpdate):
+            self.op.apply_cf(value)
+            ctx.get_broadcast_state(control_state_descriptor()).put(f"cf:{value.item_id}", to_json(value.to_dict()))
 
     # ------------------------------------------------------------------ keyed side (one shard)
 
@@ -441,13 +475,19 @@ class ItemFunction(KeyedProcessFunction):
         self.waiting: Any = None
         self.rates: Any = None
         self.rows: _CassandraRows | None = None
+        self.cf: Any = None
+        self.cf_states: Any = None
 
     def open(self, ctx: RuntimeContext) -> None:
+        from operators.cf import CfOperator
         from operators.item import ItemOperator
 
         _worker_setup(self.job.patch_workers())
         self.op = ItemOperator(self.operators_conf)
         self.items = _map_state(ctx, "items", self.job.state.ttl_days)
+        if self.operators_conf.cf.enabled:  # streaming CF: each item's predecessors (operators/cf.py)
+            self.cf = CfOperator(self.operators_conf.cf)
+            self.cf_states = _map_state(ctx, "cf", self.job.state.ttl_days)
         self.waiting = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rate
         if self.cassandra is not None:
@@ -479,11 +519,13 @@ class ItemFunction(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(min(map(_event_ts, rest)))
         else:
             self.waiting.clear()
-        out = batch.item_events(self.op, self.items, due, self.rates)
+        out = batch.item_events(self.op, self.items, due, self.rates, self.cf, self.cf_states)
         if self.rows is not None:
             self.rows.write(out.cassandra)
         if out.fraud_flags:
             yield batching.join_records(out.fraud_flags)
+        if out.cf_updates:
+            yield CF_UPDATES, batching.join_records(out.cf_updates)
         if out.dead_letters:
             yield DEAD_LETTERS, batching.join_records(out.dead_letters)
 

@@ -200,6 +200,7 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
 
     from jobs.functions import (
         BROADCAST,
+        CF_UPDATES,
         DEAD_LETTERS,
         DELETIONS,
         FRAUD_FLAGS,
@@ -208,6 +209,7 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
         USER_BATCH,
         EmbedItems,
         ItemFunction,
+        ParseCf,
         ParseControl,
         ParseItems,
         UserFunction,
@@ -244,7 +246,14 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
             .process(EmbedItems(job, *encoder), output_type=Types.PICKLED_BYTE_ARRAY()) \
             .name("embed-items").uid("embed-items")
     item_functions = [parsed_items] if encoder is None else [parsed_items, catalogue]
-    broadcast = control.get_side_output(BROADCAST).union(catalogue).broadcast(control_state_descriptor())
+    control_plane = [catalogue]
+    if operators_conf.cf.enabled:  # the item operator's CF neighbours come back from the job's CF topic
+        cf_in = env.from_source(kafka_source(job, bootstrap, job.cf_topic()), quiet, "cf").uid("cf-source") \
+            .process(ParseCf(job.cf_topic(), job.patch_workers()), output_type=Types.PICKLED_BYTE_ARRAY()) \
+            .name("parse-cf").uid("parse-cf")
+        control_plane.append(cf_in)
+        item_functions.append(cf_in)
+    broadcast = control.get_side_output(BROADCAST).union(*control_plane).broadcast(control_state_descriptor())
 
     # Erase requests travel with the event batches, keyed by user shard: they reach the state they must clear.
     users = keyed(batches.union(control), Types.PRIMITIVE_ARRAY(Types.BYTE())) \
@@ -263,6 +272,9 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
         items.get_side_output(DEAD_LETTERS), control.get_side_output(DEAD_LETTERS),
         *(f.get_side_output(DEAD_LETTERS) for f in item_functions))
 
+    if operators_conf.cf.enabled:
+        split(items.get_side_output(CF_UPDATES)).name("split-cf").uid("split-cf") \
+            .sink_to(keyed_kafka_sink(job, bootstrap, job.cf_topic())).name("kafka-cf").uid("kafka-cf")
     split(users).name("split-recommendations").uid("split-recommendations") \
         .sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
         .name("kafka-recommendations").uid("kafka-recommendations")
@@ -305,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContentError as e:
         print(f"streamrec job: cannot start: {e}", file=sys.stderr)
         return 2
+    if operators_conf.cf.enabled:  # the job's own CF feedback topic (compacted: the latest neighbours per item)
+        from streamrec.services.kafka import ensure_topics
+
+        ensure_topics(svc.kafka.bootstrap, [job.cf_topic()], svc.kafka.num_partitions, compacted=[job.cf_topic()])
 
     if job.python_workers not in ("auto", "loopback", "process"):
         raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")

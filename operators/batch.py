@@ -24,6 +24,7 @@ from operators.baserates import (
     encode_rates,
     encode_rating_rates,
 )
+from operators.cf import CfOperator
 from operators.dead_letter import dead_letter, operator_dead_letter
 from operators.item import ItemOperator, ItemStepResult
 from operators.schema import EraseRequest, Event, Rejection, parse_event
@@ -70,6 +71,7 @@ class Outputs:
     cassandra: list[dict[str, Any]] = field(default_factory=list)  # rows for the Cassandra sink
     timers: list[tuple[int, str]] = field(default_factory=list)  # (event time, user id) debounce timers
     alarms: int = 0  # detector_alarm records among the fraud flags (the job's `detector_alarms` metric)
+    cf_updates: list[str] = field(default_factory=list)  # "KEY\nVALUE" published CF neighbours (compacted topic)
 
     def add_user(self, result: StepResult, user_id: str | None) -> None:
         for r in result.recommendations:
@@ -181,6 +183,23 @@ def user_erase(op: UserOperator, store: Store, request: EraseRequest) -> Outputs
     return out
 
 
+def cf_events(cf: CfOperator, store: Store, events: Sequence[Any], out: Outputs) -> None:
+    """Item events in order through `cf.step`, each item's CF state read once and written back once."""
+    states: dict[str, bytes | None] = {}
+    for ev in events:
+        item = ev.get("item_id") if isinstance(ev, dict) else None
+        if not isinstance(item, str) or not ev.get("prev"):
+            continue
+        if item not in states:
+            states[item] = store.get(item)
+        states[item], update = cf.step(states[item], ev)
+        if update is not None:
+            out.cf_updates.append(f"{item}\n{to_json(update.to_dict())}")
+    for item, st in states.items():
+        if st is not None:
+            store.put(item, st)
+
+
 def item_order_key(ev: Any) -> tuple[int, str]:
     """The order the item operator sees its events in: event time, ties by event id (events of one second from
     different user shards arrive in any order; MovieLens times are whole seconds)."""
@@ -207,11 +226,15 @@ def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[
     return [ev for _, _, ev in due], rest
 
 
-def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Value | None = None) -> Outputs:
+def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Value | None = None,
+                cf: CfOperator | None = None, cf_store: Store | None = None) -> Outputs:  # fmt: skip
     """Item events (from the user operator) in order, through `op.step_many` over the stored states of their items
     (one without an item id is refused by the operator: a dead letter). `rates`: the item shard's rating base rate,
-    read and written back (None: the operator's own; bytes it cannot read start afresh)."""
+    read and written back (None: the operator's own; bytes it cannot read start afresh). With `cf`, the same events
+    in the same order through the streaming CF operator over `cf_store` (its publications in `cf_updates`)."""
     out = Outputs()
+    if cf is not None and cf_store is not None:
+        cf_events(cf, cf_store, events, out)
     items = dict.fromkeys(ev["item_id"] for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str))
     before = {item: store.get(item) for item in items}
     states = dict(before)

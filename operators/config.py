@@ -45,6 +45,20 @@ class RecsConf:
 
 
 @dataclass(frozen=True)
+class CfConf:
+    enabled: bool = True  # item-item CF learned in the stream (operators/cf.py)
+    window: int = 3  # previous items of the user an event pairs with (weights 1, 1/2, 1/3 by distance)
+    max_gap_ms: int = 86_400_000  # ... consumed at most this long before it
+    max_neighbours: int = 20  # predecessors kept per item (the lightest evicted): bounds the state
+    half_life_ms: int = 7 * 86_400_000  # co-occurrence weights halve over this much event time
+    publish_interval_ms: int = 60_000  # an item's changed neighbours are published at most this often (event time)
+    candidates: int = 10  # successors of the user's recent items added to the fallback's candidates
+    slots: int = 1  # list places reserved for successors outside the model's vocabulary (new items); 0: none
+    slot_min_score: float = 0.5  # ... whose CF score (1.0: the heaviest successor of the latest item) is at least this
+    weight: float = 1.0  # their score (scaled to [0, 1] per history item) next to item-KNN similarity
+
+
+@dataclass(frozen=True)
 class DebounceConf:
     interval_ms: int = 60_000  # at most one recommendation update per user per interval (event time)
     strong_events: tuple[str, ...] = ("purchase", "cart")  # these bypass the debounce
@@ -153,6 +167,7 @@ class OperatorsConf:
     alarm: AlarmConf = field(default_factory=AlarmConf)  # miscalibrated user detectors
     scorer: ScorerConf = field(default_factory=ScorerConf)  # onnxruntime session
     privacy: PrivacyConf = field(default_factory=PrivacyConf)  # pseudonymisation
+    cf: CfConf = field(default_factory=CfConf)  # item-item CF learned in the stream
 
 
 def load_operators_conf(path: str | Path = "operators.yaml") -> OperatorsConf:

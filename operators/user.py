@@ -35,6 +35,7 @@ import numpy as np
 
 from operators import fraud
 from operators.baserates import RatesView, ShardRates
+from operators.cf import prev_items
 from operators.config import OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
 from operators.privacy import Pseudonymizer
@@ -55,6 +56,7 @@ from operators.state import (
 if TYPE_CHECKING:
     from model_export.artifact import ModelArtifact
     from model_export.content import ContentPart
+    from operators.cf import CfUpdate
     from operators.embed import ItemEmbedding
 
 SOURCE = "user_operator"
@@ -93,16 +95,21 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _reserve(chosen: list[int], cand: list[int], src: dict[int, str], slots: int) -> list[int]:
-    """A re-ranked list with at least `slots` content items where it has content candidates: the best of them
-    (candidate order: by SASRec logit) the re-rank left out replace the list's last items of other sources."""
-    content = [c for c in cand if src.get(c) == "content"]
-    room = slots - sum(src.get(c) == "content" for c in chosen)
-    missing = [c for c in content[:slots] if c not in chosen][: max(0, room)]
+def _reserve(chosen: list[int], picks: list[int], slots: int, cf_new: set[int],
+             src: dict[int, str] | None = None) -> list[int]:  # fmt: skip
+    """A re-ranked list with at least `slots` of `picks` (one kind of reserved candidates, best first: content
+    items by SASRec logit, or stream CF items by CF score) where there are any: the best the re-rank left out
+    replace the list's last items that hold no reserved place (model, item-KNN, popular)."""
+    kind = set(picks)
+    room = slots - sum(c in kind for c in chosen)
+    missing = [c for c in picks[:slots] if c not in chosen][: max(0, room)]
     if not missing:
         return chosen
     out = list(chosen)
-    pos = [i for i in range(len(out) - 1, -1, -1) if src.get(out[i]) != "content"]
+    reserved = kind | cf_new
+    if src is not None:
+        reserved |= {c for c in out if src.get(c) == "content"}
+    pos = [i for i in range(len(out) - 1, -1, -1) if out[i] not in reserved]
     for i, c in zip(pos, missing, strict=False):
         out[i] = c
     return out
@@ -252,6 +259,12 @@ class UserOperator:
             self.item_ids += self.content_ids
             self.index_hash += [item_hash(i) for i in self.content_ids]
         self.embeddings: dict[str, ItemEmbedding] = {}  # stream embeddings received, by item (kept across hot-swaps)
+        # Item-item CF learned in the stream (operators/cf.py): published predecessors P(j) by item, inverted into
+        # successors S(i): item hash → {item index: weight}, for the fallback's candidates.
+        self.cf_updates: dict[str, CfUpdate] = {}
+        self.cf_succ: dict[int, dict[int, float]] = {}
+        self.cf_new: dict[int, dict[int, float]] = {}  # the same, only successors outside the model's vocabulary
+        self.cf_in: dict[int, list[int]] = {}  # item index → the predecessor hashes it is a successor of
         # Catalogue updates from the `items` topic, in arrival order (re-applied when the model is swapped).
         self.catalog: dict[str, ItemMeta] = {}
         self.catalog_version = 0  # item updates applied so far (carried by every recommendation)
@@ -353,23 +366,73 @@ class UserOperator:
             cv[c], cb[c], ue[self.n_items + c] = vec[0], bias[0], unit[0]
             self.content_vec, self.content_bias, self.unit_emb = cv, cb, ue
             return True
-        meta = self.catalog.get(emb.item_id)
-        self.content_hash.setdefault(item_hash(emb.item_id), len(self.content_ids))
-        self.content_ids = [*self.content_ids, emb.item_id]
-        self.content_vec = np.vstack([self.content_vec, vec]).astype(np.float32)
-        self.content_bias = np.concatenate([self.content_bias, bias]).astype(np.float32)
-        self.content_banned = np.append(self.content_banned, meta is not None and not meta.available)
-        self.unit_emb = np.vstack([self.unit_emb, unit]).astype(self.unit_emb.dtype)
-        self.item_ids = [*self.item_ids, emb.item_id]
-        self.index_hash = [*self.index_hash, item_hash(emb.item_id)]
+        self._append_item(emb.item_id, vec[0], float(bias[0]), unit[0])
+        if emb.item_id in self.cf_updates:  # its CF neighbours arrived before it had an index
+            self.apply_cf(self.cf_updates[emb.item_id])
         return True
 
+    def _append_item(self, item_id: str, vec: np.ndarray, bias: float, unit: np.ndarray) -> int:
+        """A new item outside the model's vocabulary: the next content row (index n_items + row); a stream item
+        known only by its CF neighbours gets a zero vector and bias -inf (never a content candidate; in the
+        re-rank, similar to nothing) until an embedding replaces them. Copies: a list being built keeps what it
+        started with."""
+        meta = self.catalog.get(item_id)
+        row = len(self.content_ids)
+        self.content_hash.setdefault(item_hash(item_id), row)
+        self.content_ids = [*self.content_ids, item_id]
+        self.content_vec = np.vstack([self.content_vec, vec[None, :]]).astype(np.float32)
+        self.content_bias = np.append(self.content_bias, np.float32(bias)).astype(np.float32)
+        self.content_banned = np.append(self.content_banned, meta is not None and not meta.available)
+        self.unit_emb = np.vstack([self.unit_emb, unit[None, :]]).astype(self.unit_emb.dtype)
+        self.item_ids = [*self.item_ids, item_id]
+        self.index_hash = [*self.index_hash, item_hash(item_id)]
+        return self.n_items + row
+
+    def apply_cf(self, update: CfUpdate) -> bool:
+        """Published predecessors of an item (`operators.cf`): the item becomes a successor of each of them, for
+        the fallback's candidates and, outside the model's vocabulary, the lists' reserved CF place (`cf.slots`).
+        An item neither in the vocabulary nor a content item is added as a stream item. Kept (a hot-swapped model
+        re-applies it); False only for a business-excluded item."""
+        self.cf_updates[update.item_id] = update
+        j = self._list_index(update.item_id)
+        if j is None:
+            if update.item_id in self.conf.recs.unavailable_items:
+                return False
+            d = self.unit_emb.shape[1]
+            j = self._append_item(update.item_id, np.zeros(d, np.float32), -np.inf, np.zeros(d, np.float32))
+        for h in self.cf_in.pop(j, []):
+            self.cf_succ.get(h, {}).pop(j, None)
+            self.cf_new.get(h, {}).pop(j, None)
+        cap = self.conf.cf.max_neighbours
+        for h, w in update.preds:
+            succ = self.cf_succ.setdefault(h, {})
+            succ[j] = w
+            if len(succ) > cap:  # bounded too: the lightest successor goes
+                gone = min(succ, key=lambda x: (succ[x], -x))
+                del succ[gone]
+                self.cf_new.get(h, {}).pop(gone, None)
+            if j >= self.n_items and j in succ:
+                self.cf_new.setdefault(h, {})[j] = w
+        self.cf_in[j] = [h for h, _ in update.preds]
+        return True
+
+    def _list_index(self, item_id: str) -> int | None:
+        """The index lists use for an item: its vocabulary index, or n_items + its content row; None if neither."""
+        i = self.art.item_index(item_id)
+        if 0 <= i < self.n_items:
+            return int(i)
+        c = self.content_hash.get(item_hash(item_id), -1)
+        return self.n_items + c if c >= 0 and self.content_ids[c] == item_id else None
+
     def adopt_catalog(self, other: UserOperator) -> None:
-        """Carry the catalogue updates and stream embeddings another operator (the previous model's) has applied."""
+        """Carry the catalogue updates, stream embeddings and stream CF another operator (the previous model's) has
+        applied."""
         for meta in other.catalog.values():
             self.apply_item(meta)
         for emb in other.embeddings.values():
             self.apply_embedding(emb)
+        for upd in other.cf_updates.values():
+            self.apply_cf(upd)
         self.catalog_version = other.catalog_version
 
     def _business_mask_one(self, i: int) -> bool:
@@ -631,6 +694,7 @@ class UserOperator:
         cands: list[list[int]] = []
         rels: list[list[float]] = []
         srcs: list[dict[int, str]] = []  # each candidate's source: model, content, cf (item-KNN) or popular
+        cf_new: set[int] = set()  # stream CF candidates outside the model's vocabulary (the reserved CF place)
         for o, res in zip(orders, scored, strict=True):
             if res is None:
                 cand, rel = self._fallback(o.s, o.known, o.consumed)
@@ -651,13 +715,28 @@ class UserOperator:
                         cand.append(c)
                         rel.append(x)
                         src[c] = "content"
+                if self.cf_new and cand and self.conf.cf.slots > 0:
+                    # items the model never saw, known from the stream's co-occurrence: below every model
+                    # candidate (no model score to compare), in the list only through the reserved place
+                    lo = min(rel)
+                    news = [j for j, x in self._cf_scores(o.s, new_only=True) if j not in src
+                            and x >= self.conf.cf.slot_min_score
+                            and not self.content_banned[j - self.n_items]][: self.conf.cf.slots]  # fmt: skip
+                    for k, j in enumerate(news):
+                        cand.append(j)
+                        rel.append(lo - 1.0 - k * 1e-3)
+                        src[j] = "cf"
+                        cf_new.add(j)
             cands.append(cand)
             rels.append(rel)
             srcs.append(src)
         chosen = mmr_many(cands, rels, self.unit_emb, r.k, r.mmr_lambda)
         if r.content_slots > 0 and self.content_ids:
-            chosen = [_reserve(ch, cand, src, r.content_slots)
+            chosen = [_reserve(ch, [c for c in cand if src.get(c) == "content"], r.content_slots, cf_new)
                       for ch, cand, src in zip(chosen, cands, srcs, strict=True)]  # fmt: skip
+        if cf_new:
+            chosen = [_reserve(ch, [c for c in cand if c in cf_new], self.conf.cf.slots, cf_new, srcs[j])
+                      for j, (ch, cand) in enumerate(zip(chosen, cands, strict=True))]  # fmt: skip
         n = len(self.item_ids)  # the model's items, then the content items
         # index -> external id, and its hash (the latter raises for an index the artefact does not know)
         ids = [[self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in ch] for ch in chosen]
@@ -752,6 +831,8 @@ class UserOperator:
             rec, _ = yield from self._recommend(s, s.user_key, s.pending_event_id, s.pending_ts, due_at,
                                                 debounced=True, need_logprob=False)  # fmt: skip
             recs.append(rec)
+        cf = self.conf.cf
+        prev = prev_items(s.items, s.ts, ev.ts, item_hash(ev.item_id), cf) if cf.enabled else []
         self._update(s, ev, h)
         user_key = self.pseud.pseudonym(ev.user_id)
         s.user_key, s.key_id = user_key, self.pseud.key_id
@@ -782,6 +863,8 @@ class UserOperator:
              "account_first_ts": s.first_ts, "account_events": s.n_events,
              "quarantined": s.flagged_until > ev.ts, "unverified": engaged_feed and self._unverified(s, ev)}
         ]  # fmt: skip
+        if prev:
+            items[0]["prev"] = prev
         # s: the driver stores it (`_finish`)
         return StepResult(s, recommendations=recs, fraud_flags=flags, item_events=items, timer_ts=timer,
                           state_reset=reset, activated=activated)  # fmt: skip
@@ -900,6 +983,38 @@ class UserOperator:
         return [(self.n_items + int(j), float(rel[p]) + 1e-6) for j, p in zip(top.tolist(), slots.tolist(), strict=True)
                 if p < len(rel)]
 
+    def _cf_candidates(self, s: UserState, scores: dict[int, float]) -> None:
+        """Add to `scores` (item index → score, item-KNN's) the best `cf.candidates` stream CF successors."""
+        for j, x in self._cf_scores(s)[: self.conf.cf.candidates]:
+            scores[j] = scores.get(j, 0.0) + x
+
+    def _cf_scores(self, s: UserState, decay: float = 0.8, new_only: bool = False) -> list[tuple[int, float]]:
+        """The stream CF successors of the user's most recent items (`recs.knn_recent`, distinct), best first:
+        each history item's successors scaled to its heaviest, times `cf.weight` and decay^age; none the user has
+        consumed. `new_only`: only those outside the model's vocabulary."""
+        cf = self.conf.cf
+        recent: list[int] = []
+        for h in reversed(s.items):
+            if h not in recent:
+                recent.append(h)
+            if len(recent) >= self.conf.recs.knn_recent:
+                break
+        pool = self.cf_new if new_only else self.cf_succ
+        add: dict[int, float] = {}
+        for age, h in enumerate(recent):
+            succ = pool.get(h)
+            if not succ:
+                continue
+            top = max(self.cf_succ[h].values()) or 1.0
+            w = cf.weight * decay**age / top
+            for j, x in succ.items():
+                add[j] = add.get(j, 0.0) + w * x
+        if add:
+            seen = set(s.items)
+            index_hash = self.index_hash
+            add = {j: x for j, x in add.items() if index_hash[j] not in seen}
+        return sorted(add.items(), key=lambda kv: (-kv[1], kv[0]))
+
     def _fallback(self, s: UserState, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
         """Cold start: item-KNN neighbours of the recent known items first, then popular items boosted by the
         user's category interests. Relevance puts every KNN candidate above every popular one."""
@@ -908,10 +1023,13 @@ class UserOperator:
         knn = knn_candidates(
             known, self.art.knn_neighbours, self.art.knn_similarities, self.n_items, r.knn_recent, r.knn_per_item
         )
+        if self.cf_succ:
+            self._cf_candidates(s, knn)
         cand: list[int] = []
         rel: list[float] = []
+        n = self.n_items
         for j, sc in sorted(knn.items(), key=lambda kv: -kv[1]):
-            if j not in banned and not self._static_excluded[j]:
+            if j not in banned and not (self._static_excluded[j] if j < n else self.content_banned[j - n]):
                 cand.append(j)
                 rel.append(2.0 + sc)
                 banned.add(j)

@@ -109,6 +109,7 @@ def run_replay(
     from operators.baselines import ItemKNNScorer, MostPopScorer
     from operators.baserates import ALARM_KIND, RatingRates, ShardRates
     from operators.batch import item_order_key
+    from operators.cf import CfOperator
     from operators.config import load_operators_conf
     from operators.dead_letter import dead_letter
     from operators.fraud import USER_DETECTORS
@@ -130,6 +131,8 @@ def run_replay(
     pseud = Pseudonymizer.from_env(allow_dev_key=True)  # offline: the dev key is fine unless a key is set
     uop = UserOperator(art, conf, pseud, scorer)
     iop = ItemOperator(conf, art.version)
+    cfop = CfOperator(conf.cf) if conf.cf.enabled else None
+    cf_states: dict[str, bytes] = {}
     k = conf.recs.k
     job = load_job_conf()
     n_shards = shards if shards is not None else job.batching.shards
@@ -143,7 +146,7 @@ def run_replay(
     files: dict[str, Any] = {}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("recommendations", "fraud_flags", "dead_letters"):
+        for name in ("recommendations", "fraud_flags", "dead_letters", "cf_neighbours"):
             files[name] = open(out / f"{name}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
     def write(name: str, rec: dict[str, Any]) -> None:
@@ -213,6 +216,15 @@ def run_replay(
             ir = iop.step(item_states.get(ie["item_id"]), ie, item_rates[shard_of(ie["item_id"], n_shards)])
             if ir.state is not None:
                 item_states[ie["item_id"]] = ir.state
+            if cfop is not None and ie.get("prev"):  # streaming CF: the job publishes through Kafka, here at once
+                cs, update = cfop.step(cf_states.get(ie["item_id"]), ie)
+                if cs is not None:
+                    cf_states[ie["item_id"]] = cs
+                if update is not None:
+                    counts["cf_updates"] += 1
+                    uop.apply_cf(update)
+                    if "cf_neighbours" in files:
+                        write("cf_neighbours", update.to_dict())
             handle_flags(ir.fraud_flags)
             for d in ir.dead_letters:
                 counts["dead_letters"] += 1
@@ -284,6 +296,7 @@ def run_replay(
 
     sizes = [len(s) for s in states.values()]
     isizes = [len(s) for s in item_states.values()]
+    cfsizes = [len(s) for s in cf_states.values()]
     eval_users = [v for u, v in last_hit.items() if v[2] >= 2]  # users with >= 3 events: leave-last-out
     hits = sum(1 for had, hit, _ in eval_users if hit)
     flagged_users = sorted(set().union(*user_flags.values())) if user_flags else []
@@ -321,6 +334,8 @@ def run_replay(
             "mean": round(sum(sizes) / max(len(sizes), 1), 1),
         },  # fmt: skip
         "item_state_bytes": {"p50": _pct(isizes, 0.5), "p99": _pct(isizes, 0.99), "max": max(isizes, default=0)},
+        "cf": {"enabled": cfop is not None, "items": len(cf_states), "updates_published": counts["cf_updates"],
+               "state_bytes": {"p50": _pct(cfsizes, 0.5), "p99": _pct(cfsizes, 0.99), "max": max(cfsizes, default=0)}},
         "streaming_quality": {
             "k": k,
             "users": len(eval_users),

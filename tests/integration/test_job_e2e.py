@@ -120,9 +120,11 @@ def run(kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path
                             text=True, timeout=600)
     assert replay.returncode == 0, replay.stderr[-3000:]
     offline = {name: [json.loads(line) for line in (tmp / "replay" / f"{name}.jsonl").read_text().splitlines()]
-               for name in ("fraud_flags", "dead_letters")}
+               for name in ("fraud_flags", "dead_letters", "cf_neighbours")}
+    outputs["cf"] = [json.loads(v) for v in consume_all(kafka_bootstrap, f"g-{run_id}-cf", expected=1,
+                                                        isolation_level="read_committed", timeout_s=20)]
     yield Run(sim, outputs, offline, Pseudonymizer(KEY.encode(), "test-k1"), cassandra_keyspace, str(model), log)
-    admin.delete_topics(list(topics.values()))
+    admin.delete_topics([*topics.values(), f"g-{run_id}-cf"])
     admin.close()
 
 
@@ -154,6 +156,23 @@ def test_every_active_user_gets_recommendations_in_kafka_and_cassandra(run: Run,
     for key in expected:
         assert list(rows[key].items) == last[key]["items"], key
         assert rows[key].event_id == last[key]["event_id"]
+
+
+def test_streaming_cf_neighbours_equal_the_offline_operators(run: Run) -> None:
+    """Streaming item-item CF (operators/cf.py): the neighbours the job's item operator published to its CF topic
+    are, item by item, those the offline replay's operator published last (the same item events in the same
+    event-time order, whatever batching did), and each list is bounded."""
+    def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for r in records:
+            if r["item_id"] not in out or r["ts"] >= out[r["item_id"]]["ts"]:
+                out[r["item_id"]] = r
+        return out
+
+    job, offline = latest(run.outputs["cf"]), latest(run.replay["cf_neighbours"])
+    assert len(job) >= 100, f"only {len(job)} items got CF neighbours"
+    assert job == offline
+    assert max(len(r["preds"]) for r in job.values()) <= 20
 
 
 def test_fraud_flags_match_the_offline_operators_and_catch_the_bots(run: Run, cassandra_session) -> None:
