@@ -251,7 +251,10 @@ class EmbedItems(KeyedProcessFunction):
         pending: dict[str, str] = self.pending.value() or {}
         was_empty = not pending
         state, out = self.op.step(EmbedState(pending, _MapDigests(self.digests)), value)
-        self.pending.update(state.pending or None)
+        if state.pending:
+            self.pending.update(state.pending)
+        else:
+            self.pending.clear()
         if was_empty and state.pending:
             now = ctx.timer_service().current_processing_time()
             ctx.timer_service().register_processing_time_timer(now + self.job.content.batch_delay_ms)

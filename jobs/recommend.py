@@ -159,9 +159,10 @@ class ContentError(RuntimeError):
 
 def content_encoder(job: Any) -> tuple[str, str, int, str] | None:
     """The encoder `EmbedItems` runs (encoder directory, ONNX cache, tokens per text, weights sha256), checked here on
-    the client before anything is submitted: its files against conf/encoder.yaml (the pinned encoder) and its
-    weights against the artefact's content part. Exports the ONNX graphs into the cache if they are not there yet
-    (the workers only read them). None when `content.embed_items` is off."""
+    the client before anything is submitted: its weights against conf/encoder.yaml (the pinned encoder, unless
+    `content.encoder_dir` names another) and against the artefact's content part. Exports the ONNX graphs into the
+    cache if they are not there yet (`streamrec encoder fetch` does; the workers only read them). None when
+    `content.embed_items` is off."""
     if not job.content.embed_items:
         return None
     import json

