@@ -501,25 +501,26 @@ class ItemFunction(KeyedProcessFunction):
             self.rows.close()
 
     def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        waiting: list[Any] = self.waiting.value() or []
-        first = min(map(_event_ts, waiting), default=None)
-        waiting.extend(events)
-        self.waiting.update(waiting)
-        new_first = min(map(_event_ts, events), default=None)
-        if new_first is not None and (first is None or new_first < first):
-            ctx.timer_service().register_event_time_timer(new_first)
+        from operators import batch
+
+        buf, timer = batch.buffer_add(self.waiting.value(), events)
+        self.waiting.update(buf)
+        if timer is not None:
+            ctx.timer_service().register_event_time_timer(timer)
         return iter(())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         from operators import batch
 
-        due, rest = batch.event_time_order(self.waiting.value() or [],
-                                           max(timestamp, ctx.timer_service().current_watermark()))  # fmt: skip
+        buf = self.waiting.value()
+        if buf is None:
+            return
+        due, rest, first = batch.buffer_take(buf, max(timestamp, ctx.timer_service().current_watermark()))
         if not due:
             return
-        if rest:
+        if rest is not None and first is not None:
             self.waiting.update(rest)
-            ctx.timer_service().register_event_time_timer(min(map(_event_ts, rest)))
+            ctx.timer_service().register_event_time_timer(first)
         else:
             self.waiting.clear()
         out = batch.item_events(self.op, self.items, due, self.rates, self.cf, self.cf_states)
@@ -532,9 +533,4 @@ class ItemFunction(KeyedProcessFunction):
         if out.dead_letters:
             yield DEAD_LETTERS, batching.join_records(out.dead_letters)
 
-
-def _event_ts(ev: Any) -> int:
-    """An item event's time for ordering; one without a valid time is due at the next watermark."""
-    ts = ev.get("ts") if isinstance(ev, dict) else None
-    return ts if isinstance(ts, int) and not isinstance(ts, bool) else -(2**62)
 

@@ -226,6 +226,54 @@ def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[
     return [ev for _, _, ev in due], rest
 
 
+# Item events waiting for the watermark, as the item function keeps them in a ValueState: (earliest event time or
+# None, [pickled lists of events]). Each arriving list is pickled once when it arrives; the state write at every
+# bundle end then copies bytes instead of pickling every waiting event again (as a plain list of events did).
+WaitBuffer = tuple[int | None, list[bytes]]
+
+
+def _order_ts(ev: Any) -> int:
+    """An item event's time for ordering; one without a valid time is due at the next watermark."""
+    ts = ev.get("ts") if isinstance(ev, dict) else None
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) else -(2**62)
+
+
+def buffer_add(buf: Any, events: Sequence[Any]) -> tuple[WaitBuffer, int | None]:
+    """`events` added to the wait buffer `buf` (None: empty; a plain list of events: the layout before chunks);
+    and the event time a timer is needed at when they hold a new earliest event (else None)."""
+    import pickle
+
+    first, chunks = _as_buffer(buf)
+    new_first = min(map(_order_ts, events), default=None)
+    if events:
+        chunks.append(pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL))
+    timer = new_first if new_first is not None and (first is None or new_first < first) else None
+    return (first if timer is None else timer, chunks), timer
+
+
+def buffer_take(buf: Any, upto: int) -> tuple[list[Any], WaitBuffer | None, int | None]:
+    """The buffered events the watermark `upto` has passed, in `event_time_order`; the buffer of the rest (None:
+    empty) and its earliest event time (the next timer)."""
+    import pickle
+
+    _, chunks = _as_buffer(buf)
+    events = [ev for c in chunks for ev in pickle.loads(c)]
+    due, rest = event_time_order(events, upto)
+    if not rest:
+        return due, None, None
+    first = min(map(_order_ts, rest))
+    return due, (first, [pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL)]), first
+
+
+def _as_buffer(buf: Any) -> tuple[int | None, list[bytes]]:
+    if buf is None:
+        return None, []
+    if isinstance(buf, list):  # state written before the chunked layout: a list of events
+        return buffer_add(None, buf)[0]
+    first, chunks = buf
+    return first, list(chunks)
+
+
 def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Value | None = None,
                 cf: CfOperator | None = None, cf_store: Store | None = None) -> Outputs:  # fmt: skip
     """Item events (from the user operator) in order, through `op.step_many` over the stored states of their items
