@@ -25,7 +25,7 @@ CHECKPOINT_MS = 3000
 
 
 def test_an_item_published_with_text_reaches_a_matching_users_next_list(
-        kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path], tmp_path: Path) -> None:  # fmt: skip
+        kafka_bootstrap: str, cassandra_up: Any, connector_jars: list[Path], tmp_path: Path) -> None:  # fmt: skip
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -33,6 +33,7 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
     from operators.schema import Event, ItemMeta
     from streamrec.cli import main
     from streamrec.data import simulator
+    from streamrec.services.cassandra import apply_schema, connect
 
     fetch(load_encoder_conf())
     sim = simulator.simulate(simulator.with_overrides(simulator.load_conf(), events=1500, users=100, seed=13))
@@ -63,9 +64,15 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
-    env = job_env(topics, model, cassandra_keyspace, tmp_path, run_id)
+    # Own keyspace and pseudonym key: this test's simulated users share ids with other tests' and get later lists,
+    # which must not replace the rows those tests read back.
+    keyspace = f"content_{uuid.uuid4().hex[:10]}"
+    c = cassandra_up.cassandra
+    apply_schema(c.contact_points, c.native_port, c, keyspace=keyspace)
+    env = job_env(topics, model, keyspace, tmp_path, run_id)
     env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": str(CHECKPOINT_MS),
-                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0"})  # fmt: skip
+                "STREAMREC_DEBOUNCE_INTERVAL_MS": "0", "STREAMREC_PSEUDONYM_KEY": "content-test-key-0123456789abcdef",
+                "STREAMREC_PSEUDONYM_KEY_ID": "content-k1"})  # fmt: skip
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
     producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all")
 
@@ -106,5 +113,10 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
         except subprocess.TimeoutExpired:
             proc.kill()
         producer.close()
-        admin.delete_topics(list(topics.values()))
+        admin.delete_topics([*topics.values(), f"g-{run_id}-cf"])
         admin.close()
+        drop = connect(c.contact_points, c.native_port)
+        try:
+            drop.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+        finally:
+            drop.cluster.shutdown()
