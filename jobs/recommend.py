@@ -22,13 +22,14 @@ from typing import Any
 from jobs.runtime import python_config
 
 
-def keyed_kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
-    """KafkaSink writing "KEY\nVALUE" strings as keyed records and "KEY\n" as tombstones (jobs/java)."""
+def keyed_kafka_sink(job: Any, bootstrap: str, topic: str, wall_clock: bool = False) -> Any:
+    """KafkaSink writing "KEY\nVALUE" strings as keyed records and "KEY\n" as tombstones (jobs/java); record times
+    are event times, or with `wall_clock` the producer's send times."""
     from pyflink.java_gateway import get_gateway
 
     builder = kafka_sink_builder(job, bootstrap, topic)
     # NOTE: set on the Java builder directly: PyFlink's set_record_serializer only accepts its own builder's schemas.
-    builder._j_builder.setRecordSerializer(get_gateway().jvm.streamrec.flink.KeyedStringSerializer(topic))
+    builder._j_builder.setRecordSerializer(get_gateway().jvm.streamrec.flink.KeyedStringSerializer(topic, wall_clock))
     return builder.build()
 
 
@@ -248,7 +249,8 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
             .name("embed-items").uid("embed-items")
     item_functions = [parsed_items] if encoder is None else [parsed_items, catalogue]
     control_plane = [catalogue]
-    if operators_conf.cf.enabled:  # the item operator's CF neighbours come back from the job's CF topic
+    if operators_conf.cf.enabled:  # the item operator's CF neighbours come back from the job's CF topic; like the
+        # control plane's, its records carry wall-clock times (the sink's send times) and it goes idle when quiet
         cf_in = env.from_source(kafka_source(job, bootstrap, job.cf_topic()), quiet, "cf").uid("cf-source") \
             .process(ParseCf(job.cf_topic(), job.patch_workers()), output_type=Types.PICKLED_BYTE_ARRAY()) \
             .name("parse-cf").uid("parse-cf")
@@ -273,9 +275,9 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
         items.get_side_output(DEAD_LETTERS), control.get_side_output(DEAD_LETTERS),
         *(f.get_side_output(DEAD_LETTERS) for f in item_functions))
 
-    if operators_conf.cf.enabled:
+    if operators_conf.cf.enabled:  # wall-clock record times: read back, they must not hold the watermark back
         split(items.get_side_output(CF_UPDATES)).name("split-cf").uid("split-cf") \
-            .sink_to(keyed_kafka_sink(job, bootstrap, job.cf_topic())).name("kafka-cf").uid("kafka-cf")
+            .sink_to(keyed_kafka_sink(job, bootstrap, job.cf_topic(), wall_clock=True)).name("kafka-cf").uid("kafka-cf")
     split(users).name("split-recommendations").uid("split-recommendations") \
         .sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
         .name("kafka-recommendations").uid("kafka-recommendations")
