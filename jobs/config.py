@@ -24,6 +24,7 @@ class Topics:
 class Watermark:
     out_of_orderness_ms: int = 5000  # bounded out-of-orderness of event time
     idleness_ms: int = 10000  # idle partitions stop holding the watermark after this
+    control_idleness_ms: int = 1000  # ... on the control-plane sources (items, control, the CF topic)
     interval_ms: int = 1000  # pipeline.auto-watermark-interval: how often sources emit watermarks
 
 
@@ -78,7 +79,7 @@ class Batching:
 
 @dataclass(frozen=True)
 class ContentConf:
-    embed_items: bool = True  # embed the text of `items` records in the stream (needs `streamrec encoder fetch`)
+    embed_items: str = "auto"  # embed item text in the stream: auto (the model has a content part) | true | false
     encoder_dir: str = ""  # sentence-transformers directory ("": conf/encoder.yaml `dir`)
     int8: bool = True  # the encoder's int8 ONNX graph (else fp32)
     batch_delay_ms: int = 200  # processing time a queued text waits for others to share its encoder call

@@ -163,10 +163,15 @@ def content_encoder(job: Any) -> tuple[str, str, int, str] | None:
     the client before anything is submitted: its weights against conf/encoder.yaml (the pinned encoder, unless
     `content.encoder_dir` names another) and against the artefact's content part. Exports the ONNX graphs into the
     cache if they are not there yet (`streamrec encoder fetch` does; the workers only read them). None when
-    `content.embed_items` is off."""
-    if not job.content.embed_items:
-        return None
+    `content.embed_items` is false, or auto and the model has no content part."""
     import json
+
+    mode = str(job.content.embed_items).strip().lower()
+    if mode not in ("auto", "true", "false"):
+        raise ContentError(f"content.embed_items must be auto, true or false, not {job.content.embed_items!r}")
+    cfg = json.loads((job.path(job.model_dir) / "config.json").read_text())
+    if mode == "false" or (mode == "auto" and not cfg.get("content")):
+        return None
 
     from model_export.content import exported_encoder
     from model_export.encoder_fetch import load_encoder_conf
@@ -184,7 +189,6 @@ def content_encoder(job: Any) -> tuple[str, str, int, str] | None:
         raise ContentError(
             f"encoder {d}: model.safetensors is not the pinned one (conf/encoder.yaml): run `streamrec encoder fetch`"
         )
-    cfg = json.loads((job.path(job.model_dir) / "config.json").read_text())
     want = (cfg.get("content") or {}).get("encoder_weights_sha256")
     if want and want != ex.weights_sha256:
         raise ContentError(
@@ -232,7 +236,7 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     # Control plane: `control` (model records, erase requests) and `items` (catalogue updates). Their watermarks
     # are wall-clock publish times and the sources go idle when quiet, so they never hold back event time.
     quiet = (WatermarkStrategy.for_monotonous_timestamps()
-             .with_idleness(Duration.of_millis(job.watermark.idleness_ms)))
+             .with_idleness(Duration.of_millis(job.watermark.control_idleness_ms)))
     control = env.from_source(kafka_source(job, bootstrap, t.control), quiet, "control") \
         .uid("control-source").process(ParseControl(t.control, keys, job.patch_workers()), output_type=USER_BATCH) \
         .name("parse-control").uid("parse-control")

@@ -151,10 +151,15 @@ def test_the_job_refuses_an_encoder_its_model_was_not_fitted_with(tmp_path: Path
     (model / "config.json").write_text(json.dumps({"content": {"encoder_weights_sha256": pinned}}))
     got = content_encoder(job)
     assert got is not None and got[3] == pinned
-    (model / "config.json").write_text(json.dumps({}))  # a model without a content part: the encoder still runs
-    assert content_encoder(job) is not None
-    missing = dataclasses.replace(job, content=dataclasses.replace(job.content, encoder_dir=str(tmp_path / "none")))
+    (model / "config.json").write_text(json.dumps({}))  # a model without a content part: only if asked for
+    assert content_encoder(job) is None
+    always = dataclasses.replace(job, content=dataclasses.replace(job.content, embed_items="true"))
+    assert content_encoder(always) is not None
+    with pytest.raises(ContentError, match="auto, true or false"):
+        content_encoder(dataclasses.replace(job, content=dataclasses.replace(job.content, embed_items="maybe")))
+    elsewhere = dataclasses.replace(always.content, encoder_dir=str(tmp_path / "none"))
+    missing = dataclasses.replace(always, content=elsewhere)
     with pytest.raises(ContentError, match="no encoder in"):
         content_encoder(missing)
-    off = dataclasses.replace(missing, content=dataclasses.replace(missing.content, embed_items=False))
+    off = dataclasses.replace(missing, content=dataclasses.replace(missing.content, embed_items="false"))
     assert content_encoder(off) is None
