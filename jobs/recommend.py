@@ -6,6 +6,9 @@
                      │                          ├─► deletions ─────────► Kafka, Cassandra                        │
                      │                          └─► item events ───────────────────────────────────────────────────┘
                      └─► dead letters ─► Kafka
+    items ─► parse ─► key_by(item) ─► embed-items ─┐
+    control ─► parse ──────────────────────────────┼─► broadcast ─► user (model, catalogue, embeddings, CF)
+    CF topic ◄─ item (streaming CF) … ─► parse ─────┘
 
 Run on the minicluster: `python -m jobs.recommend --conf conf/local.yaml` (what `streamrec run` does); on a cluster:
 `flink run -py jobs/recommend.py ...` (what `streamrec submit` does).
