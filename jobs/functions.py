@@ -241,6 +241,7 @@ class EmbedItems(KeyedProcessFunction):
             raise RuntimeError(f"encoder {self.encoder_dir} changed since the job was submitted "
                                f"(weights sha256 {ex.weights_sha256[:12]}…, expected {self.weights_sha256[:12]}…)")
         enc = ex.encoder(int8=self.job.content.int8)
+        enc.embed(["warm-up"])  # onnxruntime's first run allocates and plans: not on the first published item's time
         self.op = ItemEmbedder(enc.embed, ex.weights_sha256, self.job.content.max_batch)
         self.pending = ctx.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.digests = ctx.get_map_state(MapStateDescriptor("digests", Types.STRING(), Types.STRING()))

@@ -18,16 +18,16 @@ from streamrec.config import REPO_ROOT
 from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_control_plane import read_topic, wait_for
 from tests.integration.test_job_e2e import job_env
+from tests.integration.test_rescale import fresh_topics
 from tests.tiny_model import TINY_MODEL_YAML
 
-OUTPUTS = ("recommendations", "fraud-flags", "dead-letters", "deletions")
-CHECKPOINT_MS = 3000
+CHECKPOINT_MS = 5000  # the job's default checkpoint.interval_ms (conf/local.yaml)
 
 
 def test_an_item_published_with_text_reaches_a_matching_users_next_list(
         kafka_bootstrap: str, cassandra_up: Any, connector_jars: list[Path], tmp_path: Path) -> None:  # fmt: skip
     from kafka import KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import KafkaAdminClient
 
     from model_export.encoder_fetch import fetch, load_encoder_conf
     from operators.schema import Event, ItemMeta
@@ -60,10 +60,7 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
     new_id = f"new-{uuid.uuid4().hex[:8]}"
     new_item = ItemMeta(new_id, f"{like.title.split(' (')[0]} Returns", (top_cat,), like.text)
 
-    run_id = f"content-{uuid.uuid4().hex[:10]}"
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
-    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
+    run_id, topics = fresh_topics(kafka_bootstrap, "content")
     # Own keyspace and pseudonym key: this test's simulated users share ids with other tests' and get later lists,
     # which must not replace the rows those tests read back.
     keyspace = f"content_{uuid.uuid4().hex[:10]}"
@@ -107,6 +104,7 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
         dead = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics["dead-letters"]) if v is not None]
         assert not [d for d in dead if d.get("source") == "embed_items"], dead
     finally:
+        admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
         proc.terminate()
         try:
             proc.wait(timeout=30)
