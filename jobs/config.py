@@ -97,6 +97,7 @@ class JobConf:
     bundle_size: int = 1000  # python.fn-execution.bundle.size
     bundle_time_ms: int = 1000  # python.fn-execution.bundle.time
     state_cache_size: int = 100_000  # python.state.cache-size: keyed states cached per Python worker
+    map_state_cache_size: int = 20_000  # python.map-state.read-cache-size: entries cached per MapState and key
     python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
     worker_patches: bool = True  # jobs/worker_patches.py: no per-bundle waits in process-mode Python workers
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying

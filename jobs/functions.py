@@ -58,13 +58,38 @@ def _ttl(ttl_days: float) -> Any:
             .build())  # fmt: skip
 
 
-def _map_state(ctx: RuntimeContext, name: str, ttl_days: float) -> Any:
+def _map_state(ctx: RuntimeContext, name: str, ttl_days: float) -> MapStore:
     """id → state bytes, under the shard's key: PyFlink writes a shard's changed entries back to the JVM in one
     request per bundle (a ValueState per user would take one round trip per user)."""
     desc = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
     if ttl_days > 0:
         desc.enable_time_to_live(_ttl(ttl_days))
-    return ctx.get_map_state(desc)
+    return MapStore(ctx.get_map_state(desc))
+
+
+class MapStore:
+    """A shard's MapState as an `operators.batch.Store`. `get_many` reads the keys PyFlink has not cached yet with
+    one wait for all of them (`jobs.worker_patches.prefetch`; without the patches, one round trip per key)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def get(self, key: str) -> bytes | None:
+        return self.state.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.state.put(key, value)
+
+    def remove(self, key: str) -> None:
+        self.state.remove(key)
+
+    def get_many(self, keys: list[str]) -> dict[str, bytes | None]:
+        from jobs.worker_patches import prefetch
+
+        prefetch(self.state, keys)
+        return {k: self.state.get(k) for k in keys}
 
 
 def _emit(out: Outputs, item_keys: Sequence[int]) -> Iterator[Any]:

@@ -110,6 +110,7 @@ def flink_configuration(job: Any) -> Any:
     conf.set_string("python.fn-execution.bundle.time", str(job.bundle_time_ms))
     conf.set_string("pipeline.auto-watermark-interval", f"{job.watermark.interval_ms} ms")
     conf.set_string("python.state.cache-size", str(job.state_cache_size))
+    conf.set_string("python.map-state.read-cache-size", str(job.map_state_cache_size))
     conf.set_string("python.metric.enabled", str(job.python_metrics).lower())
     conf.set_string("pipeline.object-reuse", str(job.object_reuse).lower())
     conf.set_string("execution.buffer-timeout.interval", f"{job.buffer_timeout_ms} ms")

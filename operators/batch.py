@@ -12,7 +12,7 @@ equal theirs (tests/unit/operators/test_batch.py, tests/unit/bench/test_consumer
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -41,6 +41,15 @@ class Store(Protocol):
     def put(self, key: str, value: bytes) -> None: ...
 
     def remove(self, key: str) -> None: ...
+
+
+def load(store: Store, keys: Iterable[str]) -> dict[str, bytes | None]:
+    """Each key's stored state, in order; a store with `get_many` (the job's: it reads a batch's uncached keys from
+    Flink at once, `jobs/functions.py`) is asked once."""
+    many = getattr(store, "get_many", None)
+    if many is not None:
+        return many(list(keys))
+    return {k: store.get(k) for k in keys}
 
 
 class Value(Protocol):
@@ -140,7 +149,7 @@ def user_events(op: UserOperator, store: Store, raw: Sequence[bytes], source: st
             events.append(parsed)
     if not events:
         return out
-    before = {u: store.get(u) for u in dict.fromkeys(e.user_id for e in events)}
+    before = load(store, dict.fromkeys(e.user_id for e in events))
     states = dict(before)
     shard_rates = None if rates is None else _read_rates(rates, decode_rates)
     for ev, result in zip(events, op.step_many(states, events, shard_rates), strict=True):
@@ -158,7 +167,7 @@ def user_timers(op: UserOperator, store: Store, fired: Sequence[tuple[int, str]]
     by_user: dict[str, list[int]] = {}
     for ts, user in sorted(fired):
         by_user.setdefault(user, []).append(ts)
-    before = {u: store.get(u) for u in by_user}
+    before = load(store, by_user)
     states = dict(before)
     rounds = max((len(v) for v in by_user.values()), default=0)
     for k in range(rounds):
@@ -185,13 +194,10 @@ def user_erase(op: UserOperator, store: Store, request: EraseRequest) -> Outputs
 
 def cf_events(cf: CfOperator, store: Store, events: Sequence[Any], out: Outputs) -> None:
     """Item events in order through `cf.step`, each item's CF state read once and written back once."""
-    states: dict[str, bytes | None] = {}
-    for ev in events:
-        item = ev.get("item_id") if isinstance(ev, dict) else None
-        if not isinstance(item, str) or not ev.get("prev"):
-            continue
-        if item not in states:
-            states[item] = store.get(item)
+    paired = [ev for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str) and ev.get("prev")]
+    states = load(store, dict.fromkeys(ev["item_id"] for ev in paired))
+    for ev in paired:
+        item = ev["item_id"]
         states[item], update = cf.step(states[item], ev)
         if update is not None:
             out.cf_updates.append(f"{item}\n{to_json(update.to_dict())}")
@@ -284,7 +290,7 @@ def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Va
     if cf is not None and cf_store is not None:
         cf_events(cf, cf_store, events, out)
     items = dict.fromkeys(ev["item_id"] for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str))
-    before = {item: store.get(item) for item in items}
+    before = load(store, items)
     states = dict(before)
     shard_rates = None if rates is None else _read_rates(rates, decode_rating_rates)
     for result in op.step_many(states, events, shard_rates):

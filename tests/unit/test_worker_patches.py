@@ -1,5 +1,6 @@
 """jobs/worker_patches.py: a bundle's state writes are all sent before any is awaited, every one is awaited before the
-commit returns (errors surface), and the Beam sampler starts no thread."""
+commit returns (errors surface), the Beam sampler starts no thread, and `prefetch` reads a batch's uncached map
+keys with every request sent before the first wait, into the read cache the `get`s then read."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def _backend(states: list[Any]) -> Any:
 
 @pytest.fixture(scope="module", autouse=True)
 def installed() -> None:
-    assert worker_patches.install() == ["concurrent-state-commits", "no-sampler-thread"]
+    assert worker_patches.install() == ["concurrent-state-commits", "no-sampler-thread", "concurrent-state-reads"]
 
 
 def test_install_is_idempotent() -> None:
@@ -134,3 +135,81 @@ def test_sampler_starts_no_thread_and_stops_at_once() -> None:
             s.stop_if_still_running()  # (unpatched: joins the thread, so a failure here ends the test)
         assert s.finished and statesampler.get_current_tracker() is None
         s.reset()
+
+
+class _GrpcStates:
+    """Stands in for Beam's gRPC state handler: logs each map-state GET it is sent and answers it from `stored`
+    (flag byte + value bytes, as Flink's Java side does) when the future is waited for."""
+
+    def __init__(self, stored: dict[str, bytes | None]) -> None:
+        self.stored, self.log = stored, []  # type: ignore[var-annotated]
+
+    def _request(self, request: Any) -> Any:
+        from apache_beam.portability.api import beam_fn_api_pb2
+        from pyflink.fn_execution.state_impl import CachingMapStateHandler as H
+
+        key = request.get.continuation_token[1:].decode()  # [GET flag][key bytes]
+        self.log.append(f"get {key}")
+        log, stored = self.log, self.stored
+
+        class Future:
+            def get(self) -> Any:
+                log.append(f"wait {key}")
+                if key not in stored:
+                    data = bytes([H.NOT_EXIST_FLAG])
+                else:
+                    value = stored[key]
+                    data = bytes([H.IS_NONE_FLAG]) if value is None else bytes([H.EXIST_FLAG]) + value
+                return beam_fn_api_pb2.StateResponse(get=beam_fn_api_pb2.StateGetResponse(data=data))
+
+        return Future()
+
+    def get_raw(self, state_key: Any, token: bytes) -> tuple[bytes, bytes]:
+        raise AssertionError(f"a blocking read of {token!r}: prefetch should have cached it")
+
+
+def _map_state(grpc: _GrpcStates, cache_token: bytes | None = b"user-state") -> Any:
+    from types import SimpleNamespace
+
+    from apache_beam.portability.api import beam_fn_api_pb2
+    from apache_beam.runners.worker.statecache import StateCache
+    from pyflink.fn_execution.state_impl import CachingMapStateHandler, InternalSynchronousMapRuntimeState
+
+    handler = CachingMapStateHandler.__new__(CachingMapStateHandler)
+    handler._state_cache, handler._underlying = StateCache(10**9), grpc
+    handler._context = SimpleNamespace(user_state_cache_token=cache_token, bundle_cache_token=None)
+    handler._max_cached_map_key_entries, handler._cached_iterator_num = 1000, 0
+    m = InternalSynchronousMapRuntimeState.__new__(InternalSynchronousMapRuntimeState)
+    m._map_state_handler = handler
+    m._state_key = beam_fn_api_pb2.StateKey(
+        bag_user_state=beam_fn_api_pb2.StateKey.BagUserState(user_state_id="users", key=b"shard-3"))
+    m._map_key_encoder = lambda key, out: out.write(key.encode())
+    m._map_value_decoder = lambda stream: stream.read(stream.size())
+    m._cleared, m._is_empty, m._mod_count, m._write_cache = False, None, 0, {"written": (True, b"w")}
+
+    class Wrapper:  # what ctx.get_map_state returns
+        def get_internal_state(self) -> Any:
+            return m
+
+    return Wrapper()
+
+
+def test_prefetch_sends_every_missing_read_before_waiting_and_caches_the_answers() -> None:
+    grpc = _GrpcStates({"u1": b"state-1", "u2": None, "seen": b"s"})
+    state = _map_state(grpc)
+    assert worker_patches.prefetch(state, ["seen"]) == 1
+    grpc.log.clear()
+    n = worker_patches.prefetch(state, ["u1", "written", "u2", "seen", "new", "u1"])
+    assert n == 3  # not the written one, not the cached one, u1 once
+    assert grpc.log == ["get u1", "get u2", "get new", "wait u1", "wait u2", "wait new"]
+    internal = state.get_internal_state()
+    assert (internal.get("u1"), internal.get("u2"), internal.get("new"), internal.get("written")) == \
+        (b"state-1", None, None, b"w")  # fmt: skip
+    assert worker_patches.prefetch(state, ["u1", "new"]) == 0  # all cached now: nothing sent
+    assert grpc.log[-1] == "wait new"
+
+
+def test_prefetch_does_nothing_without_a_cross_bundle_cache_token() -> None:
+    grpc = _GrpcStates({"u1": b"x"})
+    assert worker_patches.prefetch(_map_state(grpc, cache_token=None), ["u1"]) == 0
+    assert grpc.log == []

@@ -213,3 +213,40 @@ def test_the_item_wait_buffer_releases_what_event_time_order_would() -> None:
     assert due2 == event_time_order(want_rest, 10**9)[0] and rest2 is None and first2 is None
     # state written before the chunked layout (a plain list of events) is read as such
     assert buffer_take(list(flat), 500)[0] == want_due
+
+
+class _ManyStore(_Store):
+    """A store that reads many keys at once (the job's `MapStore.get_many`): every key must be read through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[str]] = []
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        raise AssertionError(f"{key} read one by one")
+
+    def get_many(self, keys: list[str]) -> dict[str, bytes | None]:
+        self.asked.append(list(keys))
+        return {k: dict.get(self, k) for k in keys}
+
+
+def test_load_reads_a_batch_through_get_many_once_and_by_get_otherwise() -> None:
+    many = _ManyStore()
+    many.put("a", b"1")
+    assert batch.load(many, ["a", "b"]) == {"a": b"1", "b": None}
+    assert many.asked == [["a", "b"]]
+    plain = _Store(a=b"1")
+    assert batch.load(plain, iter(["b", "a"])) == {"b": None, "a": b"1"}
+
+
+def test_item_events_read_each_batchs_states_with_one_get_many() -> None:
+    from operators.cf import CfOperator
+    from tests.unit.operators.conftest import conf_with as cw
+
+    events = [e for e in _item_stream()[:60] if isinstance(e, dict)]
+    for e in events:
+        e["prev"] = [["i0", 1.0]]
+    items, cf = _ManyStore(), _ManyStore()
+    batch.item_events(ItemOperator(conf_with(), "v1"), items, events, cf=CfOperator(cw().cf), cf_store=cf)
+    assert len(items.asked) == 1 and len(cf.asked) == 1
+    assert set(items.asked[0]) == {e["item_id"] for e in events if isinstance(e.get("item_id"), str)}
