@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streamrec.services.settings import services
 
     job = load_job_conf(args.conf)
+    # The minicluster's JVM starts with PyFlink's gateway (the first Flink call below) and takes JVM_ARGS; the
+    # user's own JVM_ARGS come after ours, so they win. (`flink run` ignores this: the cluster's config decides.)
+    os.environ["JVM_ARGS"] = f"{job.jvm_options} {os.environ.get('JVM_ARGS', '')}".strip()
     operators_conf = load_operators_conf(args.operators_conf)
     # Fails here, before anything is submitted, when STREAMREC_PSEUDONYM_KEY / _KEY_ID are missing.
     pseudonymizer = Pseudonymizer.from_env(allow_dev_key=operators_conf.privacy.allow_dev_key)

@@ -93,6 +93,7 @@ class FlinkService:
             "jobmanager.memory.process.size": f.jobmanager_memory,
             "taskmanager.memory.process.size": f.taskmanager_memory,
             "taskmanager.memory.jvm-metaspace.size": f.taskmanager_metaspace,
+            "env.java.opts.taskmanager": f.taskmanager_jvm_options,
             "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
             "parallelism.default": 1,
             "rest.address": f.rest_address,

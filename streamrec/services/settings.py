@@ -91,6 +91,7 @@ class FlinkConf:
     taskmanager_slots: int = 2  # slots of each local TaskManager
     taskmanager_memory: str = "2048m"  # taskmanager.memory.process.size
     taskmanager_metaspace: str = "512m"  # taskmanager.memory.jvm-metaspace.size (Flink's 256m: see conf/services.yaml)
+    taskmanager_jvm_options: str = "-XX:TieredStopAtLevel=1"  # env.java.opts.taskmanager (conf/services.yaml)
     jobmanager_memory: str = "1024m"  # jobmanager.memory.process.size
     start_timeout_s: int = 60  # how long `up --flink` waits for the REST API
 
