@@ -599,9 +599,11 @@ class E2E:
         progress_w = watchers.get("read_uncommitted", watchers["read_committed"])
         exit_codes: list[Any] = []
         cores: dict[str, float] = {}
+        final: list[str] = []
         try:
             # (inside the try: submitting to a cluster can fail, and the watchers must be stopped all the same)
-            started, stats_files = self._start(system, parallelism, env, tag, conf or self.conf)
+            started, stats = self._start(system, parallelism, env, tag, conf or self.conf)
+            stats_files += stats
             procs += started
             if rate:
                 self._produce_all(topics["events"], [(WARMUP, None, workload.stream[0][2])])
@@ -663,6 +665,9 @@ class E2E:
                 if lp.poll() is None:
                     lp.kill()
             exit_codes = [p.poll() for p in procs]
+            # the assignments while the phase ran: once one consumer stops and leaves the group, the other can be
+            # given every partition before it stops too
+            final = _assignments(stats_files)
             self._stop(procs)
             sampler.stop()
             for w in watchers.values():
@@ -713,7 +718,6 @@ class E2E:
             result["sent_with_event_id"] = len(send_time)
         if stats_files:
             result["consumer_stats"] = [json.loads(f.read_text()) if f.exists() else None for f in stats_files]
-            final = _assignments(stats_files)
             result["final_assignments"] = final
             result["balanced"] = all(a not in ("[]", "") for a in final)
         if result["error"] and system in ("job", "baseline", "cluster"):
