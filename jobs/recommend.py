@@ -173,8 +173,10 @@ def content_encoder(job: Any) -> tuple[str, str, int, str] | None:
     mode = str(job.content.embed_items).strip().lower()
     if mode not in ("auto", "true", "false"):
         raise ContentError(f"content.embed_items must be auto, true or false, not {job.content.embed_items!r}")
+    if mode == "false":
+        return None
     cfg = json.loads((job.path(job.model_dir) / "config.json").read_text())
-    if mode == "false" or (mode == "auto" and not cfg.get("content")):
+    if mode == "auto" and not cfg.get("content"):
         return None
 
     from model_export.content import exported_encoder

@@ -215,11 +215,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # catalogue records competed with them in the job: the demo's p99 was the catalogue's load time.)
         for it in sim.items:
             producer.send(topics["items"], value=it.to_json().encode(), key=it.item_id.encode())
-        probes = [producer.send(topics["items"], value=b"demo warm-up: not an item", partition=p)
-                  for p in sorted(producer.partitions_for(topics["items"]))]  # fmt: skip
+        item_partitions = producer.partitions_for(topics["items"])
+        for p in item_partitions:
+            producer.send(topics["items"], value=b"demo warm-up: not an item", partition=p)
         producer.send(topics["events"], value=b"demo warm-up: not an event")
         producer.flush()
-        warmups = len(probes) + 1
+        warmups = len(item_partitions) + 1
         with console.status("waiting for the job to start and read the catalogue (warm-up dead letters back) ..."):
             while collector.counts()["dead-letters"] < warmups:
                 if proc.poll() is not None:

@@ -241,12 +241,11 @@ def test_load_reads_a_batch_through_get_many_once_and_by_get_otherwise() -> None
 
 def test_item_events_read_each_batchs_states_with_one_get_many() -> None:
     from operators.cf import CfOperator
-    from tests.unit.operators.conftest import conf_with as cw
 
     events = [e for e in _item_stream()[:60] if isinstance(e, dict)]
     for e in events:
         e["prev"] = [["i0", 1.0]]
     items, cf = _ManyStore(), _ManyStore()
-    batch.item_events(ItemOperator(conf_with(), "v1"), items, events, cf=CfOperator(cw().cf), cf_store=cf)
+    batch.item_events(ItemOperator(conf_with(), "v1"), items, events, cf=CfOperator(conf_with().cf), cf_store=cf)
     assert len(items.asked) == 1 and len(cf.asked) == 1
     assert set(items.asked[0]) == {e["item_id"] for e in events if isinstance(e.get("item_id"), str)}
