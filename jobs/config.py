@@ -67,7 +67,9 @@ class CassandraSinkConf:
     max_backoff_ms: int = 2000  # ... up to this
     consistency: str = "LOCAL_QUORUM"  # write consistency level
     request_timeout_s: float = 10.0  # per-write timeout
-    flush_interval_ms: int = 200  # the operators wait for their rows to land at least this often (not per batch)
+    batch_max_rows: int = 10  # statements per UNLOGGED batch (each one partition)
+    batch_max_bytes: int = 4096  # estimated bytes per batch (Cassandra warns above 5 KiB)
+    linger_ms: int = 5  # a batch that is not full is sent this long after its first row
 
 
 @dataclass(frozen=True)

@@ -110,38 +110,6 @@ def _emit(out: Outputs, item_keys: Sequence[int]) -> Iterator[Any]:
             yield ITEM_EVENTS, Row(key, evs)
 
 
-class _CassandraRows:
-    """The job's Cassandra sink inside the function that produces the rows: every batch's rows are sent at once
-    (small UNLOGGED batches, `streamrec.sinks`), and awaited every `cassandra_sink.flush_interval_ms` (wall clock:
-    this is I/O pacing, not event logic)."""
-
-    def __init__(self, job: JobConf, hosts: list[str], port: int, keyspace: str, security: Any = None) -> None:
-        import time
-
-        from streamrec.sinks import CassandraWriter, WriterConf
-
-        c = job.cassandra_sink
-        self.writer = CassandraWriter(hosts, port, security=security, conf=WriterConf(
-            keyspace=keyspace, max_in_flight=c.max_in_flight, retries=c.retries, backoff_ms=c.backoff_ms,
-            max_backoff_ms=c.max_backoff_ms, consistency=c.consistency,
-            request_timeout_s=c.request_timeout_s))  # fmt: skip
-        self.writer.open()
-        self.clock = time.monotonic
-        self.every_s = c.flush_interval_ms / 1000.0
-        self.flushed = self.clock()
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self.writer.write_many(rows)
-            self.writer.send()
-        if self.clock() - self.flushed >= self.every_s:
-            self.writer.flush()
-            self.flushed = self.clock()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _worker_setup(patches: bool) -> None:
     """Process-wide settings of the Python worker this function runs in (before its first bundle ends)."""
     if patches:
@@ -326,21 +294,18 @@ class UserFunction(KeyedBroadcastProcessFunction):
     no secret in their environment; whoever can read the job's blobs on the cluster can read the key."""
 
     def __init__(self, job: JobConf, operators_conf: Any, pseudonymizer: Any, source: str,
-                 user_keys: Sequence[int], item_keys: Sequence[int],
-                 cassandra: tuple[list[str], int, str, Any] | None) -> None:  # fmt: skip
+                 user_keys: Sequence[int], item_keys: Sequence[int]) -> None:
         self.job = job
         self.operators_conf = operators_conf
         self.pseudonymizer = pseudonymizer
         self.source = source
         self.user_keys = list(user_keys)
         self.item_keys = list(item_keys)
-        self.cassandra = cassandra
         self.op: Any = None
         self.users: Any = None
         self.due: Any = None
         self.rates: Any = None
         self.alarms: Any = None
-        self.rows: _CassandraRows | None = None
         self.subtask = 0
         self.synced = False
 
@@ -355,12 +320,6 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rates
         if self.job.python_metrics:  # a miscalibrated detector (operators/baserates.py), beside its alarm record
             self.alarms = ctx.get_metrics_group().counter("detector_alarms")
-        if self.cassandra is not None:
-            self.rows = _CassandraRows(self.job, *self.cassandra)
-
-    def close(self) -> None:
-        if self.rows is not None:
-            self.rows.close()
 
     def _operator(self, artifact: Any) -> Any:
         from operators.scorer import Scorer
@@ -452,8 +411,6 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 elif user not in users:
                     users.append(user)
             self.due.update(due)
-        if self.rows is not None:
-            self.rows.write(out.cassandra)
         if out.alarms and self.alarms is not None:
             self.alarms.inc(out.alarms)
         yield from _emit(out, self.item_keys)
@@ -495,15 +452,13 @@ class ItemFunction(KeyedProcessFunction):
     passes them and are then run in event-time order (`operators.batch.event_time_order`), so the detectors see
     the same sequence whatever the arrival order."""
 
-    def __init__(self, job: JobConf, operators_conf: Any, cassandra: tuple[list[str], int, str, Any] | None) -> None:
+    def __init__(self, job: JobConf, operators_conf: Any) -> None:
         self.job = job
         self.operators_conf = operators_conf
-        self.cassandra = cassandra
         self.op: Any = None
         self.items: Any = None
         self.waiting: Any = None
         self.rates: Any = None
-        self.rows: _CassandraRows | None = None
         self.cf: Any = None
         self.cf_states: Any = None
 
@@ -519,12 +474,6 @@ class ItemFunction(KeyedProcessFunction):
             self.cf_states = _map_state(ctx, "cf", self.job.state.ttl_days)
         self.waiting = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rate
-        if self.cassandra is not None:
-            self.rows = _CassandraRows(self.job, *self.cassandra)
-
-    def close(self) -> None:
-        if self.rows is not None:
-            self.rows.close()
 
     def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         from operators import batch
@@ -550,8 +499,6 @@ class ItemFunction(KeyedProcessFunction):
         else:
             self.waiting.clear()
         out = batch.item_events(self.op, self.items, due, self.rates, self.cf, self.cf_states)
-        if self.rows is not None:
-            self.rows.write(out.cassandra)
         if out.fraud_flags:
             yield batching.join_records(out.fraud_flags)
         if out.cf_updates:

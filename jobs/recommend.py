@@ -89,6 +89,25 @@ def kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
         .set_value_serialization_schema(SimpleStringSchema()).build()).build()
 
 
+def cassandra_sink(job: Any, hosts: list[str], port: int, keyspace: str, security: Any) -> Any:
+    """The job's Cassandra sink (`jobs/java/CassandraSink.java`): the rows of the records the Kafka sinks get (JSON,
+    or the recommendations topic's "KEY\nJSON"), written from the JVM."""
+    import json
+
+    from pyflink.datastream.connectors import Sink
+    from pyflink.java_gateway import get_gateway
+
+    from streamrec.services.clients import cassandra_java_settings
+
+    c = job.cassandra_sink
+    conf = {"hosts": hosts, "port": port, "keyspace": keyspace, "consistency": c.consistency,
+            "max_in_flight": c.max_in_flight, "retries": c.retries, "backoff_ms": c.backoff_ms,
+            "max_backoff_ms": c.max_backoff_ms, "request_timeout_s": c.request_timeout_s,
+            "batch_max_rows": c.batch_max_rows, "batch_max_bytes": c.batch_max_bytes, "linger_ms": c.linger_ms,
+            **(cassandra_java_settings(security) if security is not None else {})}  # fmt: skip
+    return Sink(get_gateway().jvm.streamrec.flink.CassandraSink(json.dumps(conf)))
+
+
 def flink_configuration(job: Any) -> Any:
     """Job-level Flink settings from `conf/local.yaml` (checkpointing, restarts, state backend)."""
     conf = python_config(job.execution_mode)
@@ -230,8 +249,6 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
 
     t = job.topics
     keys = shard_keys(job)
-    # (hosts, port, keyspace, security): the security names where the sink finds its password, read in open()
-    cassandra = (cassandra_hosts, cassandra_port, keyspace, cassandra_security) if job.cassandra_sink.enabled else None
     # Event time = the Kafka record timestamp (producers set it to the event's `ts`).
     watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(job.watermark.out_of_orderness_ms))
@@ -271,12 +288,12 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     # Erase requests travel with the event batches, keyed by user shard: they reach the state they must clear.
     users = keyed(batches.union(control), Types.PRIMITIVE_ARRAY(Types.BYTE())) \
         .connect(broadcast) \
-        .process(UserFunction(job, operators_conf, pseudonymizer, t.events, keys, keys, cassandra),
+        .process(UserFunction(job, operators_conf, pseudonymizer, t.events, keys, keys),
                  output_type=Types.STRING()) \
         .name("user-operator").uid("user-operator")
 
     items = keyed(users.get_side_output(ITEM_EVENTS), Types.PICKLED_BYTE_ARRAY()) \
-        .process(ItemFunction(job, operators_conf, cassandra), output_type=Types.STRING()) \
+        .process(ItemFunction(job, operators_conf), output_type=Types.STRING()) \
         .name("item-operator").uid("item-operator")
 
     flags = users.get_side_output(FRAUD_FLAGS).union(items)
@@ -288,13 +305,20 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     if operators_conf.cf.enabled:  # wall-clock record times: read back, they must not hold the watermark back
         split(items.get_side_output(CF_UPDATES)).name("split-cf").uid("split-cf") \
             .sink_to(keyed_kafka_sink(job, bootstrap, job.cf_topic(), wall_clock=True)).name("kafka-cf").uid("kafka-cf")
-    split(users).name("split-recommendations").uid("split-recommendations") \
-        .sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
+    recs = split(users).name("split-recommendations").uid("split-recommendations")
+    recs.sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
         .name("kafka-recommendations").uid("kafka-recommendations")
+    rows = [recs]  # what Cassandra keeps: the lists, flags and deletions, as Kafka gets them
     for stream, topic, uid in ((flags, t.fraud_flags, "fraud-flags"), (dead, t.dead_letters, "dead-letters"),
                                (deletions, t.deletions, "deletions")):
-        split(stream).name(f"split-{uid}").uid(f"split-{uid}") \
-            .sink_to(kafka_sink(job, bootstrap, topic)).name(f"kafka-{uid}").uid(f"kafka-{uid}")
+        records = split(stream).name(f"split-{uid}").uid(f"split-{uid}")
+        records.sink_to(kafka_sink(job, bootstrap, topic)).name(f"kafka-{uid}").uid(f"kafka-{uid}")
+        if uid != "dead-letters":
+            rows.append(records)
+    if job.cassandra_sink.enabled:
+        rows[0].union(*rows[1:]).sink_to(cassandra_sink(job, cassandra_hosts, cassandra_port, keyspace,
+                                                        cassandra_security)) \
+            .name("cassandra").uid("cassandra")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

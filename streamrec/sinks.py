@@ -1,6 +1,8 @@
 """The Cassandra sink: idempotent upserts of the job's outputs with cassandra-driver (no Flink import).
 
-There is no Flink Cassandra connector for Flink 2.x, so the job calls this from a Python function. Properties:
+The bench's plain consumer writes with this (what a user would write by hand in Python). The job writes the same rows
+from the JVM (`jobs/java/CassandraSink.java`, same statements, batching and retries), so that Cassandra costs its
+Python operators nothing. Properties:
 - prepared statements, one per output kind;
 - idempotent: each row's key is derived from the record (user key / flag id) and every write carries
   `USING TIMESTAMP <event time in µs>`, so a replay after failover rewrites the same cells and an older event can never
@@ -18,10 +20,8 @@ There is no Flink Cassandra connector for Flink 2.x, so the job calls this from 
   and its halves sent again; a write that exhausts its retries raises, failing the job, which then restarts from its
   last checkpoint instead of dropping the write.
 
-NOTE: Python functions get no checkpoint hook, so writes still in flight when a checkpoint completes are not part of
-it. They are retried as above; only a write that then exhausts all retries (minutes of Cassandra being down) after
-its checkpoint completed can be lost. `send()` sends the open batch without waiting, `flush()` sends it and drains
-everything (the job sends each batch's rows at once and flushes every `cassandra_sink.flush_interval_ms`).
+`send()` sends the open batch without waiting, `flush()` sends it and drains everything (the plain consumer flushes
+before it commits its offsets).
 """
 
 from __future__ import annotations

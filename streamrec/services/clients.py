@@ -130,6 +130,18 @@ def kafka_java_properties(sec: KafkaSecurity, shaded_prefix: str = SHADED) -> di
 # ------------------------------------------------------------------------------------------------- Cassandra
 
 
+def cassandra_java_settings(sec: CassandraSecurity) -> dict[str, Any]:
+    """The job's Java Cassandra sink settings for the profile's security (jobs/java/CassandraSink.java). Like Kafka's,
+    the password is not among them: the sink reads `password_env`, else `password_file`, in the TaskManager."""
+    if not sec.secured:
+        return {}
+    out: dict[str, Any] = {"tls": sec.tls, "ca_file": str(_path(sec.ca_file)) if sec.ca_file else ""}
+    if sec.username:
+        out.update(username=sec.username, password_env=sec.password_env,
+                   password_file=str(_path(sec.password_file)) if sec.password_file else "")
+    return out
+
+
 def cassandra_cluster_kwargs(sec: CassandraSecurity, hosts: list[str], port: int,
                              password: str | None = None) -> dict[str, Any]:
     """cassandra-driver `Cluster(...)` keyword arguments for the profile's security (empty when open); `password`

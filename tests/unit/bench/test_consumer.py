@@ -74,14 +74,6 @@ class _Ctx:
         return self.broadcast
 
 
-class _Rows:
-    def __init__(self) -> None:
-        self.written: list[dict[str, Any]] = []
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self.written += rows
-
-
 def _main_output(value: str) -> tuple[str | None, str | None]:
     """A user-operator main-output string as the job's Kafka sink writes it: "KEY\nVALUE" (keyed), "KEY\n"
     (tombstone) or a plain value."""
@@ -126,10 +118,10 @@ def reference_outputs(
 
     keys = list(range(100, 108))
     user_op, item_op = _operators(model)
-    uf = UserFunction(JobConf(), OperatorsConf(), KEY, source, keys, keys, None)
-    uf.op, uf.users, uf.due, uf.rows = user_op, _MapState(), _KeyedValue(), _Rows()  # type: ignore[assignment]
-    itf = ItemFunction(JobConf(), OperatorsConf(), None)
-    itf.op, itf.items, itf.waiting, itf.rows = item_op, _MapState(), _KeyedValue(), _Rows()  # type: ignore[assignment]
+    uf = UserFunction(JobConf(), OperatorsConf(), KEY, source, keys, keys)
+    uf.op, uf.users, uf.due = user_op, _MapState(), _KeyedValue()
+    itf = ItemFunction(JobConf(), OperatorsConf())
+    itf.op, itf.items, itf.waiting = item_op, _MapState(), _KeyedValue()
     names = {id(FRAUD_FLAGS): "fraud-flags", id(DEAD_LETTERS): "dead-letters", id(DELETIONS): "deletions"}
     out: list[tuple[str, str | None, str | None]] = []
     timers: list[tuple[int, Any]] = []
@@ -206,7 +198,19 @@ def reference_outputs(
     else:  # only the item function's: the consumer never fires debounce timers past its last record
         timers.clear()
         fire(2**63 - 1)
-    return out, uf.rows.written + itf.rows.written, dict(uf.users), dict(itf.items)  # type: ignore[union-attr]
+    return out, _cassandra_rows(out), dict(uf.users), dict(itf.items)
+
+
+def _cassandra_rows(records: list[tuple[str, str | None, str | None]]) -> list[dict[str, Any]]:
+    """The rows the job's Cassandra sink (jobs/java/CassandraSink.java) writes: those of the records its Kafka sinks
+    get (lists, flags, deletions meant for Cassandra; no tombstones, no dead letters)."""
+    rows = []
+    for name, _key, value in records:
+        if name in ("recommendations", "fraud-flags", "deletions") and value:
+            r = json.loads(value)
+            if r.get("target", "cassandra") == "cassandra":
+                rows.append(r)
+    return rows
 
 
 @pytest.fixture(scope="module")

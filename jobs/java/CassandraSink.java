@@ -1,0 +1,470 @@
+package streamrec.flink;
+
+import com.datastax.oss.driver.api.core.ConsistencyLevel;
+import com.datastax.oss.driver.api.core.CqlSession;
+import com.datastax.oss.driver.api.core.CqlSessionBuilder;
+import com.datastax.oss.driver.api.core.DefaultConsistencyLevel;
+import com.datastax.oss.driver.api.core.config.DefaultDriverOption;
+import com.datastax.oss.driver.api.core.config.DriverConfigLoader;
+import com.datastax.oss.driver.api.core.cql.BatchStatement;
+import com.datastax.oss.driver.api.core.cql.BoundStatement;
+import com.datastax.oss.driver.api.core.cql.DefaultBatchType;
+import com.datastax.oss.driver.api.core.cql.PreparedStatement;
+import com.datastax.oss.driver.api.core.cql.SimpleStatement;
+import com.datastax.oss.driver.api.core.cql.Statement;
+import com.datastax.oss.driver.api.core.servererrors.InvalidQueryException;
+import com.datastax.oss.driver.api.core.ssl.ProgrammaticSslEngineFactory;
+import com.datastax.oss.driver.internal.core.connection.ConstantReconnectionPolicy;
+import com.datastax.oss.driver.internal.core.loadbalancing.DcInferringLoadBalancingPolicy;
+import java.io.IOException;
+import java.io.InputStream;
+import java.net.InetSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.KeyStore;
+import java.security.cert.Certificate;
+import java.security.cert.CertificateFactory;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManagerFactory;
+import org.apache.flink.api.common.operators.ProcessingTimeService;
+import org.apache.flink.api.connector.sink2.Sink;
+import org.apache.flink.api.connector.sink2.SinkWriter;
+import org.apache.flink.api.connector.sink2.WriterInitContext;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.ThreadSafeSimpleCounter;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+
+/**
+ * The job's Cassandra sink, in the JVM: idempotent upserts of the records the job sends to Kafka (recommendations,
+ * fraud flags, deletions), so the Python operators spend nothing on Cassandra (the Python driver's event loop and
+ * per-row work shared their GIL: measured, the largest cost in the low-latency profile).
+ *
+ * <p>The same rows as {@code streamrec/sinks.py} (the plain consumer's writer): every write carries {@code USING
+ * TIMESTAMP <event time in µs>} and a key derived from the record, so a replay after failover rewrites the same cells
+ * and an older event never overwrites a newer one, whatever order writes land in. Rows go in UNLOGGED batches of at
+ * most {@code batch_max_rows} statements and about {@code batch_max_bytes} of values (below Cassandra's batch warn
+ * thresholds); a batch is sent when full or {@code linger_ms} after its first row. At most {@code max_in_flight} rows
+ * are pending: beyond that {@code write} blocks (backpressure). A failed request is retried whole with exponential
+ * backoff; one Cassandra rejects as too large is split; one that exhausts its retries fails the job, which restarts
+ * from its last checkpoint. {@code flush} (at every checkpoint barrier and at the end of input) waits until every row
+ * sent has landed: a completed checkpoint's rows are all in Cassandra (at least once; idempotent).
+ *
+ * <p>Input: the strings the Kafka sinks get: JSON, or the recommendations topic's "KEY\nJSON" ("KEY\n", a tombstone,
+ * has no row: the erasure's deletion record deletes it). Deletion records whose {@code target} is not "cassandra" have
+ * no row. Config: one
+ * JSON object (see {@code jobs/recommend.py cassandra_sink}); the password is read from {@code password_env}, else
+ * {@code password_file}, when the writer opens, so it is never part of the job graph.
+ */
+public final class CassandraSink implements Sink<String> {
+    private static final long serialVersionUID = 1L;
+
+    private final String conf;
+
+    public CassandraSink(String confJson) {
+        this.conf = confJson;
+    }
+
+    @Override
+    public SinkWriter<String> createWriter(WriterInitContext context) throws IOException {
+        return new Writer(new ObjectMapper().readTree(conf), context);
+    }
+
+    /** A record the sink cannot write: a bug upstream (the records are the job's own outputs), so the job fails. */
+    static final class RecordError extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        RecordError(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    static final class Writer implements SinkWriter<String> {
+        private static final ObjectMapper JSON = new ObjectMapper();
+
+        private final int maxInFlight;
+        private final int maxRows;
+        private final int maxBytes;
+        private final int retries;
+        private final long backoffMs;
+        private final long maxBackoffMs;
+        private final long lingerMs;
+        private final CqlSession session;
+        private final PreparedStatement recommendation;
+        private final PreparedStatement flag;
+        private final PreparedStatement deletion;
+        private final PreparedStatement flagDeletion;
+        private final Semaphore permits;
+        private final Object landed = new Object();
+        private final AtomicReference<Throwable> error = new AtomicReference<>();
+        private final ScheduledExecutorService retryTimer;
+        private final ProcessingTimeService time;
+        private final Counter written;
+        private final Counter retried;
+        private List<BoundStatement> open = new ArrayList<>();
+        private int openBytes;
+        private boolean lingering;
+
+        Writer(JsonNode c, WriterInitContext context) throws IOException {
+            maxInFlight = c.path("max_in_flight").asInt(128);
+            maxRows = Math.max(1, Math.min(c.path("batch_max_rows").asInt(10), maxInFlight));
+            maxBytes = c.path("batch_max_bytes").asInt(4096);
+            retries = c.path("retries").asInt(60);
+            backoffMs = c.path("backoff_ms").asLong(100);
+            maxBackoffMs = c.path("max_backoff_ms").asLong(2000);
+            lingerMs = c.path("linger_ms").asLong(5);
+            session = connect(c);
+            String ks = c.path("keyspace").asText();
+            ConsistencyLevel cl = DefaultConsistencyLevel.valueOf(c.path("consistency").asText("LOCAL_QUORUM"));
+            recommendation = prepare(cl, "INSERT INTO " + ks + ".recommendations_by_user (user_key, key_id, items, "
+                    + "scores, model_version, event_id, event_ts) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?");
+            flag = prepare(cl, "INSERT INTO " + ks + ".fraud_flags (subject_kind, subject, flag_id, score, reasons, "
+                    + "evidence, model_version, event_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?");
+            deletion = prepare(cl, "DELETE FROM " + ks + ".recommendations_by_user USING TIMESTAMP ? "
+                    + "WHERE user_key = ?");
+            flagDeletion = prepare(cl, "DELETE FROM " + ks + ".fraud_flags USING TIMESTAMP ? "
+                    + "WHERE subject_kind = ? AND subject = ?");
+            permits = new Semaphore(maxInFlight);
+            retryTimer = Executors.newSingleThreadScheduledExecutor(r -> {
+                Thread t = new Thread(r, "streamrec-cassandra-retry");
+                t.setDaemon(true);
+                return t;
+            });
+            time = context.getProcessingTimeService();
+            // counted on the driver's threads
+            written = context.metricGroup().counter("cassandraRowsWritten", new ThreadSafeSimpleCounter());
+            retried = context.metricGroup().counter("cassandraRequestsRetried", new ThreadSafeSimpleCounter());
+        }
+
+        private static CqlSession connect(JsonNode c) throws IOException {
+            Duration timeout = Duration.ofMillis((long) (c.path("request_timeout_s").asDouble(10.0) * 1000));
+            ClassLoader loader = CassandraSink.class.getClassLoader();
+            DriverConfigLoader config = DriverConfigLoader.programmaticBuilder(loader)
+                    .withDuration(DefaultDriverOption.REQUEST_TIMEOUT, timeout)
+                    // one node or many, the local data centre is the contact points'
+                    .withClass(DefaultDriverOption.LOAD_BALANCING_POLICY_CLASS, DcInferringLoadBalancingPolicy.class)
+                    // a node that went away is tried again every second (the default backs off to a minute)
+                    .withClass(DefaultDriverOption.RECONNECTION_POLICY_CLASS, ConstantReconnectionPolicy.class)
+                    .withDuration(DefaultDriverOption.RECONNECTION_BASE_DELAY, Duration.ofSeconds(1))
+                    .withBoolean(DefaultDriverOption.METADATA_SCHEMA_ENABLED, false)
+                    .withBoolean(DefaultDriverOption.RECONNECT_ON_INIT, false)
+                    .build();
+            CqlSessionBuilder b = CqlSession.builder().withClassLoader(loader).withConfigLoader(config)
+                    .withKeyspace(c.path("keyspace").asText());
+            int port = c.path("port").asInt(9042);
+            for (JsonNode h : c.path("hosts")) {
+                b = b.addContactPoint(new InetSocketAddress(h.asText(), port));
+            }
+            String user = c.path("username").asText("");
+            if (!user.isEmpty()) {
+                b = b.withAuthCredentials(user, password(c));
+            }
+            if (c.path("tls").asBoolean(false)) {
+                // verifies the node's certificate against ca_file (else the JVM's trust store) and its host name
+                b = b.withSslEngineFactory(new ProgrammaticSslEngineFactory(sslContext(c.path("ca_file").asText("")),
+                        null, true));
+            }
+            try {
+                return b.build();
+            } catch (RuntimeException e) {
+                throw new IOException("Cassandra " + c.path("hosts") + ":" + port + " (keyspace "
+                        + c.path("keyspace").asText() + "): cannot connect: " + e.getMessage(), e);
+            }
+        }
+
+        private static String password(JsonNode c) throws IOException {
+            String env = c.path("password_env").asText("");
+            String fromEnv = env.isEmpty() ? null : System.getenv(env);
+            if (fromEnv != null && !fromEnv.isEmpty()) {
+                return fromEnv;
+            }
+            String file = c.path("password_file").asText("");
+            if (file.isEmpty() || !Files.exists(Path.of(file))) {
+                throw new IOException("Cassandra role " + c.path("username").asText() + ": no password (set " + env
+                        + (file.isEmpty() ? "" : " or create " + file) + ")");
+            }
+            return Files.readString(Path.of(file), StandardCharsets.UTF_8); // the whole file (checked by the client)
+        }
+
+        private static SSLContext sslContext(String caFile) throws IOException {
+            try {
+                TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+                if (caFile.isEmpty()) {
+                    tmf.init((KeyStore) null);
+                } else {
+                    KeyStore ks = KeyStore.getInstance(KeyStore.getDefaultType());
+                    ks.load(null, null);
+                    int i = 0;
+                    try (InputStream in = Files.newInputStream(Path.of(caFile))) {
+                        for (Certificate cert : CertificateFactory.getInstance("X.509").generateCertificates(in)) {
+                            ks.setCertificateEntry("ca" + i++, cert);
+                        }
+                    }
+                    tmf.init(ks);
+                }
+                SSLContext ctx = SSLContext.getInstance("TLS");
+                ctx.init(null, tmf.getTrustManagers(), null);
+                return ctx;
+            } catch (IOException e) {
+                throw e;
+            } catch (Exception e) {
+                throw new IOException("Cassandra TLS: cannot read CA file " + caFile + ": " + e.getMessage(), e);
+            }
+        }
+
+        private PreparedStatement prepare(ConsistencyLevel cl, String cql) {
+            return session.prepare(SimpleStatement.newInstance(cql).setConsistencyLevel(cl).setIdempotent(true));
+        }
+
+        // ------------------------------------------------------------------ rows
+
+        @Override
+        public void write(String element, Context context) throws IOException, InterruptedException {
+            raise();
+            BoundStatement row = bind(element);
+            if (row == null) {
+                return;
+            }
+            int size = size(row);
+            if (!open.isEmpty() && (open.size() >= maxRows || openBytes + size > maxBytes)) {
+                sendOpen();
+            }
+            open.add(row);
+            openBytes += size;
+            if (open.size() >= maxRows) {
+                sendOpen();
+            } else if (!lingering) {
+                lingering = true;
+                time.registerTimer(time.getCurrentProcessingTime() + lingerMs, t -> {
+                    lingering = false;
+                    sendOpen();
+                });
+            }
+        }
+
+        BoundStatement bind(String element) throws IOException {
+            String json = element;
+            if (!element.startsWith("{")) { // "KEY\nJSON", a list on the recommendations topic
+                int nl = element.indexOf('\n');
+                json = nl < 0 ? "" : element.substring(nl + 1);
+                if (json.isEmpty()) {
+                    return null; // "KEY\n", a tombstone: the erasure's deletion record deletes the row
+                }
+            }
+            JsonNode r;
+            try {
+                r = JSON.readTree(json);
+            } catch (IOException e) {
+                throw new RecordError("not a JSON record for Cassandra: " + abbrev(json), e);
+            }
+            String kind = r.path("kind").asText("");
+            try {
+                switch (kind) {
+                    case "recommendation":
+                        return bindRecommendation(r);
+                    case "fraud_flag":
+                    case "detector_alarm": // subject_kind 'detector', subject its name
+                        return bindFlag(r);
+                    case "deletion":
+                        if (!"cassandra".equals(r.path("target").asText("cassandra"))) {
+                            return null;
+                        }
+                        String table = r.path("table").asText("recommendations_by_user");
+                        if (table.equals("recommendations_by_user")) {
+                            return deletion.bind(tsMicros(r), text(r, "user_key"));
+                        }
+                        if (table.equals("fraud_flags")) {
+                            String subject = r.path("subject").asText("");
+                            return flagDeletion.bind(tsMicros(r), r.path("subject_kind").asText("user"),
+                                    subject.isEmpty() ? text(r, "user_key") : subject);
+                        }
+                        throw new RecordError("deletion of table " + table + " has no Cassandra table", null);
+                    default:
+                        if ("kafka".equals(r.path("target").asText(""))) {
+                            return null; // a deletion notice for Kafka (a tombstone's record)
+                        }
+                        throw new RecordError("record kind '" + kind + "' has no Cassandra table: " + abbrev(json),
+                                null);
+                }
+            } catch (IllegalArgumentException e) {
+                throw new RecordError("malformed " + kind + " record for Cassandra (" + e.getMessage() + "): "
+                        + abbrev(json), e);
+            }
+        }
+
+        private BoundStatement bindRecommendation(JsonNode r) {
+            JsonNode items = r.path("items");
+            JsonNode scores = r.get("scores");
+            List<String> ids = new ArrayList<>(items.size());
+            List<Float> s = new ArrayList<>(items.size());
+            for (JsonNode i : items) {
+                ids.add(i.isObject() ? text(i, "item_id") : i.asText());
+                if (scores == null || scores.isNull()) {
+                    s.add((float) i.path("score").asDouble(0.0));
+                }
+            }
+            if (scores != null && !scores.isNull()) {
+                for (JsonNode x : scores) {
+                    s.add((float) x.asDouble());
+                }
+            }
+            return recommendation.bind(text(r, "user_key"), r.path("key_id").asText(""), ids, s,
+                    r.path("model_version").asText(""), r.path("event_id").asText(""), eventTime(r), tsMicros(r));
+        }
+
+        private BoundStatement bindFlag(JsonNode r) {
+            List<String> reasons = new ArrayList<>();
+            for (JsonNode x : r.path("reasons")) {
+                reasons.add(x.asText());
+            }
+            JsonNode ev = r.path("evidence");
+            String evidence = ev.isMissingNode() ? "{}" : ev.isTextual() ? ev.asText() : ev.toString();
+            JsonNode score = r.get("score");
+            if (score == null || !score.isNumber()) {
+                throw new IllegalArgumentException("score is not a number");
+            }
+            return flag.bind(text(r, "subject_kind"), text(r, "subject"), text(r, "flag_id"), score.asDouble(),
+                    reasons, evidence, r.path("model_version").asText(""), eventTime(r), tsMicros(r));
+        }
+
+        private static String text(JsonNode r, String field) {
+            JsonNode v = r.get(field);
+            if (v == null || v.isNull()) {
+                throw new IllegalArgumentException("no " + field);
+            }
+            return v.asText();
+        }
+
+        private static long eventTs(JsonNode r) {
+            JsonNode v = r.get("event_ts");
+            if (v == null || !v.canConvertToLong()) {
+                throw new IllegalArgumentException("event_ts is not an integer");
+            }
+            return v.asLong();
+        }
+
+        private static Instant eventTime(JsonNode r) {
+            return Instant.ofEpochMilli(eventTs(r));
+        }
+
+        private static Long tsMicros(JsonNode r) {
+            return Math.multiplyExact(eventTs(r), 1000L);
+        }
+
+        private static String abbrev(String s) {
+            return s.length() <= 200 ? s : s.substring(0, 200) + "…";
+        }
+
+        /** Roughly Cassandra's size of the row for its batch thresholds: values plus 16 bytes per cell. */
+        private static int size(BoundStatement row) {
+            int n = 0;
+            for (int i = 0; i < row.size(); i++) {
+                ByteBuffer v = row.getBytesUnsafe(i);
+                n += 16 + (v == null ? 0 : v.remaining());
+            }
+            return n;
+        }
+
+        // ------------------------------------------------------------------ requests
+
+        private void sendOpen() throws InterruptedException {
+            if (open.isEmpty()) {
+                return;
+            }
+            List<BoundStatement> group = open;
+            open = new ArrayList<>();
+            openBytes = 0;
+            permits.acquire(group.size()); // backpressure: at most max_in_flight rows pending
+            send(group, 0);
+        }
+
+        private void send(List<BoundStatement> group, int attempt) {
+            Statement<?> request = group.size() == 1 ? group.get(0)
+                    : BatchStatement.newInstance(DefaultBatchType.UNLOGGED, group.toArray(new BoundStatement[0]))
+                            .setIdempotent(true).setConsistencyLevel(group.get(0).getConsistencyLevel());
+            try {
+                session.executeAsync(request).whenComplete((rs, err) -> {
+                    if (err == null) {
+                        done(group.size(), null);
+                    } else {
+                        failed(group, attempt, err);
+                    }
+                });
+            } catch (RuntimeException e) {
+                failed(group, attempt, e);
+            }
+        }
+
+        private void failed(List<BoundStatement> group, int attempt, Throwable err) {
+            Throwable cause = err instanceof java.util.concurrent.CompletionException && err.getCause() != null
+                    ? err.getCause() : err;
+            if (cause instanceof InvalidQueryException && String.valueOf(cause.getMessage()).contains("too large")
+                    && group.size() > 1) { // above batch_size_fail_threshold: its halves, each keeping its permits
+                int half = group.size() / 2;
+                retried.inc(2);
+                send(new ArrayList<>(group.subList(0, half)), attempt);
+                send(new ArrayList<>(group.subList(half, group.size())), attempt);
+                return;
+            }
+            if (attempt >= retries) {
+                done(group.size(), new IOException("Cassandra write of " + group.size() + " row(s) failed after "
+                        + attempt + " retries: " + cause, cause));
+                return;
+            }
+            long delay = Math.min(backoffMs << Math.min(attempt, 30), maxBackoffMs);
+            retried.inc();
+            try {
+                retryTimer.schedule(() -> send(group, attempt + 1), delay, TimeUnit.MILLISECONDS);
+            } catch (RuntimeException e) { // the writer is closing
+                done(group.size(), e);
+            }
+        }
+
+        private void done(int rows, Throwable err) {
+            if (err == null) {
+                written.inc(rows);
+            } else {
+                error.compareAndSet(null, err);
+            }
+            permits.release(rows);
+            synchronized (landed) {
+                landed.notifyAll();
+            }
+        }
+
+        private void raise() throws IOException {
+            Throwable e = error.get();
+            if (e != null) {
+                throw e instanceof IOException ? (IOException) e : new IOException(e.getMessage(), e);
+            }
+        }
+
+        @Override
+        public void flush(boolean endOfInput) throws IOException, InterruptedException {
+            sendOpen();
+            synchronized (landed) {
+                while (permits.availablePermits() < maxInFlight && error.get() == null) {
+                    landed.wait(100);
+                }
+            }
+            raise();
+        }
+
+        @Override
+        public void close() throws Exception {
+            retryTimer.shutdownNow();
+            session.close();
+        }
+    }
+}
