@@ -207,7 +207,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     e2e_res["errors"].append(f"baseline: {type(e).__name__}: {e}")
                     _say(f"  baseline not run: {e}")
             if args.latency_conf and "job" in systems:  # the job again with the latency profile, parallelism 1
-                runs += [("job", 1, float(r), args.latency_conf) for r in args.latency_rates.split(",") if r.strip()]
+                # (and the baseline's job, with its own copy of that profile, before each)
+                lat = [float(r) for r in args.latency_rates.split(",") if r.strip()]
+                for r in lat:
+                    if runner.baseline is not None:
+                        runs.append(("baseline", 1, r, args.latency_conf))
+                    runs.append(("job", 1, r, args.latency_conf))
                 e2e_res["latency_conf"] = args.latency_conf
             for system, p, rate, conf in runs:
                 what = (f"{system}" + (f" with {conf}" if conf else "") + f" p={p} "

@@ -499,8 +499,10 @@ class E2E:
             base = self.baseline
             env = {**env, "STREAMREC_STATE_DIR": str(base.dir / ".state"),
                    "STREAMREC_JOB_MODEL_DIR": str(base.dir / "artifacts" / "model")}  # fmt: skip
+            argv = list(base.argv)
+            argv[argv.index("--conf") + 1] = conf  # its own copy of the profile asked for (conf/ of its tree)
             log = open(logs_dir / f"{tag}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append(subprocess.Popen(base.argv, cwd=base.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            procs.append(subprocess.Popen(argv, cwd=base.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True))  # fmt: skip
         else:
             for i in range(parallelism):
