@@ -64,6 +64,10 @@ class WriterConf:
     batch_max_bytes: int = 4096
 
 
+# evidence as the job's Kafka records carry it (operators.batch.to_json), so the JVM sink writes the same text
+_EVIDENCE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)
+
+
 def _ts_us(record: Mapping[str, Any]) -> int:
     return int(record["event_ts"]) * 1000
 
@@ -81,7 +85,7 @@ def bind_recommendation(r: Mapping[str, Any]) -> tuple[Any, ...]:
 def bind_flag(r: Mapping[str, Any]) -> tuple[Any, ...]:
     evidence = r.get("evidence", {})
     return (r["subject_kind"], r["subject"], r["flag_id"], float(r["score"]), [str(x) for x in r["reasons"]],
-            evidence if isinstance(evidence, str) else json.dumps(evidence, sort_keys=True, default=str),
+            evidence if isinstance(evidence, str) else _EVIDENCE.encode(evidence),
             r.get("model_version", ""), int(r["event_ts"]), _ts_us(r))
 
 
