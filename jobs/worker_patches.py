@@ -92,8 +92,10 @@ def _await(to_await: Any) -> None:
 def prefetch(state: Any, keys: Iterable[str]) -> int:
     """Read the entries `keys` of a MapState (the current key's) that are neither written in this bundle nor in
     PyFlink's read cache, with every request in flight at once, into that read cache: the `get`s that follow find
-    them there instead of waiting for one round trip each. Returns how many were read; 0 (nothing done, the `get`s
-    read as usual) unless `install()` verified the versions and the worker caches map state across bundles."""
+    them there instead of waiting for one round trip each. A shard's first read in the worker reads its whole map
+    instead, when it fits the read cache (`_cache_whole_map`): then nothing is ever read key by key. Returns how many
+    keys were read; 0 (nothing done, the `get`s read as usual) unless `install()` verified the versions and the worker
+    caches map state across bundles."""
     if "concurrent-state-reads" not in _installed:
         return 0
     from apache_beam.coders import coder_impl
@@ -110,6 +112,8 @@ def prefetch(state: Any, keys: Iterable[str]) -> int:
         return 0
     cache_key = (handler._convert_to_cache_key(internal._state_key), token)
     cached = handler._state_cache.peek(cache_key)
+    if cached is None:  # this shard's first read in this worker
+        cached = _cache_whole_map(handler, internal, cache_key)
     if cached is not None and cached.is_all_data_cached():
         return 0
     written = internal._write_cache
@@ -143,6 +147,39 @@ def prefetch(state: Any, keys: Iterable[str]) -> int:
         else:
             raise RuntimeError(f"unknown map-state response flag {flag}")
     return len(missing)
+
+
+def _cache_whole_map(handler: Any, internal: Any, cache_key: Any) -> Any:
+    """Read a shard's whole MapState (one round trip per `python.map-state.iterate-response-batch-size` entries) into
+    PyFlink's read cache, marked complete when it fits (`map_state_cache_size`): a key it does not hold, a user or
+    item this shard has not seen, is then known absent without asking the JVM (PyFlink's own `get` answers so from a
+    complete cache), where each new key cost a round trip. Writes keep the cache current (PyFlink's `extend` puts
+    them in); an eviction marks it incomplete again and reads go back to the JVM. Returns the cache, or None when
+    the map does not fit (it was still read to the end, which releases the JVM's iterator; once per shard and
+    worker start, as the `get`s that follow create a cache for it)."""
+    from pyflink.fn_execution import state_impl
+
+    entries: dict[Any, Any] = {}
+    fits = True
+    it: Any = state_impl.IteratorToken.NOT_START
+    while True:
+        batch, it = handler._iterate_raw(internal._state_key, state_impl.IterateType.ITEMS, it,
+                                         internal._map_key_decoder, internal._map_value_decoder)  # fmt: skip
+        if fits:
+            entries.update(batch)
+            fits = len(entries) <= handler._max_cached_map_key_entries
+            if not fits:
+                entries.clear()
+        if it == state_impl.IteratorToken.FINISHED:
+            break
+    if not fits:
+        return None
+    cached = state_impl.CachedMapState(handler._max_cached_map_key_entries)
+    for k, v in entries.items():
+        cached.put(k, (True, v))
+    cached.set_all_data_cached()
+    handler._state_cache.put(cache_key, cached)
+    return cached
 
 
 def _patch_commits() -> None:

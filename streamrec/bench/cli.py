@@ -69,9 +69,10 @@ def register(sub: Any) -> None:
                         "so its latency is not a backlog's)")
     p.add_argument("--systems", default="job,consumer", help="which systems to run end to end")
     p.add_argument("--latency-conf", default="low-latency.yaml",
-                   help="after the end-to-end phases, the job again with this config at --latency-rates, "
-                        "parallelism 1 ('' = skip)")
+                   help="after the end-to-end phases, the job again with this config at --latency-rates and "
+                        "--latency-parallelism ('' = skip)")
     p.add_argument("--latency-rates", default="100,1000", help="offered rates of the --latency-conf phases")
+    p.add_argument("--latency-parallelism", default="1", help="parallelisms of the --latency-conf phases")
     p.add_argument("--cluster-parallelism", default="1,2",
                    help="parallelisms of the job on the bench's own standalone cluster (as many TaskManagers as the "
                         "largest, 1 slot each), on the max phases' backlog ('' = skip)")
@@ -140,6 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                ("--conf", args.conf, "local.yaml"),
                                ("--latency-conf", args.latency_conf, "low-latency.yaml"),
                                ("--latency-rates", args.latency_rates, "100,1000"),
+                               ("--latency-parallelism", args.latency_parallelism, "1"),
                                ("--cluster-parallelism", args.cluster_parallelism, "1,2"),
                                ("--baseline-commit", args.baseline_commit, "")):  # fmt: skip
         if val != default:
@@ -206,14 +208,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 except Exception as e:  # noqa: BLE001 - the rest of the run is still worth having
                     e2e_res["errors"].append(f"baseline: {type(e).__name__}: {e}")
                     _say(f"  baseline not run: {e}")
-            if args.latency_conf and "job" in systems:  # the job again with the latency profile, parallelism 1
+            if args.latency_conf and "job" in systems:  # the job again with the latency profile
                 # (and the baseline's job, with its own copy of that profile, before each)
                 lat = [float(r) for r in args.latency_rates.split(",") if r.strip()]
-                for r in lat:
-                    if runner.baseline is not None:
-                        runs.append(("baseline", 1, r, args.latency_conf))
-                    runs.append(("job", 1, r, args.latency_conf))
+                for lp in (int(x) for x in args.latency_parallelism.split(",") if x.strip()):
+                    for r in lat:
+                        if runner.baseline is not None:
+                            runs.append(("baseline", lp, r, args.latency_conf))
+                        runs.append(("job", lp, r, args.latency_conf))
                 e2e_res["latency_conf"] = args.latency_conf
+                e2e_res["latency_parallelism"] = args.latency_parallelism
             for system, p, rate, conf in runs:
                 what = (f"{system}" + (f" with {conf}" if conf else "") + f" p={p} "
                         + (f"{rate:,.0f} events/s" if rate else "max (backlog)"))  # fmt: skip
@@ -462,7 +466,8 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
         f"Windows are {plan.window_s:.0f} s per phase" + (" (short: --quick)" if result.get("mode") == "quick" else "")
         + ": throughput is a slope over that window after the first output, latency percentiles cover what was "
         "processed in it.",
-        f"After the main phases the job runs again with {result.get('e2e', {}).get('latency_conf')} (parallelism 1; "
+        f"After the main phases the job runs again with {result.get('e2e', {}).get('latency_conf')} (parallelism "
+        f"{result.get('e2e', {}).get('latency_parallelism', '1')}; "
         "rows marked with it): the same code with at-least-once Kafka outputs and short Python bundles."
         if result.get("e2e", {}).get("latency_conf") else "",
     ]

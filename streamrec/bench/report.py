@@ -94,6 +94,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "baseline_commit": (result.get("e2e", {}).get("baseline") or {}).get("commit"),
         "baseline_max_eps_by_parallelism": base_max,
         "baseline_p99_ms_at_1k_low_latency": min(base_low) if base_low else None,
+        "e2e_p99_ms_at_1k_low_latency_by_parallelism": {ph["parallelism"]: _p99(ph) for ph in low},
         "speedup_vs_baseline_by_parallelism": speedups,
         "e2e_p99_ms_at_1k_by_parallelism": at1k,
         "e2e_p99_ms_at_1k_low_latency_is_lower_bound": any(

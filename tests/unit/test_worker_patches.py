@@ -138,11 +138,12 @@ def test_sampler_starts_no_thread_and_stops_at_once() -> None:
 
 
 class _GrpcStates:
-    """Stands in for Beam's gRPC state handler: logs each map-state GET it is sent and answers it from `stored`
-    (flag byte + value bytes, as Flink's Java side does) when the future is waited for."""
+    """Stands in for Beam's gRPC state handler: logs each map-state request it is sent and answers it from `stored`
+    (flag byte + value, as Flink's Java side does): a GET when its future is waited for, an ITERATE at once, `batch`
+    entries per response. Keys and values are 1-byte length + bytes (the test's coders)."""
 
-    def __init__(self, stored: dict[str, bytes | None]) -> None:
-        self.stored, self.log = stored, []  # type: ignore[var-annotated]
+    def __init__(self, stored: dict[str, bytes | None], batch: int = 2) -> None:
+        self.stored, self.batch, self.log = stored, batch, []  # type: ignore[var-annotated]
 
     def _request(self, request: Any) -> Any:
         from apache_beam.portability.api import beam_fn_api_pb2
@@ -159,16 +160,27 @@ class _GrpcStates:
                     data = bytes([H.NOT_EXIST_FLAG])
                 else:
                     value = stored[key]
-                    data = bytes([H.IS_NONE_FLAG]) if value is None else bytes([H.EXIST_FLAG]) + value
+                    data = bytes([H.IS_NONE_FLAG]) if value is None else bytes([H.EXIST_FLAG, len(value)]) + value
                 return beam_fn_api_pb2.StateResponse(get=beam_fn_api_pb2.StateGetResponse(data=data))
 
         return Future()
 
     def get_raw(self, state_key: Any, token: bytes) -> tuple[bytes, bytes]:
-        raise AssertionError(f"a blocking read of {token!r}: prefetch should have cached it")
+        from pyflink.fn_execution.state_impl import CachingMapStateHandler as H
+
+        if token[0] != H.ITERATE_FLAG:
+            raise AssertionError(f"a blocking read of {token!r}: prefetch should have cached it")
+        n = int.from_bytes(token[2:6], "big")  # [ITERATE flag][type][int32 length][iterator token]
+        page = int(token[6:6 + n].decode()) if n else 0
+        self.log.append(f"iterate {page}")
+        items = sorted(self.stored.items())[page * self.batch:(page + 1) * self.batch]
+        data = b"".join(bytes([len(k)]) + k.encode() + (b"\x00" if v is None else b"\x01" + bytes([len(v)]) + v)
+                        for k, v in items)  # fmt: skip
+        more = (page + 1) * self.batch < len(self.stored)
+        return data, str(page + 1).encode() if more else b""
 
 
-def _map_state(grpc: _GrpcStates, cache_token: bytes | None = b"user-state") -> Any:
+def _map_state(grpc: _GrpcStates, cache_token: bytes | None = b"user-state", max_entries: int = 1000) -> Any:
     from types import SimpleNamespace
 
     from apache_beam.portability.api import beam_fn_api_pb2
@@ -178,13 +190,14 @@ def _map_state(grpc: _GrpcStates, cache_token: bytes | None = b"user-state") -> 
     handler = CachingMapStateHandler.__new__(CachingMapStateHandler)
     handler._state_cache, handler._underlying = StateCache(10**9), grpc
     handler._context = SimpleNamespace(user_state_cache_token=cache_token, bundle_cache_token=None)
-    handler._max_cached_map_key_entries, handler._cached_iterator_num = 1000, 0
+    handler._max_cached_map_key_entries, handler._cached_iterator_num = max_entries, 0
     m = InternalSynchronousMapRuntimeState.__new__(InternalSynchronousMapRuntimeState)
     m._map_state_handler = handler
     m._state_key = beam_fn_api_pb2.StateKey(
         bag_user_state=beam_fn_api_pb2.StateKey.BagUserState(user_state_id="users", key=b"shard-3"))
     m._map_key_encoder = lambda key, out: out.write(key.encode())
-    m._map_value_decoder = lambda stream: stream.read(stream.size())
+    m._map_key_decoder = lambda stream: stream.read(stream.read_byte()).decode()
+    m._map_value_decoder = lambda stream: stream.read(stream.read_byte())
     m._cleared, m._is_empty, m._mod_count, m._write_cache = False, None, 0, {"written": (True, b"w")}
 
     class Wrapper:  # what ctx.get_map_state returns
@@ -194,18 +207,31 @@ def _map_state(grpc: _GrpcStates, cache_token: bytes | None = b"user-state") -> 
     return Wrapper()
 
 
-def test_prefetch_sends_every_missing_read_before_waiting_and_caches_the_answers() -> None:
-    grpc = _GrpcStates({"u1": b"state-1", "u2": None, "seen": b"s"})
+def test_a_shards_first_read_caches_its_whole_map_and_then_no_key_is_read_alone() -> None:
+    grpc = _GrpcStates({"u1": b"state-1", "u2": None, "seen": b"s"}, batch=2)
     state = _map_state(grpc)
-    assert worker_patches.prefetch(state, ["seen"]) == 1
-    grpc.log.clear()
-    n = worker_patches.prefetch(state, ["u1", "written", "u2", "seen", "new", "u1"])
-    assert n == 3  # not the written one, not the cached one, u1 once
-    assert grpc.log == ["get u1", "get u2", "get new", "wait u1", "wait u2", "wait new"]
+    assert worker_patches.prefetch(state, ["u1", "new"]) == 0  # nothing read key by key ...
+    assert grpc.log == ["iterate 0", "iterate 1"]  # ... the map was read whole, two pages
     internal = state.get_internal_state()
-    assert (internal.get("u1"), internal.get("u2"), internal.get("new"), internal.get("written")) == \
-        (b"state-1", None, None, b"w")  # fmt: skip
-    assert worker_patches.prefetch(state, ["u1", "new"]) == 0  # all cached now: nothing sent
+    assert (internal.get("u1"), internal.get("u2"), internal.get("seen"), internal.get("new"),
+            internal.get("written")) == (b"state-1", None, b"s", None, b"w")  # fmt: skip
+    assert worker_patches.prefetch(state, ["other", "u1"]) == 0
+    assert internal.get("other") is None  # a key the shard never had: known absent, not asked for
+    assert grpc.log == ["iterate 0", "iterate 1"]
+
+
+def test_a_shard_larger_than_the_read_cache_is_read_key_by_key_all_requests_sent_before_any_wait() -> None:
+    grpc = _GrpcStates({"u1": b"state-1", "u2": None, "seen": b"s"}, batch=2)
+    state = _map_state(grpc, max_entries=2)  # 3 entries do not fit
+    assert worker_patches.prefetch(state, ["seen"]) == 1
+    assert grpc.log == ["iterate 0", "iterate 1", "get seen", "wait seen"]  # read to its end, then the key
+    grpc.log.clear()
+    n = worker_patches.prefetch(state, ["u1", "written", "new", "seen", "u1"])
+    assert n == 2  # not the written one, not the cached one, u1 once
+    assert grpc.log == ["get u1", "get new", "wait u1", "wait new"]
+    internal = state.get_internal_state()
+    assert (internal.get("u1"), internal.get("new"), internal.get("written")) == (b"state-1", None, b"w")
+    assert worker_patches.prefetch(state, ["u1", "new"]) == 0  # cached now: nothing sent
     assert grpc.log[-1] == "wait new"
 
 
