@@ -550,12 +550,13 @@ def _findings(result: dict[str, Any]) -> list[str]:
         def one(ph: dict[str, Any]) -> str:
             lat = ph.get("latency_ms", {}).get("read_committed", {})
             lb = "≥ " if lat.get("lower_bound") else ""
-            return (f"{int(ph['offered_rate']):,}/s: kept up {'yes' if ph.get('caught_up') else 'no'}, p50 "
-                    f"{lb}{_fmt(lat.get('p50'))} / p99 {lb}{_fmt(lat.get('p99'))} ms")
+            who = ph["system"].split(" (")[0]
+            return (f"{who} p={ph['parallelism']} {int(ph['offered_rate']):,}/s: kept up "
+                    f"{'yes' if ph.get('caught_up') else 'no'}, p50 {lb}{_fmt(lat.get('p50'))} / p99 {lb}"
+                    f"{_fmt(lat.get('p99'))} ms")
 
         out.append(f"With `{low[0]['conf']}` (at-least-once Kafka sink: outputs readable at once, not at the next "
-                   "checkpoint; 100 ms Python bundles), parallelism 1, read_committed: "
-                   + "; ".join(one(ph) for ph in low) + ".")
+                   "checkpoint; 100 ms Python bundles), read_committed: " + "; ".join(one(ph) for ph in low) + ".")
     grid = [r for r in result.get("scorer", {}).get("grid", []) if r.get("us_per_event") and r["precision"] == "fp32"
             and r["batch"] == 1]  # fmt: skip
     for graph, why in (("topk", "the fast graph: one (d × N) product for the last position"),
