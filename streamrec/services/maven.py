@@ -101,7 +101,13 @@ def job_jar(state: Path, flink_jars: list[Path]) -> Path:
     return jar
 
 
+KAFKA_CONNECTOR = "flink-sql-connector-kafka-"
+
+
 def connector_jars(state: Path) -> list[Path]:
-    """The jars to ship with a job: Flink's Kafka connector (fetched on demand) and our own serializers."""
-    flink = sorted(fetch(state, "flink").glob("*.jar"))
+    """The jars to ship with a job (fetched on demand): Flink's Kafka connector first (`flink run` takes one
+    --jarfile: this one), then the Cassandra driver's jars, then our own (jobs/java) last."""
+    flink = sorted(fetch(state, "flink").glob("*.jar"), key=lambda p: (not p.name.startswith(KAFKA_CONNECTOR), p.name))
+    if not flink or not flink[0].name.startswith(KAFKA_CONNECTOR):
+        raise ServiceError(f"no {KAFKA_CONNECTOR}*.jar among {jar_dir(state, 'flink')}: run `streamrec services fetch`")
     return [*flink, job_jar(state, flink)]

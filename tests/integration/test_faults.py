@@ -3,6 +3,7 @@ Kafka broker restarted while it runs; the job's TaskManager killed on the standa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from streamrec.bench import sysinfo
 from streamrec.config import REPO_ROOT
 from tests.integration.test_control_plane import train, wait_for
 from tests.integration.test_job_e2e import job_env
@@ -177,7 +179,11 @@ def test_taskmanager_killed_on_the_cluster_is_replaced_and_the_job_restores(
             f"/jobs/{job_id}/checkpoints")["counts"]["completed"] > checkpoints)
         killed = taskmanagers()
         assert len(killed) == 1, killed
-        os.kill(killed[0], signal.SIGKILL)
+        # the TaskManager and its Python workers, as a host crash takes them (SIGKILL to the JVM alone left its
+        # Python worker running, orphaned, after the test)
+        for pid in sysinfo.tree(killed[0]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         send_events(kafka_bootstrap, topics["events"], events[BATCH:])
         started = subprocess.run(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"],
                                  env=flink_cluster.env(), capture_output=True, text=True, timeout=60)  # fmt: skip
