@@ -92,6 +92,7 @@ def kafka_sink(job: Any, bootstrap: str, topic: str) -> Any:
 def cassandra_sink(job: Any, hosts: list[str], port: int, keyspace: str, security: Any) -> Any:
     """The job's Cassandra sink (`jobs/java/CassandraSink.java`): the rows of the records the Kafka sinks get (JSON,
     or the recommendations topic's "KEY\nJSON"), written from the JVM."""
+    import dataclasses
     import json
 
     from pyflink.datastream.connectors import Sink
@@ -99,11 +100,7 @@ def cassandra_sink(job: Any, hosts: list[str], port: int, keyspace: str, securit
 
     from streamrec.services.clients import cassandra_java_settings
 
-    c = job.cassandra_sink
-    conf = {"hosts": hosts, "port": port, "keyspace": keyspace, "consistency": c.consistency,
-            "max_in_flight": c.max_in_flight, "retries": c.retries, "backoff_ms": c.backoff_ms,
-            "max_backoff_ms": c.max_backoff_ms, "request_timeout_s": c.request_timeout_s,
-            "batch_max_rows": c.batch_max_rows, "batch_max_bytes": c.batch_max_bytes, "linger_ms": c.linger_ms,
+    conf = {**dataclasses.asdict(job.cassandra_sink), "hosts": hosts, "port": port, "keyspace": keyspace,
             **(cassandra_java_settings(security) if security is not None else {})}  # fmt: skip
     return Sink(get_gateway().jvm.streamrec.flink.CassandraSink(json.dumps(conf)))
 

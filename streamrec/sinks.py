@@ -26,7 +26,6 @@ before it commits its offsets).
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import struct
@@ -36,6 +35,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from operators.batch import to_json
 
 if TYPE_CHECKING:
     from streamrec.services.settings import CassandraSecurity
@@ -64,10 +65,6 @@ class WriterConf:
     batch_max_bytes: int = 4096
 
 
-# evidence as the job's Kafka records carry it (operators.batch.to_json), so the JVM sink writes the same text
-_EVIDENCE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)
-
-
 def _ts_us(record: Mapping[str, Any]) -> int:
     return int(record["event_ts"]) * 1000
 
@@ -85,7 +82,8 @@ def bind_recommendation(r: Mapping[str, Any]) -> tuple[Any, ...]:
 def bind_flag(r: Mapping[str, Any]) -> tuple[Any, ...]:
     evidence = r.get("evidence", {})
     return (r["subject_kind"], r["subject"], r["flag_id"], float(r["score"]), [str(x) for x in r["reasons"]],
-            evidence if isinstance(evidence, str) else _EVIDENCE.encode(evidence),
+            # as the job's Kafka records carry it, so the JVM sink writes the same text
+            evidence if isinstance(evidence, str) else to_json(evidence),
             r.get("model_version", ""), int(r["event_ts"]), _ts_us(r))
 
 

@@ -117,16 +117,16 @@ public final class CassandraSink implements Sink<String> {
         private boolean lingering;
 
         Writer(JsonNode c, WriterInitContext context) throws IOException {
-            maxInFlight = c.path("max_in_flight").asInt(128);
-            maxRows = Math.max(1, Math.min(c.path("batch_max_rows").asInt(10), maxInFlight));
-            maxBytes = c.path("batch_max_bytes").asInt(4096);
-            retries = c.path("retries").asInt(60);
-            backoffMs = c.path("backoff_ms").asLong(100);
-            maxBackoffMs = c.path("max_backoff_ms").asLong(2000);
-            lingerMs = c.path("linger_ms").asLong(5);
+            maxInFlight = conf(c, "max_in_flight").asInt();
+            maxRows = Math.max(1, Math.min(conf(c, "batch_max_rows").asInt(), maxInFlight));
+            maxBytes = conf(c, "batch_max_bytes").asInt();
+            retries = conf(c, "retries").asInt();
+            backoffMs = conf(c, "backoff_ms").asLong();
+            maxBackoffMs = conf(c, "max_backoff_ms").asLong();
+            lingerMs = conf(c, "linger_ms").asLong();
             session = connect(c);
             String ks = c.path("keyspace").asText();
-            ConsistencyLevel cl = DefaultConsistencyLevel.valueOf(c.path("consistency").asText("LOCAL_QUORUM"));
+            ConsistencyLevel cl = DefaultConsistencyLevel.valueOf(conf(c, "consistency").asText());
             recommendation = prepare(cl, "INSERT INTO " + ks + ".recommendations_by_user (user_key, key_id, items, "
                     + "scores, model_version, event_id, event_ts) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?");
             flag = prepare(cl, "INSERT INTO " + ks + ".fraud_flags (subject_kind, subject, flag_id, score, reasons, "
@@ -147,8 +147,17 @@ public final class CassandraSink implements Sink<String> {
             retried = context.metricGroup().counter("cassandraRequestsRetried", new ThreadSafeSimpleCounter());
         }
 
+        /** A setting `jobs/recommend.py cassandra_sink` always passes (its defaults live in conf/local.yaml). */
+        private static JsonNode conf(JsonNode c, String key) throws IOException {
+            JsonNode v = c.get(key);
+            if (v == null || v.isNull()) {
+                throw new IOException("CassandraSink: setting " + key + " missing from its config " + c);
+            }
+            return v;
+        }
+
         private static CqlSession connect(JsonNode c) throws IOException {
-            Duration timeout = Duration.ofMillis((long) (c.path("request_timeout_s").asDouble(10.0) * 1000));
+            Duration timeout = Duration.ofMillis((long) (conf(c, "request_timeout_s").asDouble() * 1000));
             ClassLoader loader = CassandraSink.class.getClassLoader();
             DriverConfigLoader config = DriverConfigLoader.programmaticBuilder(loader)
                     .withDuration(DefaultDriverOption.REQUEST_TIMEOUT, timeout)
@@ -162,7 +171,7 @@ public final class CassandraSink implements Sink<String> {
                     .build();
             CqlSessionBuilder b = CqlSession.builder().withClassLoader(loader).withConfigLoader(config)
                     .withKeyspace(c.path("keyspace").asText());
-            int port = c.path("port").asInt(9042);
+            int port = conf(c, "port").asInt();
             for (JsonNode h : c.path("hosts")) {
                 b = b.addContactPoint(new InetSocketAddress(h.asText(), port));
             }
