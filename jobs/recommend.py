@@ -148,6 +148,16 @@ def split(stream: Any) -> Any:
     return DataStream(get_gateway().jvm.streamrec.flink.BatchSplitter.split(stream._j_data_stream))
 
 
+def side_output(stream: Any, tag: Any) -> Any:
+    """The side output `tag` of a Python operator, as the JVM stream it is. NOTE: PyFlink's `get_side_output`
+    appends a Python identity map (`map(lambda i: i)`) to every side output: one more Python call per record (in
+    thread mode one more call holding the interpreter's lock, on the producing operator's thread). Our side outputs'
+    types (strings, rows of int and bytes) are the same on both sides, so the map does nothing."""
+    from pyflink.datastream.data_stream import DataStream
+
+    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
+
+
 def keyed(stream: Any, value_type: Any) -> Any:
     """A stream of Row(shard key, value) keyed by its key in the JVM, as a PyFlink KeyedStream of `value_type` (what
     `DataStream.key_by` makes, without its Python key-selector operator)."""
@@ -280,7 +290,7 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
             .name("parse-cf").uid("parse-cf")
         control_plane.append(cf_in)
         item_functions.append(cf_in)
-    broadcast = control.get_side_output(BROADCAST).union(*control_plane).broadcast(control_state_descriptor())
+    broadcast = side_output(control, BROADCAST).union(*control_plane).broadcast(control_state_descriptor())
 
     # Erase requests travel with the event batches, keyed by user shard: they reach the state they must clear.
     users = keyed(batches.union(control), Types.PRIMITIVE_ARRAY(Types.BYTE())) \
@@ -289,18 +299,18 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
                  output_type=Types.STRING()) \
         .name("user-operator").uid("user-operator")
 
-    items = keyed(users.get_side_output(ITEM_EVENTS), Types.PICKLED_BYTE_ARRAY()) \
+    items = keyed(side_output(users, ITEM_EVENTS), Types.PICKLED_BYTE_ARRAY()) \
         .process(ItemFunction(job, operators_conf), output_type=Types.STRING()) \
         .name("item-operator").uid("item-operator")
 
-    flags = users.get_side_output(FRAUD_FLAGS).union(items)
-    deletions = users.get_side_output(DELETIONS)
-    dead = users.get_side_output(DEAD_LETTERS).union(
-        items.get_side_output(DEAD_LETTERS), control.get_side_output(DEAD_LETTERS),
-        *(f.get_side_output(DEAD_LETTERS) for f in item_functions))
+    flags = side_output(users, FRAUD_FLAGS).union(items)
+    deletions = side_output(users, DELETIONS)
+    dead = side_output(users, DEAD_LETTERS).union(
+        side_output(items, DEAD_LETTERS), side_output(control, DEAD_LETTERS),
+        *(side_output(f, DEAD_LETTERS) for f in item_functions))
 
     if operators_conf.cf.enabled:  # wall-clock record times: read back, they must not hold the watermark back
-        split(items.get_side_output(CF_UPDATES)).name("split-cf").uid("split-cf") \
+        split(side_output(items, CF_UPDATES)).name("split-cf").uid("split-cf") \
             .sink_to(keyed_kafka_sink(job, bootstrap, job.cf_topic(), wall_clock=True)).name("kafka-cf").uid("kafka-cf")
     recs = split(users).name("split-recommendations").uid("split-recommendations")
     recs.sink_to(keyed_kafka_sink(job, bootstrap, t.recommendations)) \
