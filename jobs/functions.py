@@ -24,7 +24,11 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 
 from jobs import batching
 from jobs.config import JobConf
-from operators.batch import Outputs, to_json
+from jobs.embedded import on_python_thread, preload_native_modules, subtask_index
+
+preload_native_modules()  # thread mode: before anything imports them on a task thread (jobs/embedded.py)
+
+from operators.batch import Outputs, to_json  # noqa: E402
 
 # Keyed records, as PyFlink's keyed Python operators read them: Row(shard key, value), keyed in the JVM by field 0.
 USER_BATCH = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])  # (user shard key, frame)
@@ -229,11 +233,11 @@ class EmbedItems(KeyedProcessFunction):
         from operators.embed import ItemEmbedder
 
         _worker_setup(self.job.patch_workers())
-        ex = exported_encoder(Path(self.encoder_dir), Path(self.onnx_cache), self.max_tokens)
+        ex = on_python_thread(lambda: exported_encoder(Path(self.encoder_dir), Path(self.onnx_cache), self.max_tokens))
         if ex.weights_sha256 != self.weights_sha256:
             raise RuntimeError(f"encoder {self.encoder_dir} changed since the job was submitted "
                                f"(weights sha256 {ex.weights_sha256[:12]}…, expected {self.weights_sha256[:12]}…)")
-        enc = ex.encoder(int8=self.job.content.int8)
+        enc = on_python_thread(lambda: ex.encoder(int8=self.job.content.int8))
         enc.embed(["warm-up"])  # onnxruntime's first run allocates and plans: not on the first published item's time
         self.op = ItemEmbedder(enc.embed, ex.weights_sha256, self.job.content.max_batch)
         self.pending = ctx.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
@@ -313,8 +317,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         from model_export.artifact import load_artifact
 
         _worker_setup(self.job.patch_workers())
-        self.subtask = ctx.get_index_of_this_subtask()
-        self.op = self._operator(load_artifact(self.job.path(self.job.model_dir)))
+        self.subtask = subtask_index(ctx)
+        self.op = on_python_thread(lambda: self._operator(load_artifact(self.job.path(self.job.model_dir))))
         self.users = _map_state(ctx, "users", self.job.state.ttl_days)
         self.due = ctx.get_state(ValueStateDescriptor("due", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rates
@@ -368,8 +372,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
             return
         try:
-            art = verify_model(update, self.op.art, self.job.path(self.job.model_store))
-            new = self._operator(art)
+            new = on_python_thread(lambda: self._operator(
+                verify_model(update, self.op.art, self.job.path(self.job.model_store))))
         except (ModelRejected, OSError, ValueError) as e:
             if self.subtask == 0:  # every instance verifies; one dead letter is enough
                 yield DEAD_LETTERS, to_json(model_rejection(update, str(e)))

@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ensure_topics(svc.kafka.bootstrap, [job.cf_topic()], svc.kafka.num_partitions, compacted=[job.cf_topic()])
 
+    if job.execution_mode not in ("process", "thread"):
+        raise SystemExit(f"execution_mode must be process or thread, not {job.execution_mode!r}")
     if job.python_workers not in ("auto", "loopback", "process"):
         raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
     # Read by PyFlink when the environment opens. Unset, the minicluster runs every Python operator inside this

@@ -65,8 +65,9 @@ def train(tmp: Path, events: Path, name: str, seed: int) -> Path:
     return tmp / name
 
 
+@pytest.mark.parametrize("mode", ["process", "thread"])
 def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_up, connector_jars: list[Path],
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path, mode: str) -> None:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -102,7 +103,8 @@ def test_hot_swap_catalogue_restore_and_erasure(kafka_bootstrap: str, cassandra_
     env.update({"STREAMREC_PSEUDONYM_KEY": CONTROL_KEY, "STREAMREC_PSEUDONYM_KEY_ID": "ctl-k1",
                 "STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": "2000",
                 "STREAMREC_DEBOUNCE_INTERVAL_MS": "0",  # one recommendation per event: counts show loss/duplication
-                "STREAMREC_JOB_MODEL_STORE": str(tmp_path / "store")})
+                "STREAMREC_JOB_MODEL_STORE": str(tmp_path / "store"),
+                "STREAMREC_JOB_EXECUTION_MODE": mode})  # thread: the model is loaded and swapped inside the JVM
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
     producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all")
     pseud = Pseudonymizer(CONTROL_KEY.encode(), "ctl-k1")
