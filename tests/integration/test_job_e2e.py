@@ -328,80 +328,61 @@ def test_recovery_after_two_kills_loses_nothing_and_duplicates_nothing(
         admin.close()
 
 
-def test_submit_to_standalone_cluster_gives_the_same_outputs(
-        run: Run, kafka_bootstrap: str, flink_cluster, tmp_path: Path) -> None:
-    """`streamrec submit` (`flink run -py` on the local standalone cluster) produces what the minicluster did."""
+def rerun(run: Run, kafka_bootstrap: str, tmp_path: Path, prefix: str, argv: list[str],
+          extra_env: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The module's events again, into fresh topics, through the job started by `argv` (bounded): its outputs."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
     from streamrec.data.produce import produce
     from streamrec.data.simulator import load_conf
 
-    run_id = f"sub-{uuid.uuid4().hex[:10]}"
+    run_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
     topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
     admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
     admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
     try:
         produce(run.sim, topics["events"], topics["items"], rate=0, conf=load_conf().producer,
                 bootstrap=kafka_bootstrap, progress=False)
-        env = job_env(topics, Path(run.model_dir), run.keyspace, tmp_path, run_id)
-        proc = subprocess.run([sys.executable, "-m", "streamrec.cli", "submit"], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=1200)
+        env = {**job_env(topics, Path(run.model_dir), run.keyspace, tmp_path, run_id), **(extra_env or {})}
+        proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        got = {name: [json.loads(v) for v in consume_all(kafka_bootstrap, topics[name], expected=1,
-                                                         isolation_level="read_committed", timeout_s=20)]
-               for name in OUTPUTS}
-        assert deterministic_flags(got["fraud-flags"]) == deterministic_flags(run.outputs["fraud-flags"])
-        assert dead_letter_keys(got["dead-letters"]) == dead_letter_keys(run.outputs["dead-letters"])
-        assert {r["user_key"] for r in got["recommendations"]} == {
-            r["user_key"] for r in run.outputs["recommendations"]}
+        return {name: [json.loads(v) for v in consume_all(kafka_bootstrap, topics[name], expected=1,
+                                                          isolation_level="read_committed", timeout_s=20)]
+                for name in OUTPUTS}
     finally:
         admin.delete_topics(list(topics.values()))
         admin.close()
+
+
+def test_submit_to_standalone_cluster_gives_the_same_outputs(
+        run: Run, kafka_bootstrap: str, flink_cluster, tmp_path: Path) -> None:
+    """`streamrec submit` (`flink run -py` on the local standalone cluster) produces what the minicluster did."""
+    got = rerun(run, kafka_bootstrap, tmp_path, "sub", [sys.executable, "-m", "streamrec.cli", "submit"])
+    assert deterministic_flags(got["fraud-flags"]) == deterministic_flags(run.outputs["fraud-flags"])
+    assert dead_letter_keys(got["dead-letters"]) == dead_letter_keys(run.outputs["dead-letters"])
+    assert {r["user_key"] for r in got["recommendations"]} == {r["user_key"] for r in run.outputs["recommendations"]}
 
 
 def test_thread_mode_gives_the_same_outputs(
         run: Run, kafka_bootstrap: str, connector_jars: list[Path], tmp_path: Path) -> None:
     """`execution_mode: thread` (the Python operators inside the JVM, PEMJA; here with conf/low-latency.yaml): the
     same events give the same lists, flags and dead letters as the default profile in process mode."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    argv = [sys.executable, "-m", "jobs.recommend", "--conf", "low-latency.yaml"]
+    got = rerun(run, kafka_bootstrap, tmp_path, "thr", argv + [a for j in connector_jars for a in ("--jar", str(j))],
+                {"STREAMREC_JOB_EXECUTION_MODE": "thread"})
 
-    from streamrec.data.produce import produce
-    from streamrec.data.simulator import load_conf
+    # The lists an event asked for (not debounced) are a function of the events alone: the same ones, to the event
+    # (rec_id). A debounced list waits for its timer or the user's next event; an event arriving later than the
+    # watermark allows can fall before or after the timer, and the watermark's pace differs between the profiles
+    # (200 vs 1000 ms): there, the same users. The items themselves can differ a little between any two runs:
+    # streaming CF neighbours come back through Kafka at wall-clock pace.
+    def at_once(recs: list[dict[str, Any]]) -> collections.Counter[str]:
+        return collections.Counter(r["rec_id"] for r in recs if not r["debounced"])
 
-    run_id = f"thr-{uuid.uuid4().hex[:10]}"
-    topics = {name: f"{run_id}-{name}" for name in ("events", "items", "control", *OUTPUTS)}
-    admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
-    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics.values()])
-    try:
-        produce(run.sim, topics["events"], topics["items"], rate=0, conf=load_conf().producer,
-                bootstrap=kafka_bootstrap, progress=False)
-        env = job_env(topics, Path(run.model_dir), run.keyspace, tmp_path, run_id)
-        env["STREAMREC_JOB_EXECUTION_MODE"] = "thread"
-        argv = [sys.executable, "-m", "jobs.recommend", "--conf", "low-latency.yaml"]
-        proc = subprocess.run(argv + [a for j in connector_jars for a in ("--jar", str(j))], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=1200)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        got = {name: [json.loads(v) for v in consume_all(kafka_bootstrap, topics[name], expected=1,
-                                                         isolation_level="read_committed", timeout_s=20)]
-               for name in OUTPUTS}
-
-        # The lists an event asked for (not debounced) are a function of the events alone: the same ones, to the
-        # event (rec_id). A debounced list waits for its timer or the user's next event; an event arriving later
-        # than the watermark allows can fall before or after the timer, and the watermark's pace differs between
-        # the profiles (200 vs 1000 ms): there, the same users. The items themselves can differ a little between any
-        # two runs: streaming CF neighbours come back through Kafka at wall-clock pace.
-        def at_once(recs: list[dict[str, Any]]) -> collections.Counter[str]:
-            return collections.Counter(r["rec_id"] for r in recs if not r["debounced"])
-
-        assert len(got["recommendations"]) > 1000
-        assert at_once(got["recommendations"]) == at_once(run.outputs["recommendations"])
-        assert {r["user_key"] for r in got["recommendations"]} == {
-            r["user_key"] for r in run.outputs["recommendations"]}
-        debounced = [sum(r["debounced"] for r in recs) for recs in (got["recommendations"],
-                                                                     run.outputs["recommendations"])]
-        assert abs(debounced[0] - debounced[1]) <= 0.01 * debounced[1], debounced
-        assert deterministic_flags(got["fraud-flags"]) == deterministic_flags(run.outputs["fraud-flags"])
-        assert dead_letter_keys(got["dead-letters"]) == dead_letter_keys(run.outputs["dead-letters"])
-    finally:
-        admin.delete_topics(list(topics.values()))
-        admin.close()
+    assert len(got["recommendations"]) > 1000
+    assert at_once(got["recommendations"]) == at_once(run.outputs["recommendations"])
+    assert {r["user_key"] for r in got["recommendations"]} == {r["user_key"] for r in run.outputs["recommendations"]}
+    debounced = [sum(r["debounced"] for r in recs) for recs in (got["recommendations"], run.outputs["recommendations"])]
+    assert abs(debounced[0] - debounced[1]) <= 0.01 * debounced[1], debounced
+    assert deterministic_flags(got["fraud-flags"]) == deterministic_flags(run.outputs["fraud-flags"])
+    assert dead_letter_keys(got["dead-letters"]) == dead_letter_keys(run.outputs["dead-letters"])
