@@ -233,11 +233,14 @@ class EmbedItems(KeyedProcessFunction):
         from operators.embed import ItemEmbedder
 
         _worker_setup(self.job.patch_workers())
-        ex = on_python_thread(lambda: exported_encoder(Path(self.encoder_dir), Path(self.onnx_cache), self.max_tokens))
-        if ex.weights_sha256 != self.weights_sha256:
-            raise RuntimeError(f"encoder {self.encoder_dir} changed since the job was submitted "
-                               f"(weights sha256 {ex.weights_sha256[:12]}…, expected {self.weights_sha256[:12]}…)")
-        enc = on_python_thread(lambda: ex.encoder(int8=self.job.content.int8))
+        def load() -> Any:
+            ex = exported_encoder(Path(self.encoder_dir), Path(self.onnx_cache), self.max_tokens)
+            if ex.weights_sha256 != self.weights_sha256:
+                raise RuntimeError(f"encoder {self.encoder_dir} changed since the job was submitted "
+                                   f"(weights sha256 {ex.weights_sha256[:12]}…, expected {self.weights_sha256[:12]}…)")
+            return ex, ex.encoder(int8=self.job.content.int8)
+
+        ex, enc = on_python_thread(load)
         enc.embed(["warm-up"])  # onnxruntime's first run allocates and plans: not on the first published item's time
         self.op = ItemEmbedder(enc.embed, ex.weights_sha256, self.job.content.max_batch)
         self.pending = ctx.get_state(ValueStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))

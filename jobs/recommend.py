@@ -343,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streamrec.services.settings import services
 
     job = load_job_conf(args.conf)
+    # config errors first, before any endpoint is contacted or topic created
+    if job.execution_mode not in ("process", "thread"):
+        raise SystemExit(f"execution_mode must be process or thread, not {job.execution_mode!r}")
+    if job.python_workers not in ("auto", "loopback", "process"):
+        raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
     # The minicluster's JVM starts with PyFlink's gateway (the first Flink call below) and takes JVM_ARGS; the
     # user's own JVM_ARGS come after ours, so they win. (`flink run` ignores this: the cluster's config decides.)
     os.environ["JVM_ARGS"] = f"{job.jvm_options} {os.environ.get('JVM_ARGS', '')}".strip()
@@ -369,10 +374,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ensure_topics(svc.kafka.bootstrap, [job.cf_topic()], svc.kafka.num_partitions, compacted=[job.cf_topic()])
 
-    if job.execution_mode not in ("process", "thread"):
-        raise SystemExit(f"execution_mode must be process or thread, not {job.execution_mode!r}")
-    if job.python_workers not in ("auto", "loopback", "process"):
-        raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
     # Read by PyFlink when the environment opens. Unset, the minicluster runs every Python operator inside this
     # process (loopback) and a cluster starts Python worker processes; "process" forces the latter everywhere
     # (setting "loopback" explicitly would make `flink run` on a cluster fail, so it is left unset).
