@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streamrec.config import REPO_ROOT
 from streamrec.services.clients import kafka_kwargs
 from tests.integration.test_control_plane import read_topic, wait_for
@@ -24,8 +26,10 @@ from tests.tiny_model import TINY_MODEL_YAML
 CHECKPOINT_MS = 5000  # the job's default checkpoint.interval_ms (conf/local.yaml)
 
 
+@pytest.mark.parametrize("mode", ["process", "thread"])
 def test_an_item_published_with_text_reaches_a_matching_users_next_list(
-        kafka_bootstrap: str, cassandra_up: Any, connector_jars: list[Path], tmp_path: Path) -> None:  # fmt: skip
+        kafka_bootstrap: str, cassandra_up: Any, connector_jars: list[Path], tmp_path: Path,
+        mode: str) -> None:  # fmt: skip
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient
 
@@ -69,7 +73,8 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
     env = job_env(topics, model, keyspace, tmp_path, run_id)
     env.update({"STREAMREC_JOB_BOUNDED": "false", "STREAMREC_JOB_CHECKPOINT_INTERVAL_MS": str(CHECKPOINT_MS),
                 "STREAMREC_DEBOUNCE_INTERVAL_MS": "0", "STREAMREC_PSEUDONYM_KEY": "content-test-key-0123456789abcdef",
-                "STREAMREC_PSEUDONYM_KEY_ID": "content-k1"})  # fmt: skip
+                "STREAMREC_PSEUDONYM_KEY_ID": "content-k1",
+                "STREAMREC_JOB_EXECUTION_MODE": mode})  # fmt: skip  (thread: the encoder is loaded inside the JVM)
     argv = [sys.executable, "-m", "jobs.recommend"] + [a for j in connector_jars for a in ("--jar", str(j))]
     producer = KafkaProducer(**kafka_kwargs(kafka_bootstrap), acks="all")
 
