@@ -332,7 +332,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         from operators.scorer import Scorer
         from operators.user import UserOperator
 
-        scorer = Scorer(artifact, int8=self.job.use_int8, threads=self.job.scorer_threads)
+        scorer = Scorer(artifact, int8=self.job.use_int8, threads=self.job.scorer_threads,
+                        split_cost=self.operators_conf.scorer.split_cost)
         return UserOperator(artifact, self.operators_conf, self.pseudonymizer, scorer)
 
     # ------------------------------------------------------------------ broadcast side (control plane)

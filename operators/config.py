@@ -149,6 +149,7 @@ class ItemFraudConf:
 class ScorerConf:
     int8: bool = False  # use model.int8.onnx
     threads: int = 1  # onnxruntime intra-op threads per worker
+    split_cost: int = 32  # a batch's graph call splits by history length when padding costs more (0: never)
 
 
 @dataclass(frozen=True)

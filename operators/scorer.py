@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -49,9 +49,11 @@ class Scorer:
     every batch. `session` is the full graph's, `topk_session` the fast graph's (None: the artefact has none)."""
 
     def __init__(self, artifact: ModelArtifact, int8: bool = False, threads: int = 1,
-                 share_tables: bool = True) -> None:  # fmt: skip
+                 share_tables: bool = True, split_cost: int = 0) -> None:  # fmt: skip
         import onnxruntime as ort
 
+        if split_cost < 0:
+            raise ValueError(f"split_cost must be >= 0 (0: one graph call per batch), got {split_cost}")
         want = tuple(i["name"] for i in artifact.inputs)
         full = artifact.int8_path if int8 else artifact.model_path
         topk = artifact.topk_int8_path if int8 else artifact.topk_path
@@ -84,6 +86,7 @@ class Scorer:
         self.max_len = artifact.max_len
         self.version = artifact.version
         self.int8 = int8
+        self.split_cost = int(split_cost)
         release_freed_heap()
 
     def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
@@ -103,7 +106,21 @@ class Scorer:
         return self.topk_session, list(_WANT_TOPK)
 
     def _score_batch(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
-        """Any batch size: left-pad to the longest history, one exclusion row per request."""
+        """Any batch size, in one call per group of `split_groups` (rows of similar history length); each result
+        in its request's place."""
+        groups = split_groups([min(len(r.items), self.max_len) for r in batch], self.split_cost)
+        if len(groups) == 1:
+            return self._call_batch(batch, need_logprob)
+        out: list[ScoreResult | None] = [None] * len(batch)
+        for g in groups:
+            got = ([self._score_one(batch[g[0]], need_logprob)] if len(g) == 1
+                   else self._call_batch([batch[i] for i in g], need_logprob))  # fmt: skip
+            for i, res in zip(g, got, strict=True):
+                out[i] = res
+        return cast(list[ScoreResult], out)
+
+    def _call_batch(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
+        """One graph call for the batch: left-pad to the longest history, one exclusion row per request."""
         lens = [min(len(r.items), self.max_len) for r in batch]
         width = max(1, max(lens))
         b = len(batch)
@@ -175,6 +192,44 @@ class Scorer:
             next_item_logprob=_tail(got[3][0], n) if len(want) > 3 else _no_logprob(),
             user_vector=got[2][0],
         )
+
+
+def split_groups(lens: Sequence[int], cost: int) -> list[list[int]]:
+    """A batch's rows (by position) split into graph calls by history length: each call pads its rows to its longest
+    one, and every padded position costs what a real one does (the transformer and the item-KNN gathers run over it),
+    so rows of very different lengths are better scored apart, as long as the padding saved outweighs a call's fixed
+    cost. `lens`: each row's history length (positions); `cost`: a call's fixed cost in positions of one row (0: one
+    call for the whole batch). Rows are grouped by length class (1, 2, 3-4, 5-8, ...: within a class, padding at most
+    doubles a row), and neighbouring classes merged where that is cheaper: the partition of least total cost
+    (`cost` + rows x longest, per call; a dynamic programme over the classes). Every row is in exactly one group; a
+    batch of one length class is one group, in the given order."""
+    n = len(lens)
+    if cost <= 0 or n < 2:
+        return [list(range(n))]
+    classes: dict[int, list[int]] = {}
+    for i in sorted(range(n), key=lambda r: lens[r]):
+        classes.setdefault(max(lens[i], 1).bit_length(), []).append(i)
+    if len(classes) == 1:
+        return [list(range(n))]
+    groups = list(classes.values())  # shortest class first (insertion follows the sort)
+    m = len(groups)
+    best = [0.0] + [float("inf")] * m  # best[j]: least cost of the first j classes
+    cut = [0] * (m + 1)  # the first class of the last call in that best partition
+    for j in range(1, m + 1):
+        width = max(lens[groups[j - 1][-1]], 1)  # the longest row of classes i..j-1
+        rows = 0
+        for i in range(j, 0, -1):
+            rows += len(groups[i - 1])
+            c = best[i - 1] + cost + rows * width
+            if c < best[j]:
+                best[j], cut[j] = c, i - 1
+    out: list[list[int]] = []
+    j = m
+    while j:
+        i = cut[j]
+        out.append([r for g in groups[i:j] for r in g])
+        j = i
+    return out[::-1]
 
 
 def shared_initializers(paths: Sequence[Path | None], known: Sequence[np.ndarray] = (),

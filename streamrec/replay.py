@@ -127,7 +127,8 @@ def run_replay(
     elif recommender == "itemknn":
         scorer = ItemKNNScorer(art)
     else:
-        scorer = Scorer(art, int8=int8 or conf.scorer.int8, threads=conf.scorer.threads)
+        scorer = Scorer(art, int8=int8 or conf.scorer.int8, threads=conf.scorer.threads,
+                        split_cost=conf.scorer.split_cost)
     pseud = Pseudonymizer.from_env(allow_dev_key=True)  # offline: the dev key is fine unless a key is set
     uop = UserOperator(art, conf, pseud, scorer)
     iop = ItemOperator(conf, art.version)

@@ -3,6 +3,7 @@ code does."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -354,3 +355,70 @@ def test_the_two_graphs_share_their_tables(artifact: Any, int8: bool) -> None:
         for a, b in zip(got, ref, strict=True):
             assert np.array_equal(a.items, b.items) and np.array_equal(a.scores, b.scores)
             assert np.array_equal(a.next_item_logprob, b.next_item_logprob)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=40), st.integers(0, 200))
+def test_split_groups_is_a_partition_of_least_cost(lens: list[int], cost: int) -> None:
+    """Every row in exactly one call; never more calls than length classes; and no call plan the rule allows (the
+    classes in length order, neighbours merged) costs less than the one chosen."""
+    from operators.scorer import split_groups
+
+    groups = split_groups(lens, cost)
+    assert sorted(r for g in groups for r in g) == list(range(len(lens)))
+    assert all(groups) or lens == []
+
+    def plan_cost(gs: list[list[int]]) -> int:
+        return sum(cost + len(g) * max([max(lens[r], 1) for r in g]) for g in gs)
+
+    classes = sorted({max(n, 1).bit_length() for n in lens})
+    assert len(groups) <= max(len(classes), 1)
+    if cost == 0 or len(classes) < 2:
+        assert groups == [list(range(len(lens)))]
+        return
+    by_class = [[r for r in range(len(lens)) if max(lens[r], 1).bit_length() == c] for c in classes]
+    best = min(  # every way to cut the ordered classes into runs
+        plan_cost(
+            [[r for g in by_class[a:b] for r in g] for a, b in zip([0, *cuts], [*cuts, len(classes)], strict=True)]
+        )
+        for m in range(len(classes))
+        for cuts in map(list, itertools.combinations(range(1, len(classes)), m))
+    )
+    assert plan_cost(groups) == best
+
+
+def test_split_groups_splits_short_from_long_histories() -> None:
+    from operators.scorer import split_groups
+
+    assert split_groups([1] * 8 + [50] * 8, 32) == [list(range(8)), list(range(8, 16))]  # 472 vs 832 in one
+    assert split_groups([1, 50], 64) == [[0, 1]]  # a call costs more than the padding saved
+    assert split_groups([10, 12, 9], 1) == [[0, 1, 2]]  # one length class: one call, rows as given
+
+
+@pytest.mark.parametrize("need_logprob", [False, True])
+def test_a_split_batch_scores_what_one_call_does(artifact: Any, need_logprob: bool) -> None:
+    """A batch of short and long histories scored in calls by length (split_cost) gives each request what the whole
+    batch in one call gives it (same items, scores within float noise), in the request's place."""
+    from operators.scorer import Scorer
+
+    split, whole = Scorer(artifact, threads=1, split_cost=32), Scorer(artifact, threads=1, split_cost=0)
+    rng = np.random.default_rng(3)
+    reqs = []
+    for r in range(20):
+        n = [1, 3, 9, artifact.max_len, 0][r % 5]
+        items = rng.integers(0, artifact.n_items, size=n).tolist()
+        reqs.append(ScoreRequest(items, [1 + i % 5 for i in range(n)], [T + 60_000 * i for i in range(n)],
+                                 exclude=items[:2]))  # fmt: skip
+    from operators.scorer import split_groups
+
+    assert len(split_groups([min(len(q.items), artifact.max_len) for q in reqs], 32)) > 1  # it does split
+    got, ref = split.score(reqs, need_logprob), whole.score(reqs, need_logprob)
+    alone = [whole.score([q], need_logprob)[0] for q in reqs]
+    for a, b, c in zip(got, ref, alone, strict=True):
+        assert np.array_equal(a.items, c.items)  # in its own place: what the request alone gets
+        assert np.array_equal(a.items, b.items)
+        assert np.max(np.abs(a.scores - b.scores)) < 1e-5
+        assert a.next_item_logprob.shape == b.next_item_logprob.shape
+        assert np.allclose(a.next_item_logprob, b.next_item_logprob, atol=1e-5)
+    with pytest.raises(ValueError, match="split_cost"):
+        Scorer(artifact, threads=1, split_cost=-1)
