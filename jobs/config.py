@@ -137,6 +137,14 @@ class JobConf:
         """The topic the item operator publishes CF neighbours to and the user operators read them back from."""
         return self.topics.cf or f"{self.consumer_group}-cf"
 
+    def describe(self) -> str:
+        """What decides the job's latency, in one line: execution mode, Python bundles (process mode only), Kafka
+        sink delivery, shards and batch bounds (the demo summary and the bench report name the profile so)."""
+        return (f"{self.execution_mode} mode"
+                + (f", Python bundles {self.bundle_time_ms} ms" if self.execution_mode == "process" else "")
+                + f", Kafka sink {self.kafka_sink.delivery}, {self.batching.shards} shards, batches of <= "
+                f"{self.batching.max_events} events or {self.batching.max_delay_ms} ms")  # fmt: skip
+
     def path(self, p: str) -> Path:
         """A config path made absolute against the repo root."""
         q = Path(p)

@@ -312,10 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "latency_ms_p50": None if not lat else round(percentile(lat, 50) or 0, 1),
         "latency_ms_p99": None if not lat else round(percentile(lat, 99) or 0, 1),
         "latency_samples": len(lat),
-        "profile": f"conf/{args.conf} ({job.execution_mode} mode"
-                   + (f", Python bundles {job.bundle_time_ms} ms" if job.execution_mode == "process" else "")
-                   + f", Kafka sink {job.kafka_sink.delivery}, {job.batching.shards} shards, batches of <= "
-                   f"{job.batching.max_events} events or {job.batching.max_delay_ms} ms)",
+        "profile": f"conf/{args.conf} ({job.describe()})",
         "latency_note": "event sent → its recommendation readable under read_committed"
                         + (f" (includes the exactly-once commit wait: checkpoint every {job.checkpoint.interval_ms} ms)"
                            if job.kafka_sink.delivery == "EXACTLY_ONCE" else

@@ -113,6 +113,11 @@ def _services() -> list[str]:
     return out
 
 
+def _conf_path(name: str) -> str:
+    """A config name as a user finds it: `local.yaml` is conf/local.yaml; a path stays what it is."""
+    return name if "/" in name else f"conf/{name}"
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from jobs.config import load_job_conf
     from streamrec.bench import e2e as e2e_mod
@@ -179,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # ---------------------------------------------------------------- end to end (+ profile with real sinks)
     e2e_res: dict[str, Any] = {"phases": [], "errors": [], "model": served, "model_desc": served_desc,
-                               "conf": args.conf, "execution_mode": job.execution_mode,
+                               "conf": args.conf, "execution_mode": job.execution_mode, "profile": job.describe(),
                                "checkpoint_ms": job.checkpoint.interval_ms, "seed": args.seed,
                                "users": workload.users, "partitions": budget.partitions,
                                "window_s": plan.window_s, "backlog_events": plan.backlog_events,
@@ -217,6 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             runs.append(("baseline", lp, r, args.latency_conf))
                         runs.append(("job", lp, r, args.latency_conf))
                 e2e_res["latency_conf"] = args.latency_conf
+                e2e_res["latency_profile"] = load_job_conf(args.latency_conf).describe()
                 e2e_res["latency_parallelism"] = args.latency_parallelism
             for system, p, rate, conf in runs:
                 what = (f"{system}" + (f" with {conf}" if conf else "") + f" p={p} "
@@ -226,7 +232,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 e2e_res["phases"].append(ph)
                 lat = ph.get("latency_ms", {}).get("read_committed", {})
                 _say(f"  → processed {ph.get('throughput_eps') or 0:,.0f} events/s, committed "
-                     f"{ph.get('committed_eps') or 0:,.0f}/s, kept up: {ph.get('caught_up')}, p50 / p99 "
+                     f"{ph.get('committed_eps') or 0:,.0f}/s, kept up: {report.kept_up(ph)}, p50 / p99 "
                      f"{lat.get('p50')} / {lat.get('p99')} ms (n={lat.get('n')}), start-up {ph.get('startup_s')} s"
                      + (f", ERROR {ph['error']}" if ph.get("error") else ""))  # fmt: skip
                 if ph.get("error"):
@@ -460,15 +466,19 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
         "Synthetic catalogues (1.7k / 20k / 100k items) are random untrained models exported through model_export's "
         "own export code: their timings are real, their recommendations are meaningless. The end-to-end runs and "
         "the profile use the job's trained artefact.",
-        "The job is measured as configured in conf/local.yaml (process mode, exactly-once Kafka sink, Cassandra "
-        "sink on, checkpoint interval as stated), with only topics, group, keyspace, model dir, pseudonym key and "
-        "parallelism overridden.",
+        f"The job is measured as configured in {_conf_path(result.get('e2e', {}).get('conf', 'local.yaml'))} ("
+        + result.get("e2e", {}).get("profile", "process mode, exactly-once Kafka sink")
+        + ", Cassandra sink as configured, checkpoint interval as stated), with only topics, group, keyspace, model "
+        "dir, pseudonym key and parallelism overridden.",
         f"Windows are {plan.window_s:.0f} s per phase" + (" (short: --quick)" if result.get("mode") == "quick" else "")
         + ": throughput is a slope over that window after the first output, latency percentiles cover what was "
         "processed in it.",
-        f"After the main phases the job runs again with {result.get('e2e', {}).get('latency_conf')} (parallelism "
+        f"After the main phases the job runs again with {_conf_path(result.get('e2e', {}).get('latency_conf', ''))} "
+        f"(parallelism "
         f"{result.get('e2e', {}).get('latency_parallelism', '1')}; "
-        "rows marked with it): the same code with at-least-once Kafka outputs and short Python bundles."
+        "rows marked with it): the same code, " + result.get("e2e", {}).get("latency_profile", "with at-least-once "
+                                                                             "Kafka outputs and short Python bundles")
+        + "."
         if result.get("e2e", {}).get("latency_conf") else "",
     ]
     c = result.get("cluster", {})

@@ -42,6 +42,7 @@ import numpy as np
 
 from streamrec.bench import sysinfo
 from streamrec.bench.consumer import OUTPUT_NAMES as OUTPUTS
+from streamrec.bench.report import kept_pace
 from streamrec.config import REPO_ROOT
 from streamrec.services.flink import FlinkService
 
@@ -700,6 +701,8 @@ class E2E:
         in_topic = offered + (1 if rate else 0)  # + the warm-up message
         result["caught_up"] = bool(offered) and (result["committed_at_end"] >= in_topic
                                                  or result["processed_at_end"] >= 0.995 * offered)
+        result["kept_pace"] = (kept_pace(tp["eps"], (result.get("load") or {}).get("achieved_rate"),
+                                         result["caught_up"]) if rate else None)  # fmt: skip
         result["progress_series"] = [(round(t - t_from, 2), c) for t, c in series[:: max(1, len(series) // 400)]]
         result["offsets_series"] = [(round(t - t_from, 2), c) for t, c in sampler.samples]
         result["recommendations_seen"] = {view: w.count for view, w in watchers.items()}

@@ -496,16 +496,50 @@ def _p99_text(h: dict[str, Any]) -> str:
     return "not measured"
 
 
+# a paced phase kept pace when its processing rate over the load (the slope fit) was at least this share of the
+# rate the load generator achieved; "caught up" alone (everything processed by the end, drain included) also passes
+# a system that fell seconds behind during the load and finished in the drain
+KEEP_PACE = 0.95
+
+
+def kept_pace(processed_eps: float | None, sent_eps: float | None, caught_up: bool) -> bool:
+    """Whether a paced phase kept up with its load: processed at >= KEEP_PACE of the rate actually sent (the slope
+    fit over the load) and, by the end of the phase, processed everything. A system that fell behind while the load
+    ran and finished in the drain after it has caught up, but not kept pace."""
+    return bool(caught_up and processed_eps is not None and sent_eps and processed_eps >= KEEP_PACE * sent_eps)
+
+
+def kept_up(ph: dict[str, Any]) -> str:
+    """A phase's "kept up" cell. Paced: "yes" when it kept pace (processing rate over the load >= KEEP_PACE of the
+    sent rate) and everything was processed by the end; "no (drained)" when everything was processed, but only in the
+    drain after the load; "no" otherwise. Backlog: whether the backlog was done within the window. For results
+    written before `kept_pace` existed it is computed from their processed and sent rates."""
+    if not ph.get("offered_rate"):
+        return "yes" if ph.get("caught_up") else "no"
+    pace = ph.get("kept_pace")
+    if pace is None:
+        pace = kept_pace(ph.get("throughput_eps"), (ph.get("load") or {}).get("achieved_rate"),
+                         bool(ph.get("caught_up")))  # fmt: skip
+    if pace:
+        return "yes"
+    return "no (drained)" if ph.get("caught_up") else "no"
+
+
 def _findings(result: dict[str, Any]) -> list[str]:
     """What the numbers say, computed from them (so the text cannot drift from the tables)."""
     phases = result.get("e2e", {}).get("phases", [])
     out: list[str] = []
     jobs = [ph for ph in phases if ph["system"] == "job" and not ph.get("error")]
     cons = [ph for ph in phases if ph["system"] == "consumer" and not ph.get("error")]
-    kept = [ph["label"] for ph in phases if ph.get("caught_up")]
-    if phases:
+    paced = [ph for ph in phases if ph.get("offered_rate")]
+    kept = [ph["label"] for ph in paced if kept_up(ph) == "yes"]
+    drained = [ph["label"] for ph in paced if kept_up(ph) == "no (drained)"]
+    if paced:
         out.append("Kept up with the offered rate: " + (", ".join(kept) if kept else
                                                          "none (neither system kept up in any phase)") + ".")
+    if drained:
+        out.append("Fell behind during the load and processed everything only in the drain after it (latency "
+                   "percentiles complete, but they measure a queue): " + ", ".join(drained) + ".")
     stuck = [ph for ph in jobs if not ph.get("committed_eps")]
     seen = [ph for ph in jobs if (ph.get("recommendations_seen") or {}).get("read_committed")]
     if jobs and (stuck or len(seen) < len(jobs)):
@@ -552,11 +586,13 @@ def _findings(result: dict[str, Any]) -> list[str]:
             lb = "≥ " if lat.get("lower_bound") else ""
             who = ph["system"].split(" (")[0]
             return (f"{who} p={ph['parallelism']} {int(ph['offered_rate']):,}/s: kept up "
-                    f"{'yes' if ph.get('caught_up') else 'no'}, p50 {lb}{_fmt(lat.get('p50'))} / p99 {lb}"
+                    f"{kept_up(ph)}, p50 {lb}{_fmt(lat.get('p50'))} / p99 {lb}"
                     f"{_fmt(lat.get('p99'))} ms")
 
-        out.append(f"With `{low[0]['conf']}` (at-least-once Kafka sink: outputs readable at once, not at the next "
-                   "checkpoint; 100 ms Python bundles), read_committed: " + "; ".join(one(ph) for ph in low) + ".")
+        prof = result.get("e2e", {}).get("latency_profile")
+        out.append(f"With `{low[0]['conf']}` ({prof + '; ' if prof else ''}an at-least-once Kafka sink's outputs "
+                   "are readable at once, not at the next checkpoint), read_committed: "
+                   + "; ".join(one(ph) for ph in low) + ".")
     grid = [r for r in result.get("scorer", {}).get("grid", []) if r.get("us_per_event") and r["precision"] == "fp32"
             and r["batch"] == 1]  # fmt: skip
     for graph, why in (("topk", "the fast graph: one (d × N) product for the last position"),
@@ -614,7 +650,7 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
         achieved = _fmt(ph.get("load", {}).get("achieved_rate")) if ph.get("load") else "–"
         rows.append([ph["system"], ph["parallelism"], offered, achieved, _fmt(ph.get("throughput_eps")),
                      _fmt(ph.get("committed_eps")), _fmt(ph.get("events_per_core_second")),
-                     "yes" if ph.get("caught_up") else "no", q(rc), q(ru),
+                     kept_up(ph), q(rc), q(ru),
                      _fmt(ph.get("startup_s"), " s", 0),
                      f"{_fmt(cpu.get('system_under_test'), '', 2)} / {_fmt(cpu.get('kafka'), '', 2)} / "
                      f"{_fmt(cpu.get('cassandra'), '', 2)} / {_fmt(cpu.get('everything_else'), '', 2)}",
@@ -627,8 +663,10 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
             "checkpoint completes, so under backpressure this can stay flat for the whole window); *per CPU-s*: "
             "processed events per CPU-second the "
             "system's own processes used (the fair comparison when the machine is contended: a multi-process job "
-            "gets a larger share of a busy machine than a one-process consumer). *kept up*: everything sent was "
-            "processed by the end of the phase.",
+            "gets a larger share of a busy machine than a one-process consumer). *kept up*, at an offered rate: the "
+            "processing rate over the load was at least 95 % of the sent rate and everything sent was processed by "
+            "the end of the phase; *no (drained)*: everything was processed, but only in the drain after the load "
+            "(the system fell behind while it ran); on a backlog: the backlog was done within the window.",
             "- Latency is over events processed within the phase; when a system did not keep up, the percentiles "
             "are lower bounds (marked ≥) that grow with the length of the run. *none readable*: no recommendation "
             "became readable under read_committed within the window (no checkpoint completed).", ""]

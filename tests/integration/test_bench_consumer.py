@@ -30,6 +30,7 @@ def test_consumer_phases(kafka_bootstrap: str, cassandra_up: Any, bench_model: P
     from kafka import KafkaAdminClient
 
     from streamrec.bench.e2e import E2E, Budget, Workload
+    from streamrec.bench.report import kept_pace
     from streamrec.services.cassandra import connect
 
     budget = Budget(window_s=WINDOW_S, startup_timeout_s=120, backlog_events=600, drain_s=4, partitions=2)
@@ -57,6 +58,7 @@ def test_consumer_phases(kafka_bootstrap: str, cassandra_up: Any, bench_model: P
     assert paced["balanced"], paced["final_assignments"]
     assert paced["load"]["acked"] == paced["offered_events"] >= RATE * WINDOW_S * 0.9
     assert paced["caught_up"], (paced["processed_at_end"], paced["offered_events"])
+    assert paced["kept_pace"] is kept_pace(paced["throughput_eps"], paced["load"]["achieved_rate"], True)
     assert paced["throughput_eps"] == pytest.approx(RATE, rel=0.3)
     stats = [s for s in paced["consumer_stats"] if s]
     assert len(stats) == 2 and all(s["events"] > 0 for s in stats)
@@ -75,6 +77,7 @@ def test_consumer_phases(kafka_bootstrap: str, cassandra_up: Any, bench_model: P
     assert backlog["error"] is None, backlog
     assert backlog["startup_s"] > 0 and backlog["throughput_eps"] and backlog["throughput_eps"] > 0
     assert backlog["caught_up"] and backlog["committed_at_end"] == 600
+    assert backlog["kept_pace"] is None  # no offered rate to keep pace with
     # the 600 were done within the window (which ends when the commit shows it): the fitted rate is at least about
     # their average over it, however short the window was
     assert backlog["throughput_eps"] >= 0.5 * 600 / max(backlog["window_s"], 0.1), backlog

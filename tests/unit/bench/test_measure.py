@@ -8,9 +8,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamrec.bench.e2e import backlog_completion, commit_throughput, percentiles, progress_series, progress_throughput
+from streamrec.bench.e2e import (
+    backlog_completion,
+    commit_throughput,
+    percentiles,
+    progress_series,
+    progress_throughput,
+)
 from streamrec.bench.load import partition_of
 from streamrec.bench.micro import profile_breakdown
+from streamrec.bench.report import kept_pace
 
 
 def test_progress_series_sums_the_newest_line_per_partition() -> None:
@@ -42,6 +49,19 @@ def test_progress_throughput_of_a_backlog_done_in_seconds() -> None:
     series = [(10.0 + i / 400.0, i + 1) for i in range(600)]
     assert progress_throughput(series, 10.0, series[-1][0])["eps"] == pytest.approx(400.0, rel=0.05)
     assert progress_throughput(series, 10.0, 10.0)["eps"] is None  # no span, no rate
+
+
+def test_kept_pace_needs_the_rate_during_the_load_not_only_the_drain() -> None:
+    # 20 s of load at 1,000 events/s sent. A system 3 s behind but at the sent rate kept pace; one that processed
+    # 600/s during the load and the rest in the drain after it caught up all the same, but did not keep pace
+    behind = [(float(t), 1000 * max(t - 3, 0)) for t in range(0, 24)]
+    slow = [(float(t), 600 * t) for t in range(0, 21)] + [(20.0 + k, 12_000 + 1000 * k) for k in range(1, 9)]
+    for series, pace in ((behind, True), (slow, False)):
+        eps = progress_throughput(series, 0.0, 21.0)["eps"]
+        assert series[-1][1] >= 20_000  # everything was processed by the end of the phase
+        assert kept_pace(eps, 1000.0, caught_up=True) is pace, eps
+    assert not kept_pace(1000.0, 1000.0, caught_up=False)  # at the rate, but some of it never processed
+    assert not kept_pace(None, 1000.0, caught_up=True) and not kept_pace(990.0, None, caught_up=True)
 
 
 def test_backlog_completion_from_the_first_output_to_done() -> None:

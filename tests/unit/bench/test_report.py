@@ -153,6 +153,32 @@ def test_issue_13_keys() -> None:
     assert "| job / the baseline commit's job (same backlog, same run) | ≥ 5× | 4.00× | **no** |" in md
 
 
+def test_a_phase_that_only_caught_up_in_the_drain_did_not_keep_up() -> None:
+    """A paced phase that processed everything by the end but fell behind during the load (kept_pace false) is
+    reported as "no (drained)", not as kept up; a result written before kept_pace existed gets it from its processed
+    and sent rates."""
+    r = synthetic_result()
+    drained = _phase("job (low-latency.yaml)", 1, 1000.0, 600.0, p99=9000.0, caught_up=True)
+    drained.update(kept_pace=False, conf="low-latency.yaml")
+    paced = _phase("job", 2, 1000.0, 990.0, p99=5600.0, caught_up=True)
+    paced["kept_pace"] = True
+    old = _phase("consumer", 2, 1000.0, 990.0, p99=300.0, caught_up=True)  # no kept_pace key: from its rates
+    old_slow = _phase("consumer", 1, 1000.0, 700.0, p99=300.0, caught_up=True)
+    r["e2e"]["phases"] += [drained, paced, old, old_slow]
+    assert [report.kept_up(ph) for ph in (drained, paced, old, old_slow)] == ["no (drained)", "yes", "yes",
+                                                                              "no (drained)"]
+    md = report.markdown({**r, "summary": report.headline(r)}, {})
+    kept = next(line for line in md.splitlines() if line.startswith("- Kept up with the offered rate:"))
+    assert paced["label"] in kept and old["label"] in kept and drained["label"] not in kept
+    assert f"processed everything only in the drain after it (latency percentiles complete, but they measure a " \
+           f"queue): {drained['label']}, {old_slow['label']}." in md
+    assert "| job (low-latency.yaml) | 1 | 1,000 | 1,000 | 600 |" in md and "| no (drained) |" in md
+    assert "job p=1 1,000/s: kept up no (drained)" in md
+    r["e2e"]["latency_profile"] = "thread mode, Kafka sink AT_LEAST_ONCE"  # the latency conf as the run described it
+    md = report.markdown({**r, "summary": report.headline(r)}, {})
+    assert "With `low-latency.yaml` (thread mode, Kafka sink AT_LEAST_ONCE; an at-least-once" in md
+
+
 def test_cluster_section() -> None:
     """The standalone-cluster phases: a table with each parallelism's throughput and where the user operator ran."""
     r = synthetic_result()
