@@ -456,7 +456,7 @@ def _add_consumer_e2e_profile(result: dict[str, Any]) -> None:
 
 
 def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
-    m = result["machine"]
+    m, e2e = result["machine"], result["e2e"]  # a measuring run always sets e2e's conf and profile
     notes = [
         f"Shared machine: load average {m['loadavg_at_start'][0]:.1f} at the start and {m['loadavg_at_end'][0]:.1f} "
         "at the end; the end-to-end table's last CPU column is other work that ran during each phase. Numbers from a "
@@ -466,20 +466,15 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
         "Synthetic catalogues (1.7k / 20k / 100k items) are random untrained models exported through model_export's "
         "own export code: their timings are real, their recommendations are meaningless. The end-to-end runs and "
         "the profile use the job's trained artefact.",
-        f"The job is measured as configured in {_conf_path(result.get('e2e', {}).get('conf', 'local.yaml'))} ("
-        + result.get("e2e", {}).get("profile", "process mode, exactly-once Kafka sink")
-        + ", Cassandra sink as configured, checkpoint interval as stated), with only topics, group, keyspace, model "
-        "dir, pseudonym key and parallelism overridden.",
+        f"The job is measured as configured in {_conf_path(e2e['conf'])} ({e2e['profile']}, Cassandra sink as "
+        "configured, checkpoint interval as stated), with only topics, group, keyspace, model dir, pseudonym key and "
+        "parallelism overridden.",
         f"Windows are {plan.window_s:.0f} s per phase" + (" (short: --quick)" if result.get("mode") == "quick" else "")
         + ": throughput is a slope over that window after the first output, latency percentiles cover what was "
         "processed in it.",
-        f"After the main phases the job runs again with {_conf_path(result.get('e2e', {}).get('latency_conf', ''))} "
-        f"(parallelism "
-        f"{result.get('e2e', {}).get('latency_parallelism', '1')}; "
-        "rows marked with it): the same code, " + result.get("e2e", {}).get("latency_profile", "with at-least-once "
-                                                                             "Kafka outputs and short Python bundles")
-        + "."
-        if result.get("e2e", {}).get("latency_conf") else "",
+        f"After the main phases the job runs again with {_conf_path(e2e['latency_conf'])} (parallelism "
+        f"{e2e.get('latency_parallelism', '1')}; rows marked with it): the same code, {e2e['latency_profile']}."
+        if e2e.get("latency_conf") else "",
     ]
     c = result.get("cluster", {})
     if c.get("by_parallelism"):

@@ -365,16 +365,16 @@ def test_submit_to_standalone_cluster_gives_the_same_outputs(
 
 def test_thread_mode_gives_the_same_outputs(
         run: Run, kafka_bootstrap: str, connector_jars: list[Path], tmp_path: Path) -> None:
-    """`execution_mode: thread` (the Python operators inside the JVM, PEMJA; conf/low-latency.yaml, whose mode it is):
-    the same events give the same lists, flags and dead letters as the default profile in process mode. The user
-    detectors learn the feed's base rates per user shard, so this run keeps the default profile's shards (the low-
-    latency profile has fewer)."""
+    """`execution_mode: thread` (the Python operators inside the JVM, PEMJA; here with conf/low-latency.yaml, which
+    runs in it): the same events give the same lists, flags and dead letters as the default profile in process mode.
+    The user detectors learn the feed's base rates per user shard, so this run keeps the default profile's shards
+    (the low-latency profile has fewer)."""
     from jobs.config import load_job_conf
 
-    assert load_job_conf("low-latency.yaml").execution_mode == "thread"
     argv = [sys.executable, "-m", "jobs.recommend", "--conf", "low-latency.yaml"]
     got = rerun(run, kafka_bootstrap, tmp_path, "thr", argv + [a for j in connector_jars for a in ("--jar", str(j))],
-                {"STREAMREC_JOB_BATCHING_SHARDS": str(load_job_conf("local.yaml").batching.shards)})
+                {"STREAMREC_JOB_EXECUTION_MODE": "thread",
+                 "STREAMREC_JOB_BATCHING_SHARDS": str(load_job_conf("local.yaml").batching.shards)})
 
     # The lists an event asked for (not debounced) are a function of the events alone: the same ones, to the event
     # (rec_id). A debounced list waits for its timer or the user's next event; an event arriving later than the
