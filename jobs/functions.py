@@ -20,7 +20,12 @@ from pyflink.datastream import (
     ProcessFunction,
     RuntimeContext,
 )
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import (
+    ListStateDescriptor,
+    MapStateDescriptor,
+    StateTtlConfig,
+    ValueStateDescriptor,
+)
 
 from jobs import batching
 from jobs.config import JobConf
@@ -291,8 +296,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
     (MapState user_id → state bytes) and event-time debounce timers, plus the broadcast control plane (model
     hot-swap, catalogue updates).
 
-    Timers: a shard's pending debounce timers are indexed in a ValueState (time → user ids); when one fires, every
-    timer of the shard the watermark has passed is served in one batch (their own times are kept).
+    Timers: a shard's pending debounce timers are indexed in a ValueState (time → user ids), and the shard keeps a
+    Flink timer at the earliest of them only (`operators.batch.due_add`): when it fires, every timer of the shard the
+    watermark has passed is served in one batch (their own times are kept) and the next earliest gets the timer.
+    One Flink timer per distinct time, as before 2026-12-02, made every watermark at a backlog fire thousands of
+    Python timer calls, one synchronous bundle end every `bundle_size` of them.
 
     The model in force and the catalogue updates live in broadcast state, so a restored job serves the model it
     had switched to: each instance re-reads that state before its first element after (re)start.
@@ -410,14 +418,12 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
     def _finish(self, out: Outputs, ctx: Any) -> Iterator[Any]:
         if out.timers:
+            from operators import batch
+
             due: dict[int, list[str]] = self.due.value() or {}
-            for ts, user in out.timers:
-                users = due.get(ts)
-                if users is None:
-                    due[ts] = [user]
-                    ctx.timer_service().register_event_time_timer(ts)
-                elif user not in users:
-                    users.append(user)
+            timer = batch.due_add(due, out.timers)
+            if timer is not None:
+                ctx.timer_service().register_event_time_timer(timer)
             self.due.update(due)
         if out.alarms and self.alarms is not None:
             self.alarms.inc(out.alarms)
@@ -444,11 +450,15 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
         yield from self._sync(ctx)
         due: dict[int, list[str]] = self.due.value() or {}
-        if timestamp not in due:
-            return  # served with an earlier timer of the same watermark
-        upto = max(timestamp, ctx.timer_service().current_watermark())
-        fired = [(ts, user) for ts in sorted(t for t in due if t <= upto) for user in due.pop(ts)]
-        self.due.update(due)
+        fired, timer = batch.due_take(due, max(timestamp, ctx.timer_service().current_watermark()))
+        if not fired:
+            return  # a timer at a time already served (kept when it was the earliest; or a job restored from before)
+        if due:
+            self.due.update(due)
+        else:
+            self.due.clear()
+        if timer is not None:
+            ctx.timer_service().register_event_time_timer(timer)
         yield from self._finish(batch.user_timers(self.op, self.users, fired), ctx)
 
 
@@ -456,7 +466,7 @@ class ItemFunction(KeyedProcessFunction):
     """Keyed by item shard: lists of item events → `operators.item.ItemOperator` over the items' states
     (MapState item_id → state bytes): shilling / click-farm detection. Flags go to Kafka and Cassandra.
 
-    Item events arrive in an order batching and parallelism shuffle; they wait in a ValueState until the watermark
+    Item events arrive in an order batching and parallelism shuffle; they wait in a ListState until the watermark
     passes them and are then run in event-time order (`operators.batch.event_time_order`), so the detectors see
     the same sequence whatever the arrival order."""
 
@@ -466,6 +476,8 @@ class ItemFunction(KeyedProcessFunction):
         self.op: Any = None
         self.items: Any = None
         self.waiting: Any = None
+        self.first: Any = None
+        self.legacy: Any = None
         self.rates: Any = None
         self.cf: Any = None
         self.cf_states: Any = None
@@ -480,32 +492,44 @@ class ItemFunction(KeyedProcessFunction):
         if self.operators_conf.cf.enabled:  # streaming CF: each item's predecessors (operators/cf.py)
             self.cf = CfOperator(self.operators_conf.cf)
             self.cf_states = _map_state(ctx, "cf", self.job.state.ttl_days)
-        self.waiting = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
+        # Waiting item events (operators.batch.wait_chunk): appended chunks and their earliest event time. "waiting"
+        # is the layout before 2026-12-02 (every chunk in one value), read once by a timer of a restored job.
+        self.waiting = ctx.get_list_state(ListStateDescriptor("waiting-chunks", Types.PICKLED_BYTE_ARRAY()))
+        self.first = ctx.get_state(ValueStateDescriptor("waiting-first", Types.LONG()))
+        self.legacy = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rate
 
     def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         from operators import batch
 
-        buf, timer = batch.buffer_add(self.waiting.value(), events)
-        self.waiting.update(buf)
+        chunk, timer = batch.wait_chunk(self.first.value(), events)
+        if chunk is not None:
+            self.waiting.add(chunk)
         if timer is not None:
+            self.first.update(timer)
             ctx.timer_service().register_event_time_timer(timer)
         return iter(())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         from operators import batch
 
-        buf = self.waiting.value()
-        if buf is None:
+        chunks = list(self.waiting.get() or ())
+        old = self.legacy.value()
+        if old is not None:
+            chunks = batch.legacy_chunks(old) + chunks
+            self.legacy.clear()
+        if not chunks:
             return
-        due, rest, first = batch.buffer_take(buf, max(timestamp, ctx.timer_service().current_watermark()))
-        if not due:
+        due, rest, first = batch.buffer_take(chunks, max(timestamp, ctx.timer_service().current_watermark()))
+        if not due and old is None:
             return
+        self.waiting.clear()
         if rest is not None and first is not None:
-            self.waiting.update(rest)
+            self.waiting.add(rest)
+            self.first.update(first)
             ctx.timer_service().register_event_time_timer(first)
         else:
-            self.waiting.clear()
+            self.first.clear()
         out = batch.item_events(self.op, self.items, due, self.rates, self.cf, self.cf_states)
         if out.fraud_flags:
             yield batching.join_records(out.fraud_flags)

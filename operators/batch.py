@@ -192,6 +192,30 @@ def user_erase(op: UserOperator, store: Store, request: EraseRequest) -> Outputs
     return out
 
 
+def due_add(due: dict[int, list[str]], timers: Sequence[tuple[int, str]]) -> int | None:
+    """(event time, user id) debounce timers added to a shard's due index (time → user ids, changed in place); the
+    time to register the shard's Flink timer at: the earliest due time when these moved it earlier, else None. The
+    shard keeps a Flink timer at its earliest due time only (not one per distinct time): `due_take` serves every
+    time the watermark has passed at once and names the next earliest."""
+    before = min(due) if due else None
+    for ts, user in timers:
+        users = due.get(ts)
+        if users is None:
+            due[ts] = [user]
+        elif user not in users:
+            users.append(user)
+    now = min(due) if due else None
+    return now if now is not None and (before is None or now < before) else None
+
+
+def due_take(due: dict[int, list[str]], upto: int) -> tuple[list[tuple[int, str]], int | None]:
+    """The due timers the watermark `upto` has passed, (time, user id) oldest first, removed from `due` (in place);
+    and the time to register the shard's next Flink timer at (the earliest left; None: nothing left, or nothing was
+    due: the timer that fired was one already served)."""
+    fired = [(ts, user) for ts in sorted(t for t in due if t <= upto) for user in due.pop(ts)]
+    return fired, (min(due) if fired and due else None)
+
+
 def cf_events(cf: CfOperator, store: Store, events: Sequence[Any], out: Outputs) -> None:
     """Item events in order through `cf.step`, each item's CF state read once and written back once."""
     paired = [ev for ev in events if isinstance(ev, dict) and isinstance(ev.get("item_id"), str) and ev.get("prev")]
@@ -232,10 +256,13 @@ def event_time_order(buffer: Sequence[Any], upto: int) -> tuple[list[Any], list[
     return [ev for _, _, ev in due], rest
 
 
-# Item events waiting for the watermark, as the item function keeps them in a ValueState: (earliest event time or
-# None, [pickled lists of events]). Each arriving list is pickled once when it arrives; the state write at every
-# bundle end then copies bytes instead of pickling every waiting event again (as a plain list of events did).
-WaitBuffer = tuple[int | None, list[bytes]]
+# Item events waiting for the watermark, as the item function keeps them: an append-only list of chunks (each
+# arriving list of events pickled once, when it arrives) and the earliest event time among them. A bundle's state
+# write then sends only the chunks it added (a list state's append), not the whole buffer again: rewritten in full
+# at every bundle end (the layout before 2026-12-02: one value holding every chunk) the buffer cost the job ~1 MB of
+# state writes per item-operator bundle at a backlog, and the item operator's bundle ends held up the user operator.
+# A timer (at the earliest time) takes what the watermark has passed and leaves the rest as one chunk.
+WaitBuffer = tuple[int | None, list[bytes]]  # the layout before: (earliest event time or None, chunks) in one value
 
 
 def _order_ts(ev: Any) -> int:
@@ -244,40 +271,40 @@ def _order_ts(ev: Any) -> int:
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else -(2**62)
 
 
-def buffer_add(buf: Any, events: Sequence[Any]) -> tuple[WaitBuffer, int | None]:
-    """`events` added to the wait buffer `buf` (None: empty; a plain list of events: the layout before chunks);
-    and the event time a timer is needed at when they hold a new earliest event (else None)."""
+def wait_chunk(first: int | None, events: Sequence[Any]) -> tuple[bytes | None, int | None]:
+    """`events` as one chunk to append to the wait list (None: no events), and the event time a timer is needed at
+    when they hold a new earliest event, earlier than `first` (the list's earliest so far, None: empty), else None."""
     import pickle
 
-    first, chunks = _as_buffer(buf)
-    new_first = min(map(_order_ts, events), default=None)
-    if events:
-        chunks.append(pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL))
-    timer = new_first if new_first is not None and (first is None or new_first < first) else None
-    return (first if timer is None else timer, chunks), timer
+    if not events:
+        return None, None
+    new_first = min(map(_order_ts, events))
+    timer = new_first if first is None or new_first < first else None
+    return pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL), timer
 
 
-def buffer_take(buf: Any, upto: int) -> tuple[list[Any], WaitBuffer | None, int | None]:
-    """The buffered events the watermark `upto` has passed, in `event_time_order`; the buffer of the rest (None:
-    empty) and its earliest event time (the next timer)."""
+def buffer_take(chunks: Sequence[bytes], upto: int) -> tuple[list[Any], bytes | None, int | None]:
+    """The waiting events (`chunks` in arrival order) the watermark `upto` has passed, in `event_time_order`; the
+    rest as one chunk (None: nothing left) and its earliest event time (the next timer)."""
     import pickle
 
-    _, chunks = _as_buffer(buf)
     events = [ev for c in chunks for ev in pickle.loads(c)]
     due, rest = event_time_order(events, upto)
     if not rest:
         return due, None, None
-    first = min(map(_order_ts, rest))
-    return due, (first, [pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL)]), first
+    return due, pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL), min(map(_order_ts, rest))
 
 
-def _as_buffer(buf: Any) -> tuple[int | None, list[bytes]]:
+def legacy_chunks(buf: Any) -> list[bytes]:
+    """The chunks of a wait buffer in an older layout (state restored from a job before 2026-12-02): a `WaitBuffer`
+    value, or a plain list of events (before chunks); None: none."""
+    import pickle
+
     if buf is None:
-        return None, []
-    if isinstance(buf, list):  # state written before the chunked layout: a list of events
-        return buffer_add(None, buf)[0]
-    first, chunks = buf
-    return first, list(chunks)
+        return []
+    if isinstance(buf, list):
+        return [pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL)] if buf else []
+    return list(buf[1])
 
 
 def item_events(op: ItemOperator, store: Store, events: Sequence[Any], rates: Value | None = None,

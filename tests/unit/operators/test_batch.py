@@ -191,28 +191,42 @@ def test_batch_functions_equal_step_one_by_one(make_op: Any, sim_dir: Path) -> N
 
 
 def test_the_item_wait_buffer_releases_what_event_time_order_would() -> None:
-    """The item function's wait buffer (pickled chunks + earliest time): the events a watermark releases, and their
-    order, are `event_time_order`'s over everything buffered in arrival order; timers at each new earliest time."""
-    from operators.batch import buffer_add, buffer_take, event_time_order
+    """The item function's wait list (appended chunks + earliest time): the events a watermark releases, and their
+    order, are `event_time_order`'s over everything buffered in arrival order; timers at each new earliest time;
+    what is left is one chunk, due at its earliest time."""
+    import pickle
+
+    from operators.batch import buffer_take, event_time_order, legacy_chunks, wait_chunk
 
     rnd = random.Random(5)
-    chunks = [[{"item_id": f"i{rnd.randrange(3)}", "ts": rnd.randrange(1000), "event_id": f"e{k}-{j}"}
-               for j in range(rnd.randrange(0, 6))] for k in range(30)]  # fmt: skip
-    buf, timers, flat = None, [], []
-    for c in chunks:
-        buf, t = buffer_add(buf, c)
+    arrivals = [[{"item_id": f"i{rnd.randrange(3)}", "ts": rnd.randrange(1000), "event_id": f"e{k}-{j}"}
+                 for j in range(rnd.randrange(0, 6))] for k in range(30)]  # fmt: skip
+    chunks: list[bytes] = []
+    first, timers, flat = None, [], []
+    for c in arrivals:
+        chunk, t = wait_chunk(first, c)
+        assert (chunk is None) == (not c)
+        if chunk is not None:
+            chunks.append(chunk)  # what the function appends: only this chunk is written at the bundle end
         flat += c
         if t is not None:
             timers.append(t)
+            first = t
             assert t == min(e["ts"] for e in flat)
-    assert timers == sorted(timers, reverse=True)  # each a new earliest
-    due, rest, first = buffer_take(buf, 500)
+        else:
+            assert not c or min(e["ts"] for e in c) >= first
+    assert timers == sorted(timers, reverse=True) and len(timers) > 1  # each a new earliest
+    assert len(chunks) == sum(1 for c in arrivals if c)
+    due, rest, nxt = buffer_take(chunks, 500)
     want_due, want_rest = event_time_order(flat, 500)
-    assert due == want_due and rest is not None and first == min(e["ts"] for e in want_rest)
-    due2, rest2, first2 = buffer_take(rest, 10**9)
-    assert due2 == event_time_order(want_rest, 10**9)[0] and rest2 is None and first2 is None
-    # state written before the chunked layout (a plain list of events) is read as such
-    assert buffer_take(list(flat), 500)[0] == want_due
+    assert due == want_due and rest is not None and nxt == min(e["ts"] for e in want_rest)
+    assert pickle.loads(rest) == want_rest
+    due2, rest2, nxt2 = buffer_take([rest], 10**9)
+    assert due2 == event_time_order(want_rest, 10**9)[0] and rest2 is None and nxt2 is None
+    # state written in the layouts before (one value: (earliest, chunks); before that a plain list of events)
+    assert buffer_take(legacy_chunks((timers[-1], chunks)), 500)[0] == want_due
+    assert buffer_take(legacy_chunks(list(flat)), 500)[0] == want_due
+    assert legacy_chunks(None) == [] and legacy_chunks([]) == []
 
 
 class _ManyStore(_Store):
@@ -249,3 +263,45 @@ def test_item_events_read_each_batchs_states_with_one_get_many() -> None:
     batch.item_events(ItemOperator(conf_with(), "v1"), items, events, cf=CfOperator(conf_with().cf), cf_store=cf)
     assert len(items.asked) == 1 and len(cf.asked) == 1
     assert set(items.asked[0]) == {e["item_id"] for e in events if isinstance(e.get("item_id"), str)}
+
+
+def test_one_flink_timer_per_shard_serves_every_debounce_timer_when_the_watermark_passes_it() -> None:
+    """The user function's timers (`due_add` / `due_take`) against Flink's timer service (timers by time, one per
+    time, fired oldest first up to the watermark): every (time, user) added is served exactly once, oldest first, by
+    the first watermark at or past its time, and far fewer Flink timers fire than there are distinct times."""
+    import heapq
+
+    from operators.batch import due_add, due_take
+
+    rnd = random.Random(11)
+    due: dict[int, list[str]] = {}
+    registered: list[int] = []  # Flink's event-time timers of the shard (a time at most once)
+    served: list[tuple[int, str]] = []
+    added: set[tuple[int, str]] = set()
+    fires = 0
+    watermark = 0
+
+    def register(t: int | None) -> None:
+        if t is not None and t not in registered:
+            heapq.heappush(registered, t)
+
+    for _ in range(300):
+        new = [(watermark + rnd.randrange(1, 400), f"u{rnd.randrange(20)}") for _ in range(rnd.randrange(0, 8))]
+        added.update(new)
+        register(due_add(due, new))
+        if rnd.random() < 0.3:  # a watermark: Flink fires every timer it has passed, oldest first
+            watermark += rnd.randrange(0, 300)
+            while registered and registered[0] <= watermark:
+                t = heapq.heappop(registered)
+                fires += 1
+                fired, nxt = due_take(due, max(t, watermark))
+                assert all(ts <= watermark for ts, _ in fired) and fired == sorted(fired, key=lambda f: f[0])
+                served.extend(fired)
+                register(nxt)
+            assert not any(t <= watermark for t in due)  # nothing the watermark passed is left behind
+            assert not due or min(due) in registered  # and what is left has its timer
+    watermark = 10**9
+    while registered:
+        served.extend(due_take(due, max(heapq.heappop(registered), watermark))[0])
+    assert sorted(served) == sorted(added) and len(served) == len(added) and not due
+    assert fires < len({t for t, _ in added}) / 3
