@@ -41,6 +41,16 @@ class _KeyedValue:
         self.store.pop(self.key, None)
 
 
+class _KeyedList(_KeyedValue):
+    """A ListState scoped to the current key."""
+
+    def get(self) -> list[Any]:
+        return list(self.store.get(self.key, ()))
+
+    def add(self, v: Any) -> None:
+        self.store.setdefault(self.key, []).append(v)
+
+
 class _MapState(dict):  # type: ignore[type-arg]
     """The functions' MapState (id → state bytes). Ids are unique across shards, so one dict holds every shard's."""
 
@@ -121,7 +131,11 @@ def reference_outputs(
     uf = UserFunction(JobConf(), OperatorsConf(), KEY, source, keys, keys)
     uf.op, uf.users, uf.due = user_op, _MapState(), _KeyedValue()
     itf = ItemFunction(JobConf(), OperatorsConf())
-    itf.op, itf.items, itf.waiting = item_op, _MapState(), _KeyedValue()
+    itf.op, itf.items = item_op, _MapState()
+    itf.waiting, itf.first, itf.legacy = _KeyedList(), _KeyedValue(), _KeyedValue()
+
+    def item_key(k: Any) -> None:
+        itf.waiting.key = itf.first.key = itf.legacy.key = k
     names = {id(FRAUD_FLAGS): "fraud-flags", id(DEAD_LETTERS): "dead-letters", id(DELETIONS): "deletions"}
     out: list[tuple[str, str | None, str | None]] = []
     timers: list[tuple[int, Any]] = []
@@ -138,7 +152,7 @@ def reference_outputs(
             if isinstance(r, str):
                 out.extend(("recommendations", *_main_output(v)) for v in split(r))
             elif r[0] is ITEM_EVENTS:  # Row(item shard key, events): buffered until the watermark passes them
-                itf.waiting.key = r[1][0]
+                item_key(r[1][0])
                 assert not list(itf.process_element(r[1][1], _Ctx(item_timers, r[1][0], watermark)))
             else:
                 out.extend((names[id(r[0])], None, v) for v in split(r[1]))
@@ -174,7 +188,7 @@ def reference_outputs(
                 break
             t, k = due[0]
             item_fired.add((t, k))
-            itf.waiting.key = k
+            item_key(k)
             route_item(list(itf.on_timer(t, _Ctx(item_timers, k, upto))))
 
     max_ts = None
