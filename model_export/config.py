@@ -74,6 +74,9 @@ class BlendConfig:
     eps: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.001)  # candidate floors inside the log
     windows: tuple[int, ...] = (3, 5, 10, 20, 50)  # candidate KNN windows inside the blend (<= max_len)
     decays: tuple[float, ...] = (1.0, 0.9, 0.8, 0.6)  # candidate KNN recency decays inside the blend
+    # validation NDCG@k a smaller KNN window may give up against the best blend: the served graph's KNN gathers and
+    # scatter grow with the window (50 x neighbours per list at window 50), and nearby windows often tie
+    window_tolerance: float = 0.001
     enabled: bool = True  # false: ship plain SASRec (w = 0) without tuning
 
 

@@ -57,14 +57,15 @@ def tune_blend(
     n_items: int,
     cfg: ModelConfig,
 ) -> Blend:
-    """Joint grid over (window, decay, w, eps) by validation full-ranking NDCG@k; ties keep the simpler blend."""
+    """Joint grid over (window, decay, w, eps) by validation full-ranking NDCG@k (`pick_blend`: ties keep the simpler
+    blend, a smaller window within `blend.window_tolerance` of the best is preferred)."""
     ex = exclusion_mask(hist, n_items, targets)
     items, _, _ = left_pad(hist, cfg.sasrec.max_len, n_items)
     plain = summarise(ranks_full(logp, targets, ex), cfg.eval.k).ndcg
     grid: dict[str, float] = {}
-    best = Blend(0.0, cfg.blend.eps[0], knn.window, knn.decay, plain, plain, grid)
     if not cfg.blend.enabled:
-        return best
+        return Blend(0.0, cfg.blend.eps[0], knn.window, knn.decay, plain, plain, grid)
+    cands: list[tuple[float, int, float, float, float]] = []
     for win in sorted({min(w, cfg.sasrec.max_len) for w in cfg.blend.windows}):
         for dec in cfg.blend.decays:
             k = knn_scores(items, knn.nbr_idx, knn.nbr_sim, n_items, win, dec)
@@ -76,9 +77,25 @@ def tune_blend(
                         continue
                     nd = summarise(ranks_full(logp + w * lk, targets, ex), cfg.eval.k).ndcg
                     grid[f"window={win},decay={dec},w={w},eps={eps}"] = nd
-                    if nd > best.valid_ndcg + 1e-12:
-                        best = Blend(float(w), float(eps), win, float(dec), nd, plain, grid)
-    return best
+                    cands.append((nd, win, float(dec), float(w), float(eps)))
+    got = pick_blend(cands, plain, cfg.blend.window_tolerance)
+    if got is None:
+        return Blend(0.0, cfg.blend.eps[0], knn.window, knn.decay, plain, plain, grid)
+    nd, win, dec, w, eps = got
+    return Blend(w, eps, win, dec, nd, plain, grid)
+
+
+def pick_blend(cands: Sequence[tuple[float, int, float, float, float]], plain: float,
+               tolerance: float) -> tuple[float, int, float, float, float] | None:  # fmt: skip
+    """The blend to ship from the grid's (validation NDCG, window, decay, w, eps), in grid order (simpler first):
+    the best NDCG, the first in grid order on a tie; but the smallest KNN window whose best comes within `tolerance`
+    of it, since the served graph's KNN work grows with the window. None when no blend beats SASRec alone."""
+    better = [(i, c) for i, c in enumerate(cands) if c[0] > plain + 1e-12]
+    if not better:
+        return None
+    top = max(c[0] for _, c in better)
+    win = min(c[1] for _, c in better if c[0] >= top - tolerance - 1e-12)
+    return max(((c[0], -i), c) for i, c in better if c[1] == win)[1]
 
 
 def _result_dict(res: dict[str, Result], k: int) -> dict[str, dict[str, float]]:

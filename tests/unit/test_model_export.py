@@ -19,7 +19,7 @@ from model_export.baselines import knn_scores
 from model_export.config import ModelConfig, SASRecConfig, TrainConfig
 from model_export.export import OnnxScorer, example_inputs, export_graphs, export_onnx, quantize_int8, weights_hash
 from model_export.onnx_io import OUTPUT_NAMES, TOPK_OUTPUT_NAMES
-from model_export.pipeline import evaluate_artifact, run_training
+from model_export.pipeline import evaluate_artifact, pick_blend, run_training
 from model_export.sasrec import KNNScorer, SASRec, ServingGraph
 from tests.unit.model_fixtures import synthetic_events
 
@@ -147,6 +147,19 @@ def test_fast_graph_matches_the_whole_model(exported: tuple[ServingGraph, Path],
 def test_knn_scorer_needs_a_window() -> None:
     with pytest.raises(ValueError, match="window"):
         KNNScorer(np.zeros((3, 2), np.int64), np.zeros((3, 2), np.float32), 3, 0, 0.5)
+
+
+def test_blend_choice_prefers_a_smaller_knn_window_only_within_the_tolerance() -> None:
+    """(validation NDCG, window, decay, w, eps) in grid order: a smaller window within the tolerance of the best wins
+    (the graph's KNN work grows with the window); beyond it the best wins; ties keep the earlier; none beats plain."""
+    grid = [(0.300, 5, 0.9, 0.5, 0.1), (0.305, 5, 0.8, 1.0, 0.1), (0.3055, 20, 0.9, 0.5, 0.1),
+            (0.3060, 50, 0.9, 0.5, 0.1), (0.3060, 50, 0.8, 1.0, 0.1)]  # fmt: skip
+    assert pick_blend(grid, plain=0.29, tolerance=0.0) == grid[3]  # the best; the first of a tie
+    assert pick_blend(grid, plain=0.29, tolerance=0.0005) == grid[2]  # window 20 is 0.0005 short of 50
+    assert pick_blend(grid, plain=0.29, tolerance=0.001) == grid[1]  # window 5's best is 0.001 short
+    assert pick_blend(grid, plain=0.29, tolerance=0.1) == grid[1]  # the best of the smallest window, not its first
+    assert pick_blend(grid, plain=0.3058, tolerance=0.1) == grid[3]  # only blends that beat SASRec alone count
+    assert pick_blend(grid, plain=0.31, tolerance=0.1) is None
 
 
 @pytest.mark.parametrize("which", ["full", "topk"])
