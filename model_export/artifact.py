@@ -38,6 +38,7 @@ from model_export.onnx_io import (
     TOPK_INT8_FILE,
     TOPK_OUTPUT_NAMES,
     OnnxScorer,
+    graph_hash,
     weights_hash,
 )
 
@@ -53,7 +54,7 @@ class ModelArtifact:
     """Everything the stream needs to score with a trained model; numpy arrays, no torch."""
 
     path: Path  # the directory
-    version: str  # derived from the fp32 weights' hash
+    version: str  # "sasrec-" + the full fp32 graph's hash: weights and computation (`onnx_io.graph_hash`)
     config: ModelConfig  # hyperparameters it was trained with
     vocab: Vocab  # item id <-> index
     max_len: int  # longest input sequence the graph accepts
@@ -261,7 +262,7 @@ def write_artifact(
     missing = [f for f in (MODEL_FILE, INT8_FILE, TOPK_FILE, TOPK_INT8_FILE) if not (out / f).exists()]
     if missing:
         raise ArtifactError(f"{out}: export {', '.join(missing)} first (model_export.export.export_graphs)")
-    version = "sasrec-" + weights_hash(out / MODEL_FILE)[:16]
+    version = "sasrec-" + graph_hash(out / MODEL_FILE)[:16]
     top_k = min(config.export.top_k, vocab.n_items)
     ins, outs = _io_spec(vocab.n_items, dim, top_k)
     order = np.argsort(-popularity, kind="stable")[: config.export.popular]
@@ -319,7 +320,7 @@ def checksum(path: str | Path) -> str:
 
 
 def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
-    """Load and check a model directory; `verify` recomputes the weights' hash and checks the version."""
+    """Load and check a model directory; `verify` recomputes the graph's hash and checks the version."""
     d = Path(path)
     if not d.is_dir():
         raise ArtifactError(f"model directory not found: {d}")
@@ -346,9 +347,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
             raise ArtifactError(f"{d}: fast graph outputs {topk['outputs']}, expected {TOPK_OUTPUT_NAMES}")
         topk_outputs = tuple(by_name[n] for n in TOPK_OUTPUT_NAMES)
     if verify:
-        got = "sasrec-" + weights_hash(d / MODEL_FILE)[:16]
-        if got != doc["version"]:
-            raise ArtifactError(f"{d}: {MODEL_FILE} weights hash {got} does not match version {doc['version']}")
+        got = "sasrec-" + graph_hash(d / MODEL_FILE)[:16]
+        # artefacts written before 2026-12-03 carry the hash of the weights alone
+        if got != doc["version"] and "sasrec-" + weights_hash(d / MODEL_FILE)[:16] != doc["version"]:
+            raise ArtifactError(f"{d}: {MODEL_FILE} graph hash {got} does not match version {doc['version']}")
         if topk is not None and weights_hash(d / TOPK_FILE) != topk.get("weights_sha256"):
             raise ArtifactError(f"{d}: {TOPK_FILE} weights do not match config.json (not this model's fast graph)")
     cats = None

@@ -18,7 +18,7 @@ from model_export.artifact import ArtifactError, load_artifact
 from model_export.baselines import knn_scores
 from model_export.config import ModelConfig, SASRecConfig, TrainConfig
 from model_export.export import OnnxScorer, example_inputs, export_graphs, export_onnx, quantize_int8, weights_hash
-from model_export.onnx_io import OUTPUT_NAMES, TOPK_OUTPUT_NAMES
+from model_export.onnx_io import OUTPUT_NAMES, TOPK_OUTPUT_NAMES, graph_hash
 from model_export.pipeline import evaluate_artifact, pick_blend, run_training
 from model_export.sasrec import KNNScorer, SASRec, ServingGraph
 from tests.unit.model_fixtures import synthetic_events
@@ -214,6 +214,10 @@ def test_version_hash_follows_weights(tmp_path: Path) -> None:
     c = tmp_path / "c.onnx"
     export_onnx(_graph(1), c)
     assert weights_hash(a) == weights_hash(c)
+    assert graph_hash(a) == graph_hash(c) and graph_hash(a) != graph_hash(b)
+    d = tmp_path / "d.onnx"  # the same weights, another blend weight (a constant in the graph, not an initializer)
+    export_onnx(_graph(1, blend_w=0.6), d)
+    assert weights_hash(a) == weights_hash(d) and graph_hash(a) != graph_hash(d)
     quantize_int8(a, tmp_path / "a8.onnx")
     ops8 = {n.op_type for n in onnx.load(str(tmp_path / "a8.onnx")).graph.node}
     assert "MatMulInteger" in ops8 and "MatMulInteger" not in {n.op_type for n in onnx.load(str(a)).graph.node}
@@ -266,6 +270,10 @@ def test_smoke_train_writes_a_loadable_artifact(tmp_path: Path) -> None:
     assert top.shape == (2, 7) and not set(top[0].tolist()) & {art.item_index("i1"), art.item_index("i2")}
     _old_and_tampered_artifacts(out, tmp_path)
     doc = json.loads((out / "config.json").read_text())
+    assert doc["version"] == "sasrec-" + graph_hash(out / "model.onnx")[:16]
+    doc["version"] = "sasrec-" + weights_hash(out / "model.onnx")[:16]  # as artefacts written before 2026-12-03
+    (out / "config.json").write_text(json.dumps(doc))
+    assert load_artifact(out).version == doc["version"]
     doc["version"] = "sasrec-0000"
     (out / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ArtifactError, match="does not match version"):
