@@ -63,8 +63,9 @@ def tune_blend(
     items, _, _ = left_pad(hist, cfg.sasrec.max_len, n_items)
     plain = summarise(ranks_full(logp, targets, ex), cfg.eval.k).ndcg
     grid: dict[str, float] = {}
+    alone = Blend(0.0, cfg.blend.eps[0], knn.window, knn.decay, plain, plain, grid)  # SASRec alone (w = 0)
     if not cfg.blend.enabled:
-        return Blend(0.0, cfg.blend.eps[0], knn.window, knn.decay, plain, plain, grid)
+        return alone
     cands: list[tuple[float, int, float, float, float]] = []
     for win in sorted({min(w, cfg.sasrec.max_len) for w in cfg.blend.windows}):
         for dec in cfg.blend.decays:
@@ -80,7 +81,7 @@ def tune_blend(
                     cands.append((nd, win, float(dec), float(w), float(eps)))
     got = pick_blend(cands, plain, cfg.blend.window_tolerance)
     if got is None:
-        return Blend(0.0, cfg.blend.eps[0], knn.window, knn.decay, plain, plain, grid)
+        return alone
     nd, win, dec, w, eps = got
     return Blend(w, eps, win, dec, nd, plain, grid)
 
