@@ -55,3 +55,13 @@ def test_every_entry_has_hashes_and_every_declared_dependency_is_locked() -> Non
     names = {_norm(m.group(1)) for d in declared if (m := _NAME.match(d))}
     missing = names - {n for n, _, _ in entries}
     assert not missing, f"declared in pyproject.toml but not in requirements.lock (run `make lock`): {missing}"
+
+
+def test_kafka_python_checksums_in_c() -> None:
+    """kafka-python checks (consumer) and writes (producer) every record batch's CRC-32C; without the `crc32c`
+    package it does so in pure Python (measured 2026-12-03: 181 vs 31 µs of CPU per 750-byte record read, which on
+    two cores took CPU from the job the bench measures)."""
+    from kafka.record import util
+
+    assert util._crc32c.__module__.split(".")[0] == "crc32c", util._crc32c
+    assert util.calc_crc32c(memoryview(b"123456789")) == 0xE3069283  # the CRC-32C check value
