@@ -39,6 +39,7 @@ from model_export.onnx_io import (
     TOPK_OUTPUT_NAMES,
     OnnxScorer,
     graph_hash,
+    model_hashes,
     weights_hash,
 )
 
@@ -347,9 +348,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> ModelArtifact:
             raise ArtifactError(f"{d}: fast graph outputs {topk['outputs']}, expected {TOPK_OUTPUT_NAMES}")
         topk_outputs = tuple(by_name[n] for n in TOPK_OUTPUT_NAMES)
     if verify:
-        got = "sasrec-" + graph_hash(d / MODEL_FILE)[:16]
+        weights, graph = model_hashes(d / MODEL_FILE)
+        got = "sasrec-" + graph[:16]
         # artefacts written before 2026-12-03 carry the hash of the weights alone
-        if got != doc["version"] and "sasrec-" + weights_hash(d / MODEL_FILE)[:16] != doc["version"]:
+        if doc["version"] not in (got, "sasrec-" + weights[:16]):
             raise ArtifactError(f"{d}: {MODEL_FILE} graph hash {got} does not match version {doc['version']}")
         if topk is not None and weights_hash(d / TOPK_FILE) != topk.get("weights_sha256"):
             raise ArtifactError(f"{d}: {TOPK_FILE} weights do not match config.json (not this model's fast graph)")

@@ -24,36 +24,33 @@ TOPK_INT8_FILE = "model.topk.int8.onnx"
 
 def weights_hash(path: str | Path) -> str:
     """sha256 over the initializers (name, dtype, shape, bytes) in name order; changes iff weights do."""
-    import onnx
-
-    h = hashlib.sha256()
-    _hash_initializers(onnx.load(str(path)), h)
-    return h.hexdigest()
+    return model_hashes(path)[0]
 
 
 def graph_hash(path: str | Path) -> str:
     """sha256 over the initializers (as `weights_hash`) and the computation: each node's op, domain, inputs, outputs
     and attributes, in graph order (node names left out). Constants folded into nodes count: the same weights with
     another blend (KNN window, decay, weight: constant nodes, not initializers) give another hash."""
+    return model_hashes(path)[1]
+
+
+def model_hashes(path: str | Path) -> tuple[str, str]:
+    """(`weights_hash`, `graph_hash`) of one ONNX file, read and hashed once."""
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.load(str(path))
     h = hashlib.sha256()
-    _hash_initializers(model, h)
-    for node in model.graph.node:
-        h.update(f"{node.domain}|{node.op_type}|{','.join(node.input)}|{','.join(node.output)}|".encode())
-        for attr in sorted(node.attribute, key=lambda a: a.name):
-            h.update(attr.SerializeToString(deterministic=True))
-    return h.hexdigest()
-
-
-def _hash_initializers(model: Any, h: Any) -> None:
-    from onnx import numpy_helper
-
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
         arr = numpy_helper.to_array(init)
         h.update(f"{init.name}|{arr.dtype}|{arr.shape}|".encode())
         h.update(np.ascontiguousarray(arr).tobytes())
+    weights = h.hexdigest()
+    for node in model.graph.node:
+        h.update(f"{node.domain}|{node.op_type}|{','.join(node.input)}|{','.join(node.output)}|".encode())
+        for attr in sorted(node.attribute, key=lambda a: a.name):
+            h.update(attr.SerializeToString(deterministic=True))
+    return weights, h.hexdigest()
 
 
 class OnnxScorer:
