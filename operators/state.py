@@ -87,16 +87,19 @@ class UserState:
         return self.n_events == 0
 
     def copy(self) -> UserState:
-        """An independent copy: new lists and dict (their items are immutable), so changing one leaves the other."""
+        """An independent copy: new lists and dict (their items are immutable), so changing one leaves the other;
+        except `last_recs`, which the operator only ever replaces whole: the copy shares it (a pipelined list fills
+        its hashes in place once built, in every state that recorded it: `operators.user._Pipe`)."""
         c = object.__new__(UserState)
         d = c.__dict__
         d.update(self.__dict__)
-        for name in _CONTAINERS:
+        for name in _COPIED:
             d[name] = d[name].copy()
         return c
 
 
 _CONTAINERS = ("items", "ts", "types", "ratings", "cats", "dedup", "flag_last", "last_recs")  # UserState's mutables
+_COPIED = _CONTAINERS[:-1]  # what `copy` copies (not last_recs)
 
 
 def encode(s: UserState) -> bytes:

@@ -18,10 +18,15 @@ The driver (`_run`) keeps one queue per user: round k holds the k-th pending nee
 starts once its previous one finished), so a batch of N users with one due list each costs one model call. A user's
 state is decoded once per call: between its events the queue keeps it decoded (`state.settle`: the very values the
 bytes would give back) and encodes it after its last one (`_finish`).
+
+`step_many` pipelines the lists (`_Pipe`): an event waits for its list only when the surprise detector judges it (it
+needs the list's log-probs); any other list is built with the next round's, from a copy of what it reads, so a user's
+many events in a call cost one round, not one each. Any failure in such a call runs it again with the plain driver.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections import deque
@@ -29,7 +34,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -126,7 +131,7 @@ class _ListOrder:
     """What the per-event phase asks of the per-list phase: one recommendation list for `s`. The event is suspended
     meanwhile, so `s` does not change under the per-list phase (which reads it: fallback interests, last list)."""
 
-    s: UserState
+    s: UserState | _ListView  # what the per-list phase reads (a deferred order: a copy of it, taken when ordered)
     user_key: str
     event_id: str
     event_ts: int
@@ -137,6 +142,29 @@ class _ListOrder:
     req: ScoreRequest | None  # the model's input; None: a cold-start list (no model call)
     need_logprob: bool  # score with the full graph (the surprise detector judges this event)
     may_judge: bool = True  # the event may still ask for a judgement (`_Judge`) after this list (False: it will not)
+    fill: _Built | None = None  # a deferred order: the answer its event went on with, filled in when it is built
+
+
+class _ListInput(Protocol):
+    """What the per-list phase reads of a user's state."""
+
+    items: list[int]
+    cats: dict[int, float]
+    key_id: str
+    last_recs: list[int]
+
+
+@dataclass(slots=True)
+class _ListView:
+    """A deferred order's copy of what the per-list phase reads of the state as it stood when the list was ordered
+    (the event goes on changing the state meanwhile; the order's model input is copied too). `last_recs` is the
+    previous list's hashes object itself: if that list is deferred too, it is filled in before this one is built
+    (`_Pipe`)."""
+
+    items: list[int]
+    cats: dict[int, float]
+    key_id: str
+    last_recs: list[int]
 
 
 @dataclass(slots=True)
@@ -185,6 +213,61 @@ class _Queue:
     before: Any = None  # the state the running task started from (kept if it fails)
     fail: Callable[[Any, Exception], StepResult] | None = None  # the running task's result if it raises
     need: _ListOrder | _LogProbs | _Judge | None = None  # what the running task waits for (None: the queue is done)
+    expect: list[int] | None = None  # pipelined: the hashes object of the user's last deferred list (see `_Pipe`)
+
+
+class _Redo(Exception):
+    """A pipelined call met what only the plain driver handles (a failure, a state that did not settle in place):
+    the call is run again without pipelining, from the states and rates it started with."""
+
+
+class _Pipe:
+    """Pipelined lists (`UserOperator.step_many`). An event whose list needs no log-probs (every list but the ones
+    the surprise detector judges) does not wait for it: the driver takes a copy of what the per-list phase reads
+    (`_ListView`), answers the order at once with an empty `_Built` (its record dict and hashes list) and the event
+    goes on; the list is built with the next round's (`_list_phase` fills the record and the hashes in place). So a
+    user's many events in one call no longer cost one round (one onnxruntime call) each: the rounds are only the
+    ones the surprise detector's log-probs need.
+
+    The event's state records the empty hashes list as `last_recs`; the user's later states share that very object
+    (`UserState.copy` shares `last_recs`, `state.settle` keeps it in place), so once filled every state holds the
+    list's hashes. `verify` checks that for each result of a queue with a deferred list (else: `_Redo`); states are
+    encoded only after every list is filled."""
+
+    __slots__ = ("deferred", "checks")
+
+    def __init__(self) -> None:
+        self.deferred: list[_ListOrder] = []  # ordered, not built yet (in order: a user's come in event order)
+        self.checks: list[tuple[StepResult, list[int]]] = []  # (result, the last_recs object its state must hold)
+
+    def defer(self, q: _Queue, o: _ListOrder) -> _Built:
+        s, req = o.s, o.req
+        o.s = _ListView(s.items.copy(), s.cats.copy(), s.key_id, s.last_recs)
+        if req is not None:  # its types and times are the state's own lists
+            o.req = ScoreRequest(req.items, list(req.types), list(req.ts), req.exclude, req.extra_exclude)
+        o.fill = _Built({}, [], None)  # logprob None: a deferred order asked for none (its event never reads it)
+        self.deferred.append(o)
+        q.expect = o.fill.hashes
+        return o.fill
+
+    def take(self) -> list[_ListOrder]:
+        got, self.deferred = self.deferred, []
+        return got
+
+    def verify(self) -> None:
+        for res, hashes in self.checks:
+            st = res.stored
+            if not isinstance(st, UserState) or st.last_recs is not hashes:
+                raise _Redo("a state did not keep its deferred list's hashes")
+
+
+def _copy_rates(rates: ShardRates) -> ShardRates:
+    """A copy of the base rates a pipelined call starts from (its fields are numbers and lists of numbers)."""
+    c = copy.copy(rates)
+    for k, v in vars(c).items():
+        if isinstance(v, list):
+            setattr(c, k, v.copy())
+    return c
 
 
 def _claimed_user(event: Any) -> str | None:
@@ -272,6 +355,9 @@ class UserOperator:
         self.strong = {type_code(t) for t in conf.debounce.strong_events if t in EVENT_TYPES}
         # the feed's base rates for callers that keep none per shard (tests, a single-stream replay)
         self.rates = ShardRates()
+        # `step_many` defers the lists that need no log-probs (`_Pipe`); False: the plain driver (the same results).
+        # `step` (one event, what the plain consumer and `streamrec replay` call) always runs the plain driver
+        self.pipeline = True
 
     def _content_part(self) -> ContentPart | None:
         """The artefact's content part (`streamrec train --content`); None without one or when
@@ -466,6 +552,16 @@ class UserOperator:
         `rates`: the base rates of the batch's shard (default: the operator's own), updated in place: each event is
         judged on the rates as they stood before it, and the alarm sees the results in arrival order."""
         rates = self.rates if rates is None else rates
+        if self.pipeline and len(events) > 1:  # (one event: as `step`, the very same model calls)
+            saved = _copy_rates(rates)
+            try:
+                return self._step_many(states, events, rates, _Pipe())
+            except _Redo:
+                vars(rates).update(vars(saved))  # as the call found them
+        return self._step_many(states, events, rates, None)
+
+    def _step_many(self, states: dict[str, bytes | None], events: Sequence[Any], rates: ShardRates,
+                   pipe: _Pipe | None) -> list[StepResult]:  # fmt: skip
         queues: dict[str, _Queue] = {}
         alone: list[_Queue] = []  # events that name no user
         valid: list[tuple[int, int]] = []  # (position, event time) of the valid events, in arrival order
@@ -480,11 +576,22 @@ class UserOperator:
             if q is None:
                 q = queues[user] = _Queue(states.get(user), deque())
             q.tasks.append(task)
-        out = self._settle(rates, valid, self._run([*queues.values(), *alone], len(events), rates))
+        out = self._run([*queues.values(), *alone], len(events), rates, pipe)
+        final: dict[str, bytes | None] = {}
         for user, q in queues.items():
-            # decoded only if the user's last events left the state a previous one settled (duplicates, dead letters)
-            states[user] = encode(q.state) if isinstance(q.state, UserState) else q.state
-        return out
+            # decoded if the user's last events left the state a previous one settled (duplicates, dead letters), or
+            # pipelined with a deferred list (encoded once it is filled)
+            if isinstance(q.state, UserState):
+                try:
+                    final[user] = encode(q.state)
+                except Exception as e:  # noqa: BLE001 - the plain driver fails the event that made the state
+                    if pipe is None:
+                        raise
+                    raise _Redo("a final state did not encode") from e
+            else:
+                final[user] = q.state
+        states.update(final)
+        return self._settle(rates, valid, out)
 
     def on_timer(self, state: bytes | None, ts: int) -> StepResult:
         """A debounce timer fired at event time `ts`: emit the suppressed update; clear state past its TTL."""
@@ -561,30 +668,39 @@ class UserOperator:
 
         return i, lambda state: self._timer_phase(state, ts), failed
 
-    def _run(self, queues: list[_Queue], n: int, rates: ShardRates) -> list[StepResult]:
+    def _run(self, queues: list[_Queue], n: int, rates: ShardRates, pipe: _Pipe | None = None) -> list[StepResult]:
         """Drive the queues' tasks to their `n` results. Each round answers the current need of every queue at once
         (the per-list phase, `_serve`), then resumes each task until its next need; a finished task starts its queue's
         next one. Judgements against the feed's base rates (`_Judge`) are answered in arrival order in between
-        (`_judge`). Never raises: a failing task (or a failing answer) is its own OPERATOR_ERROR dead letter."""
+        (`_judge`). Never raises: a failing task (or a failing answer) is its own OPERATOR_ERROR dead letter.
+        With `pipe`, lists that need no log-probs are deferred (`_Pipe`) and built with the next round's; any failure
+        raises `_Redo` instead."""
         out: list[StepResult | None] = [None] * n
         for q in queues:
-            self._advance(q, out, None)
+            self._advance(q, out, None, pipe)
         while True:
-            self._judge(queues, out, rates)
+            self._judge(queues, out, rates, pipe)
             waiting = [q for q in queues if q.need is not None and not isinstance(q.need, _Judge)]
-            if not waiting:
+            deferred = pipe.take() if pipe is not None else []
+            if not waiting and not deferred:
                 break
-            needs = [q.need for q in waiting]
+            # a user's deferred lists come before its waiting need: each list's "changed" sees the one before it
+            needs = [*deferred, *(q.need for q in waiting)]
             try:
                 answers = self._serve(needs)  # type: ignore[arg-type]
             except Exception as e:  # noqa: BLE001 - a bug in the round: every event of it fails, alone
                 answers = [e] * len(needs)
-            for q, answer in zip(waiting, answers, strict=True):
-                self._advance(q, out, answer)
+            if pipe is not None and any(isinstance(a, Exception) for a in answers):
+                raise _Redo("a list failed")
+            for q, answer in zip(waiting, answers[len(deferred) :], strict=True):
+                self._advance(q, out, answer, pipe)
         assert all(r is not None for r in out) and all(q.need is None for q in queues)
+        if pipe is not None:
+            pipe.verify()
         return cast(list[StepResult], out)
 
-    def _judge(self, queues: list[_Queue], out: list[StepResult | None], rates: ShardRates) -> None:
+    def _judge(self, queues: list[_Queue], out: list[StepResult | None], rates: ShardRates,
+               pipe: _Pipe | None = None) -> None:  # fmt: skip
         """Answer the `_Judge` needs whose turn it is, oldest event first: a judgement waits until every earlier event
         of the call (any user's: results are indexed in arrival order) has finished, waits for its own judgement or
         is known never to ask for one.
@@ -614,12 +730,15 @@ class UserOperator:
                 rates.add_ratio(need.ratio, br)
             except Exception as e:  # noqa: BLE001 - as a failing answer of the per-list phase
                 answer = e
-            self._advance(q, out, answer)
+            if pipe is not None and isinstance(answer, Exception):
+                raise _Redo("a judgement failed")
+            self._advance(q, out, answer, pipe)
 
     @staticmethod
-    def _advance(q: _Queue, out: list[StepResult | None], answer: Any) -> None:
+    def _advance(q: _Queue, out: list[StepResult | None], answer: Any, pipe: _Pipe | None = None) -> None:
         """Resume the queue's running task with `answer` (an exception: raised in it) until it needs something again;
-        record each task that finishes and start the next one."""
+        record each task that finishes and start the next one. With `pipe`: a list that needs no log-probs is
+        deferred and the task goes on at once; a failing task raises `_Redo`."""
         while True:
             if q.gen is None:
                 if not q.tasks:
@@ -631,37 +750,53 @@ class UserOperator:
                 try:
                     got = start(q.state)
                 except Exception as e:  # noqa: BLE001
+                    if pipe is not None:
+                        raise _Redo("an event failed") from e
                     got = q.fail(q.before, e)
                 if isinstance(got, StepResult):
-                    UserOperator._finish(q, out, got)
+                    UserOperator._finish(q, out, got, pipe)
                     continue
                 q.gen = got
             try:
-                q.need = q.gen.throw(answer) if isinstance(answer, Exception) else q.gen.send(answer)
-                return
+                need = q.gen.throw(answer) if isinstance(answer, Exception) else q.gen.send(answer)
             except StopIteration as stop:
                 res: StepResult = stop.value
             except Exception as e:  # noqa: BLE001 - one bad event must not stop the job; the record says why
+                if pipe is not None:
+                    raise _Redo("an event failed") from e
                 assert q.fail is not None
                 res = q.fail(q.before, e)
+            else:
+                if pipe is not None and type(need) is _ListOrder:
+                    if not need.need_logprob:
+                        answer = pipe.defer(q, need)
+                        continue
+                    q.expect = None  # its answer gives the state the list's own hashes
+                q.need = need
+                return
             q.gen = None
-            UserOperator._finish(q, out, res)
+            UserOperator._finish(q, out, res, pipe)
 
     @staticmethod
-    def _finish(q: _Queue, out: list[StepResult | None], res: StepResult) -> None:
+    def _finish(q: _Queue, out: list[StepResult | None], res: StepResult, pipe: _Pipe | None = None) -> None:
         """Record a finished task's result. A state the task changed (the phase's own decoded `UserState`) is stored:
         encoded after the queue's last task, else settled (`state.settle`: decoded as the bytes would give it back,
-        without them) for the next task. A failure to store it (what `encode` raises) fails the task."""
+        without them) for the next task. A failure to store it (what `encode` raises) fails the task.
+        Pipelined, a queue with a deferred list settles its last state too (encoded once the list is filled)."""
         st = res.stored
         if isinstance(st, UserState) and st is not q.before:
             try:
-                st = settle(st) if q.tasks else encode(st)
+                st = settle(st) if q.tasks or q.expect is not None else encode(st)
             except Exception as e:  # noqa: BLE001 - as the phase's own exceptions
+                if pipe is not None:
+                    raise _Redo("a state did not settle") from e
                 assert q.fail is not None
                 res = q.fail(q.before, e)
                 st = res.stored
             else:
                 object.__setattr__(res, "stored", st)
+        if pipe is not None and q.expect is not None:
+            pipe.checks.append((res, q.expect))
         out[q.index], q.state = res, st
 
     # ---------------------------------------------------------------- the per-list phase
@@ -768,7 +903,12 @@ class UserOperator:
                 "mmr_lambda": r.mmr_lambda,
             }
             res = scored[j]
-            out.append(_Built(rec, hashes[j], None if res is None else res.next_item_logprob))
+            if o.fill is not None:  # deferred: its event holds these objects (later orders read the hashes)
+                o.fill.rec.update(rec)
+                o.fill.hashes[:] = hashes[j]
+                out.append(o.fill)
+            else:
+                out.append(_Built(rec, hashes[j], None if res is None else res.next_item_logprob))
         return out
 
     # ---------------------------------------------------------------- the per-event phase
@@ -955,7 +1095,7 @@ class UserOperator:
         s.last_recs = built.hashes
         return built.rec, built.logprob
 
-    def _content_candidates(self, s: UserState, user_vector: np.ndarray, cand: list[int],
+    def _content_candidates(self, s: _ListInput, user_vector: np.ndarray, cand: list[int],
                             rel: list[float]) -> list[tuple[int, float]]:  # fmt: skip
         """Up to `recs.content_candidates` content items (not consumed, not unavailable) with the relevance of the
         slot SASRec alone would give them among the model's candidates: item j scores u · ê_j + b̂_j; if p of the
@@ -983,12 +1123,12 @@ class UserOperator:
         return [(self.n_items + int(j), float(rel[p]) + 1e-6) for j, p in zip(top.tolist(), slots.tolist(), strict=True)
                 if p < len(rel)]
 
-    def _cf_candidates(self, s: UserState, scores: dict[int, float]) -> None:
+    def _cf_candidates(self, s: _ListInput, scores: dict[int, float]) -> None:
         """Add to `scores` (item index → score, item-KNN's) the best `cf.candidates` stream CF successors."""
         for j, x in self._cf_scores(s)[: self.conf.cf.candidates]:
             scores[j] = scores.get(j, 0.0) + x
 
-    def _cf_scores(self, s: UserState, decay: float = 0.8, new_only: bool = False) -> list[tuple[int, float]]:
+    def _cf_scores(self, s: _ListInput, decay: float = 0.8, new_only: bool = False) -> list[tuple[int, float]]:
         """The stream CF successors of the user's most recent items (`recs.knn_recent`, distinct), best first:
         each history item's successors scaled to its heaviest, times `cf.weight` and decay^age; none the user has
         consumed. `new_only`: only those outside the model's vocabulary."""
@@ -1015,7 +1155,7 @@ class UserOperator:
             add = {j: x for j, x in add.items() if index_hash[j] not in seen}
         return sorted(add.items(), key=lambda kv: (-kv[1], kv[0]))
 
-    def _fallback(self, s: UserState, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
+    def _fallback(self, s: _ListInput, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
         """Cold start: item-KNN neighbours of the recent known items first, then popular items boosted by the
         user's category interests. Relevance puts every KNN candidate above every popular one."""
         r = self.conf.recs

@@ -193,8 +193,10 @@ def test_state_copy_is_independent() -> None:
         s = _operator_like(rng, s)
     c = s.copy()
     assert c == s and c is not s
-    for name in state._CONTAINERS:
+    for name in state._COPIED:
         assert getattr(c, name) is not getattr(s, name)
+    # shared: the operator only replaces it whole, and a pipelined list fills it in place in every state that has it
+    assert c.last_recs is s.last_recs and set(state._COPIED) == set(state._CONTAINERS) - {"last_recs"}
     assert set(state._CONTAINERS) == {f for f, v in vars(s).items() if isinstance(v, list | dict)}
 
 

@@ -228,6 +228,59 @@ def test_a_failing_request_fails_only_its_event(artifact: Any, scorer: Any, pseu
     assert sum(len(r.recommendations) for r in ref) > 50  # the rest of the stream went through
 
 
+@pytest.mark.parametrize("poisoned", [False, True])
+def test_pipelined_lists_equal_the_plain_driver_in_fewer_calls(artifact: Any, scorer: Any, pseud: Any,
+                                                               sim_dir: Path, poisoned: bool) -> None:  # fmt: skip
+    """`step_many` defers every list that needs no log-probs (`operators.user._Pipe`): the same results, states and
+    base rates as the plain driver (`op.pipeline = False`), the same model work in fewer calls. A call in which
+    anything fails (here: a poisoned request) runs again in the plain driver, from the states and rates it began
+    with: the same results again."""
+    poison_item = int(artifact.popular[3])
+
+    def poison(r: ScoreRequest) -> bool:
+        return poisoned and int(r.items[-1]) == poison_item
+
+    events = _stream(sim_dir)
+    runs = {}
+    for pipeline in (False, True):
+        counting = _CountingScorer(scorer, poison=poison)
+        op = UserOperator(artifact, conf_with(user_fraud=FRAUD), pseud, counting)
+        op.pipeline = pipeline
+        runs[pipeline] = (*_run(op, events, 64, True), counting.calls, dataclasses.asdict(op.rates))
+    (got, states, calls, rates), (ref, ref_states, ref_calls, ref_rates) = runs[True], runs[False]
+    assert _assert_same(got, ref) > 100
+    assert states == ref_states and rates == ref_rates
+    if poisoned:
+        errors = [d["message"] for r in ref for d in r.dead_letters if d["reason"] == OPERATOR_ERROR]
+        assert any("poisoned request" in m for m in errors)
+        return
+    for full in (False, True):
+        assert sum(n for n, f in calls if f == full) == sum(n for n, f in ref_calls if f == full)
+    assert len(calls) < 0.8 * len(ref_calls)
+
+
+def test_a_burst_of_one_user_costs_one_model_call(artifact: Any, scorer: Any, pseud: Any) -> None:
+    """One user's strong events (each updates the list at once) in one call: the plain driver scores them one round
+    each, the pipelined one in one call; every list's `changed` compares it with the list before it."""
+    its = [artifact.item_id(int(i)) for i in artifact.popular[:40]]
+    burst = [ev(j, its[j % 40], T0 + 1000 * j, etype="purchase") for j in range(12)]
+    got = {}
+    for pipeline in (False, True):
+        counting = _CountingScorer(scorer)
+        op = UserOperator(artifact, conf_with(user_fraud={**FRAUD, "surprise_every": 0}), pseud, counting)
+        op.pipeline = pipeline
+        states: dict[str, bytes | None] = {}
+        first = op.step_many(states, burst[:4])  # a history first: the burst's lists are the model's
+        counting.calls.clear()
+        got[pipeline] = (first + op.step_many(states, burst[4:]), dict(states), list(counting.calls))
+    (res, states, calls), (ref, ref_states, ref_calls) = got[True], got[False]
+    assert _assert_same(res, ref) == len(burst) and states == ref_states
+    assert [n for n, _ in ref_calls] == [1] * 8 and [n for n, _ in calls] == [8]
+    recs = [r.recommendations[0] for r in res[4:]]
+    assert all(r["source"] == "model" for r in recs)
+    assert [r["changed"] for r in recs] == [r.recommendations[0]["changed"] for r in ref[4:]]
+
+
 def test_empty_batch_and_unknown_users(make_op: Any) -> None:
     op = make_op()
     states: dict[str, bytes | None] = {"a": b"kept"}
