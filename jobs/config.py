@@ -70,6 +70,8 @@ class CassandraSinkConf:
     batch_max_rows: int = 10  # statements per UNLOGGED batch (each one partition)
     batch_max_bytes: int = 4096  # estimated bytes per batch (Cassandra warns above 5 KiB)
     linger_ms: int = 5  # a batch that is not full is sent this long after its first row
+    coalesce_ms: int = 1000  # a list row is held this long (at most) for a newer list of its user (0: never)
+    coalesce_max_users: int = 10000  # users whose rows are held at once (one more sends them all)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ import java.security.cert.CertificateFactory;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.Semaphore;
@@ -60,6 +62,15 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMap
  * backoff; one Cassandra rejects as too large is split; one that exhausts its retries fails the job, which restarts
  * from its last checkpoint. {@code flush} (at every checkpoint barrier and at the end of input) waits until every row
  * sent has landed: a completed checkpoint's rows are all in Cassandra (at least once; idempotent).
+ *
+ * <p>Coalescing ({@code coalesce_ms} &gt; 0): a recommendation row is held up to {@code coalesce_ms} (and never past
+ * the next flush) and replaced by a newer row of the same user meanwhile; only the rows left are sent. Every row of
+ * {@code recommendations_by_user} writes all of its cells with {@code USING TIMESTAMP} = its event time, so Cassandra
+ * keeps the row of the greatest timestamp whatever was sent: dropping a held row whose timestamp is below another
+ * held row's of the same user changes nothing Cassandra ends up with (rows of equal timestamps are all sent:
+ * Cassandra settles those cell by cell). What changes: a list is readable in Cassandra up to {@code coalesce_ms}
+ * later, and a user's superseded lists never reach it (the Kafka topic has every list). At most
+ * {@code coalesce_max_users} users' rows are held: one more sends them all.
  *
  * <p>Input: the strings the Kafka sinks get: JSON, or the recommendations topic's "KEY\nJSON" ("KEY\n", a tombstone,
  * has no row: the erasure's deletion record deletes it). Deletion records whose {@code target} is not "cassandra" have
@@ -100,6 +111,11 @@ public final class CassandraSink implements Sink<String> {
         private final long backoffMs;
         private final long maxBackoffMs;
         private final long lingerMs;
+        private final long coalesceMs;
+        private final int coalesceMaxUsers;
+        private Map<String, Held> held = new HashMap<>(); // user_key → its newest recommendation row(s) held back
+        private boolean holding;
+        private final Counter coalesced;
         private final CqlSession session;
         private final PreparedStatement recommendation;
         private final PreparedStatement flag;
@@ -124,6 +140,8 @@ public final class CassandraSink implements Sink<String> {
             backoffMs = conf(c, "backoff_ms").asLong();
             maxBackoffMs = conf(c, "max_backoff_ms").asLong();
             lingerMs = conf(c, "linger_ms").asLong();
+            coalesceMs = conf(c, "coalesce_ms").asLong();
+            coalesceMaxUsers = Math.max(1, conf(c, "coalesce_max_users").asInt());
             session = connect(c);
             String ks = c.path("keyspace").asText();
             ConsistencyLevel cl = DefaultConsistencyLevel.valueOf(conf(c, "consistency").asText());
@@ -145,6 +163,7 @@ public final class CassandraSink implements Sink<String> {
             // counted on the driver's threads
             written = context.metricGroup().counter("cassandraRowsWritten", new ThreadSafeSimpleCounter());
             retried = context.metricGroup().counter("cassandraRequestsRetried", new ThreadSafeSimpleCounter());
+            coalesced = context.metricGroup().counter("cassandraRowsCoalesced");
         }
 
         /** A setting `jobs/recommend.py cassandra_sink` always passes (its defaults live in conf/local.yaml). */
@@ -238,6 +257,16 @@ public final class CassandraSink implements Sink<String> {
 
         // ------------------------------------------------------------------ rows
 
+        /** A user's held recommendation rows: those of the greatest write timestamp seen (usually one). */
+        static final class Held {
+            long ts;
+            final List<BoundStatement> rows = new ArrayList<>(1);
+
+            Held(long ts) {
+                this.ts = ts;
+            }
+        }
+
         @Override
         public void write(String element, Context context) throws IOException, InterruptedException {
             raise();
@@ -245,6 +274,57 @@ public final class CassandraSink implements Sink<String> {
             if (row == null) {
                 return;
             }
+            if (coalesceMs > 0 && row.getPreparedStatement() == recommendation) {
+                hold(row);
+            } else {
+                add(row);
+            }
+        }
+
+        /** Hold a recommendation row back (see the class comment). */
+        private void hold(BoundStatement row) throws InterruptedException {
+            String user = row.getString(0);
+            long ts = row.getLong(7); // USING TIMESTAMP
+            Held h = held.get(user);
+            if (h == null) {
+                if (held.size() >= coalesceMaxUsers) {
+                    release();
+                }
+                h = new Held(ts);
+                held.put(user, h);
+            } else if (ts > h.ts) {
+                coalesced.inc(h.rows.size());
+                h.rows.clear();
+                h.ts = ts;
+            } else if (ts < h.ts) {
+                coalesced.inc();
+                return;
+            }
+            h.rows.add(row);
+            if (!holding) {
+                holding = true;
+                time.registerTimer(time.getCurrentProcessingTime() + coalesceMs, t -> {
+                    holding = false;
+                    release();
+                });
+            }
+        }
+
+        /** Every held row into the batches. */
+        private void release() throws InterruptedException {
+            if (held.isEmpty()) {
+                return;
+            }
+            Map<String, Held> rows = held;
+            held = new HashMap<>();
+            for (Held h : rows.values()) {
+                for (BoundStatement r : h.rows) {
+                    add(r);
+                }
+            }
+        }
+
+        private void add(BoundStatement row) throws InterruptedException {
             int size = size(row);
             if (!open.isEmpty() && (open.size() >= maxRows || openBytes + size > maxBytes)) {
                 sendOpen();
@@ -461,6 +541,7 @@ public final class CassandraSink implements Sink<String> {
 
         @Override
         public void flush(boolean endOfInput) throws IOException, InterruptedException {
+            release();
             sendOpen();
             synchronized (landed) {
                 while (permits.availablePermits() < maxInFlight && error.get() == null) {

@@ -45,16 +45,28 @@ env.execute("cassandra-sink-test")
 """
 
 
-def run_sink(records: list[str], keyspace: str, jars: list[Path], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_sink(records: list[str], keyspace: str, jars: list[Path], tmp_path: Path,
+             coalesce_ms: int | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """The sink as conf/local.yaml configures it (`coalesce_ms`: that setting overridden)."""
     f = tmp_path / f"records-{uuid.uuid4().hex[:6]}.json"
     f.write_text(json.dumps(records))
+    env = os.environ.copy()
+    if coalesce_ms is not None:
+        env["STREAMREC_JOB_CASSANDRA_SINK_COALESCE_MS"] = str(coalesce_ms)
     return subprocess.run([sys.executable, "-c", JOB, str(f), keyspace, *map(str, jars)], cwd=REPO_ROOT,
-                          env=os.environ.copy(), capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+def table_writes(session: Any, keyspace: str, table: str) -> int:
+    """Writes the node applied to a table since it started (Cassandra's own count: system_views)."""
+    row = session.execute("SELECT count FROM system_views.local_write_latency WHERE keyspace_name = %s "
+                          "AND table_name = %s", (keyspace, table)).one()  # fmt: skip
+    return int(row.count) if row is not None else 0
+
+
+@pytest.fixture
 def keyspaces(cassandra_up: ServicesConf) -> Iterator[tuple[str, str]]:
-    """Two keyspaces of this module's own: the JVM sink's and the Python writer's."""
+    """Two keyspaces of each test's own: the JVM sink's and the Python writer's."""
     c = cassandra_up.cassandra
     names = (f"test_jvm_{uuid.uuid4().hex[:10]}", f"test_py_{uuid.uuid4().hex[:10]}")
     for ks in names:
@@ -96,8 +108,12 @@ def rows(session: Any) -> dict[str, Any]:
     return {"recommendations": recs, "fraud_flags": flags}
 
 
+@pytest.mark.parametrize("coalesce", [True, False])
 def test_jvm_sink_writes_what_the_python_writer_writes(cassandra_up: ServicesConf, keyspaces: tuple[str, str],
-                                                       connector_jars: list[Path], tmp_path: Path) -> None:
+                                                       connector_jars: list[Path], tmp_path: Path,
+                                                       coalesce: bool) -> None:  # fmt: skip
+    """The same rows in the end, with list rows coalesced (conf/local.yaml's `coalesce_ms`) or not: a user's lists
+    held together leave only the newest (all of them on a tie of event times), so Cassandra applies fewer writes."""
     jvm_ks, py_ks = keyspaces
     erase = {"kind": "deletion", "target": "cassandra", "table": "recommendations_by_user", "user_key": "u-erased",
              "event_ts": 9000, "deletion_id": "d1"}  # fmt: skip
@@ -112,12 +128,14 @@ def test_jvm_sink_writes_what_the_python_writer_writes(cassandra_up: ServicesCon
         flag("velocity", "alarm-1", 4000, kind="detector_alarm", subject_kind="detector"),
         flag("item-9", "f-item", 4000, subject_kind="item"),
         *[rec(f"u{i:03d}", 10_000 + i, [f"i{i}", f"i{i + 1}"], f"e-many-{i}") for i in range(37)],  # many batches
+        *[rec("u-lists", 1000 * k, [f"l{k}"], f"e-lists-{k}") for k in (1, 2, 3, 4)],  # coalesced: only the last
+        rec("u-tie", 7000, ["t1"], "e-tie-1"), rec("u-tie", 7000, ["t2", "t3"], "e-tie-2"),  # a tie: both sent
     ]
     kafka_form = [dumps(r) if r["kind"] != "recommendation" else f"{r['user_key']}\n{dumps(r)}" for r in records]
     kafka_form.insert(3, "u-tombstoned\n")  # a tombstone on the recommendations topic: no row, no error
     kafka_form.append(dumps(notice))  # a deletion notice meant for Kafka only: no row
 
-    got = run_sink(kafka_form, jvm_ks, connector_jars, tmp_path)
+    got = run_sink(kafka_form, jvm_ks, connector_jars, tmp_path, None if coalesce else 0)
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
 
     c = cassandra_up.cassandra
@@ -144,6 +162,35 @@ def test_jvm_sink_writes_what_the_python_writer_writes(cassandra_up: ServicesCon
     assert ("user", "u-flagged", "f-old") not in flags and ("user", "u-flagged", "f-new") in flags
     assert flags[("detector", "velocity", "alarm-1")][2] == '{"events_per_min":120,"z":[1,2]}'
     assert ("item", "item-9", "f-item") in flags
+    assert recs["u-lists"][1] == ["l4"] and recs["u-lists"][6] == 4000 * 1000
+
+
+def test_coalescing_sends_only_each_users_newest_list(cassandra_up: ServicesConf, keyspaces: tuple[str, str],
+                                                      connector_jars: list[Path], tmp_path: Path) -> None:
+    """The same records through the sink with coalescing (conf/local.yaml) and without: the same rows, and Cassandra
+    counts exactly the superseded lists fewer writes. A user's rows are spread over different batches here (more than
+    `batch_max_rows` others between them), so without coalescing each is a write of its own."""
+    on_ks, off_ks = keyspaces
+    spread = [rec("u-lists", 1000 * k, [f"l{k}"], f"e-lists-{k}") for k in (1, 2, 3, 4)] + [
+        rec("u-late", 5000, ["new"], "e-late-2"), rec("u-late", 4500, ["old"], "e-late-1")]  # older arrives late
+    records: list[dict[str, Any]] = []
+    for k, r in enumerate(spread):  # each followed by 11 lists of other users
+        records += [r, *(rec(f"f{i:02d}", 10_000 + i, [f"i{i}"], f"e-f{i}") for i in range(11 * k, 11 * k + 11))]
+    kafka_form = [f"{r['user_key']}\n{dumps(r)}" for r in records]
+    for ks, coalesce_ms in ((on_ks, None), (off_ks, 0)):
+        got = run_sink(kafka_form, ks, connector_jars, tmp_path, coalesce_ms)
+        assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    c = cassandra_up.cassandra
+    sessions = [connect(c.contact_points, c.native_port, keyspace=ks) for ks in (on_ks, off_ks)]
+    try:
+        on, off = (rows(s) for s in sessions)
+        writes = [table_writes(sessions[0], ks, "recommendations_by_user") for ks in (on_ks, off_ks)]
+    finally:
+        for s in sessions:
+            s.cluster.shutdown()
+    assert on == off
+    assert on["recommendations"]["u-lists"][1] == ["l4"] and on["recommendations"]["u-late"][1] == ["new"]
+    assert writes == [len(records) - 4, len(records)]  # u-lists' first three lists, u-late's late older one
 
 
 def test_a_record_the_jvm_sink_cannot_write_fails_the_job_naming_it(cassandra_up: ServicesConf,
