@@ -31,10 +31,10 @@ import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -131,7 +131,7 @@ class _ListOrder:
     """What the per-event phase asks of the per-list phase: one recommendation list for `s`. The event is suspended
     meanwhile, so `s` does not change under the per-list phase (which reads it: fallback interests, last list)."""
 
-    s: UserState | _ListView  # what the per-list phase reads (a deferred order: a copy of it, taken when ordered)
+    s: _ListInput  # what the per-list phase reads (a deferred order: a copy of it, taken when ordered)
     user_key: str
     event_id: str
     event_ts: int
@@ -143,15 +143,6 @@ class _ListOrder:
     need_logprob: bool  # score with the full graph (the surprise detector judges this event)
     may_judge: bool = True  # the event may still ask for a judgement (`_Judge`) after this list (False: it will not)
     fill: _Built | None = None  # a deferred order: the answer its event went on with, filled in when it is built
-
-
-class _ListInput(Protocol):
-    """What the per-list phase reads of a user's state."""
-
-    items: list[int]
-    cats: dict[int, float]
-    key_id: str
-    last_recs: list[int]
 
 
 @dataclass(slots=True)
@@ -193,6 +184,7 @@ class _Built:
     logprob: np.ndarray | None  # the model's log-probs (None: cold start; empty: the fast graph scored the list)
 
 
+_ListInput = UserState | _ListView  # what the per-list phase reads of a user's state (`_ListOrder.s`)
 _R = TypeVar("_R")
 # A phase of one event (or timer): yields what it needs from the per-list phase, is resumed with the answer
 # (`_Built` for a `_ListOrder`, `ScoreResult` for `_LogProbs`), returns its result.
@@ -244,7 +236,7 @@ class _Pipe:
         s, req = o.s, o.req
         o.s = _ListView(s.items.copy(), s.cats.copy(), s.key_id, s.last_recs)
         if req is not None:  # its types and times are the state's own lists
-            o.req = ScoreRequest(req.items, list(req.types), list(req.ts), req.exclude, req.extra_exclude)
+            o.req = replace(req, types=list(req.types), ts=list(req.ts))
         o.fill = _Built({}, [], None)  # logprob None: a deferred order asked for none (its event never reads it)
         self.deferred.append(o)
         q.expect = o.fill.hashes
