@@ -135,9 +135,13 @@ def flink_configuration(job: Any) -> Any:
 
 def shard_keys(job: Any) -> list[int]:
     """The Flink keys of the job's shards (`jobs/java/ShardKeys.java`: spread over the key groups)."""
+    return _key_table(job, legacy=job.batching.key_table == "legacy")
+
+
+def _key_table(job: Any, legacy: bool) -> list[int]:
     from pyflink.java_gateway import get_gateway
 
-    return list(get_gateway().jvm.streamrec.flink.ShardKeys.table(job.batching.shards, job.max_parallelism))
+    return list(get_gateway().jvm.streamrec.flink.ShardKeys.table(job.batching.shards, job.max_parallelism, legacy))
 
 
 def split(stream: Any) -> Any:
@@ -176,12 +180,15 @@ def batch_by_user(raw: Any, job: Any, keys: list[int]) -> Any:
     from pyflink.java_gateway import get_gateway
 
     gw = get_gateway()
-    j_keys = gw.new_array(gw.jvm.int, len(keys))
-    for i, k in enumerate(keys):
-        j_keys[i] = k
+    def j_ints(values: list[int]) -> Any:
+        arr = gw.new_array(gw.jvm.int, len(values))
+        for i, v in enumerate(values):
+            arr[i] = v
+        return arr
+
     b = job.batching
-    return DataStream(gw.jvm.streamrec.flink.ShardBatcher.byShard(raw._j_data_stream, j_keys, b.max_events,
-                                                                 b.max_delay_ms))
+    return DataStream(gw.jvm.streamrec.flink.ShardBatcher.byShard(
+        raw._j_data_stream, j_ints(keys), j_ints(_key_table(job, legacy=True)), b.max_events, b.max_delay_ms))
 
 
 class ContentError(RuntimeError):
@@ -348,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"execution_mode must be process or thread, not {job.execution_mode!r}")
     if job.python_workers not in ("auto", "loopback", "process"):
         raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
+    if job.batching.key_table not in ("balanced", "legacy"):
+        raise SystemExit(f"batching.key_table must be balanced or legacy, not {job.batching.key_table!r}")
     # The minicluster's JVM starts with PyFlink's gateway (the first Flink call below) and takes JVM_ARGS; the
     # user's own JVM_ARGS come after ours, so they win. (`flink run` ignores this: the cluster's config decides.)
     os.environ["JVM_ARGS"] = f"{job.jvm_options} {os.environ.get('JVM_ARGS', '')}".strip()

@@ -2,7 +2,9 @@ package streamrec.flink;
 
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import java.util.TreeSet;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
@@ -11,6 +13,9 @@ import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.runtime.state.FunctionInitializationContext;
+import org.apache.flink.runtime.state.FunctionSnapshotContext;
+import org.apache.flink.streaming.api.checkpoint.CheckpointedFunction;
 import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.datastream.SingleOutputStreamOperator;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
@@ -37,8 +42,12 @@ import org.apache.flink.util.Collector;
  * <p>Batch frame: "SRB1", int32 shard key, int32 n, then n × (int32 length, bytes), big-endian. It leaves as
  * Row(shard key, frame), the record layout PyFlink's keyed Python operators read (what its own key_by writes with a
  * Python map first): the job keys the batches in the JVM, with no Python operator in between.
+ *
+ * <p>The shard key table the job runs with is kept in operator state: a job restored from state keyed by another
+ * table (another {@code batching.shards} or {@code batching.key_table}) stops with an error that says so, instead of
+ * finding every user's state missing. State from before the table was kept was keyed by the legacy table.
  */
-public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], Row> {
+public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], Row> implements CheckpointedFunction {
     private static final long serialVersionUID = 1L;
     static final byte[] MAGIC = {'S', 'R', 'B', '1'};
     /** Row(f0 INT shard key, f1 byte[] frame). */
@@ -47,22 +56,59 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], Ro
 
     private final int maxEvents;
     private final long maxDelayMs;
+    private final String table;  // the shard keys this job's state is keyed by
+    private final String legacyTable;  // the keys state from before the table was recorded is keyed by
+    private transient ListState<String> recorded;
     private transient ListState<byte[]> buffer;
     private transient ValueState<Integer> count;
     private transient ValueState<Long> timer;
     private transient ValueState<Long> newest;
     private transient ValueState<Long> earliest;
 
-    public ShardBatcher(int maxEvents, long maxDelayMs) {
+    public ShardBatcher(int maxEvents, long maxDelayMs, int[] shardKeys, int[] legacyKeys) {
         this.maxEvents = Math.max(1, maxEvents);
         this.maxDelayMs = Math.max(0, maxDelayMs);
+        this.table = Arrays.toString(shardKeys);
+        this.legacyTable = Arrays.toString(legacyKeys);
     }
 
-    /** keyBy(shard of the event's user) → batcher, with its output type: for the Python job (one py4j call). */
+    /** keyBy(shard of the event's user) → batcher, with its output type: for the Python job (one py4j call).
+     *  {@code legacyKeys}: the table of state written before the table was recorded ({@link ShardKeys#table}). */
     public static SingleOutputStreamOperator<Row> byShard(DataStream<byte[]> events, int[] shardKeys,
-                                                          int maxEvents, long maxDelayMs) {
+                                                          int[] legacyKeys, int maxEvents, long maxDelayMs) {
         return events.keyBy(new ShardKeys.UserShard(shardKeys), Types.INT)
-                .process(new ShardBatcher(maxEvents, maxDelayMs), BATCH_TYPE);
+                .process(new ShardBatcher(maxEvents, maxDelayMs, shardKeys, legacyKeys), BATCH_TYPE);
+    }
+
+    @Override
+    public void initializeState(FunctionInitializationContext ctx) throws Exception {
+        recorded = ctx.getOperatorStateStore().getUnionListState(new ListStateDescriptor<>("shard-keys", Types.STRING));
+        if (ctx.isRestored()) {
+            String wrong = mismatch(recorded.get(), table, legacyTable);
+            if (wrong != null) {
+                throw new IllegalStateException(wrong);
+            }
+        }
+        recorded.update(List.of(table));
+    }
+
+    @Override
+    public void snapshotState(FunctionSnapshotContext ctx) {}  // the table recorded at start is in every snapshot
+
+    /** Null if restored state recorded with {@code restored} (none: before tables were recorded, so
+     *  {@code legacy}) is keyed by {@code table}; else why not. */
+    public static String mismatch(Iterable<String> restored, String table, String legacy) {
+        TreeSet<String> tables = new TreeSet<>();
+        restored.forEach(tables::add);
+        if (tables.isEmpty()) {
+            tables.add(legacy);
+        }
+        if (tables.size() == 1 && tables.contains(table)) {
+            return null;
+        }
+        return "the restored state is keyed by shard keys " + String.join(" / ", tables) + ", this job by "
+                + table + ": restore it with the batching.shards and batching.key_table it was written with ("
+                + "state from streamrec before 2026-12-03 was written with batching.key_table: legacy)";
     }
 
     @Override

@@ -5,6 +5,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.zip.CRC32;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
+import org.apache.flink.types.Row;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
@@ -13,13 +14,20 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
  * Shards: users (and items) are spread over {@code n} shards by CRC-32 of the id's UTF-8 bytes; shard {@code i} is
  * keyed in Flink by {@code keys[i]}, an integer chosen so that the n keys fall into key groups spread evenly over
  * the key-group range (so every parallelism that divides n gets an equal share). The same rule is in
- * {@code jobs/sharding.py}: Python computes the key of an erase request, Java the key of a raw event.
+ * {@code jobs/batching.py}: Python computes the key of an erase request, Java the key of a raw event.
+ *
+ * <p>A key travels in two forms: the batcher ({@link ShardBatcher}) is keyed by the {@code Integer}, the Python
+ * operators by {@code Row(key)} (PyFlink's {@code KeyByKeySelector}), whose hash differs. The balanced table puts
+ * both forms of key i in its key group. The legacy table (streamrec before 2026-12-03) placed the Integer only, so
+ * the Python operators' shards were spread unevenly: 5 and 3 of 8 shards at parallelism 2. It stays for state
+ * written with it (a checkpoint's keyed state lives under its keys).
  */
 public final class ShardKeys {
     private ShardKeys() {}
 
-    /** n integer keys, key i in key group (2i + 1) · maxParallelism / (2n) (the middle of its n-th of the range). */
-    public static int[] table(int n, int maxParallelism) {
+    /** n integer keys, key i in key group (2i + 1) · maxParallelism / (2n) (the middle of its n-th of the range), as
+     *  an Integer and as Row(key); legacy: as an Integer only (the table before 2026-12-03). */
+    public static int[] table(int n, int maxParallelism, boolean legacy) {
         if (n < 1 || n > maxParallelism) {
             throw new IllegalArgumentException("shards must be in [1, max parallelism " + maxParallelism + "]: " + n);
         }
@@ -27,12 +35,21 @@ public final class ShardKeys {
         for (int i = 0; i < n; i++) {
             int want = (int) ((2L * i + 1) * maxParallelism / (2L * n));
             int k = 0;
-            while (KeyGroupRangeAssignment.assignToKeyGroup(k, maxParallelism) != want) {
+            while (KeyGroupRangeAssignment.assignToKeyGroup(k, maxParallelism) != want
+                    || !legacy && KeyGroupRangeAssignment.assignToKeyGroup(rowKey(k), maxParallelism) != want) {
                 k++;
             }
             keys[i] = k;
         }
         return keys;
+    }
+
+    /** The key object PyFlink's keyed Python operators are keyed by ({@code KeyByKeySelector}: field 0 of the
+     *  record, in a Row of its own). */
+    public static Row rowKey(int key) {
+        Row row = new Row(1);
+        row.setField(0, key);
+        return row;
     }
 
     public static int shardOf(String id, int n) {

@@ -201,3 +201,51 @@ def test_taskmanager_killed_on_the_cluster_is_replaced_and_the_job_restores(
             subprocess.run(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"], env=flink_cluster.env(),
                            capture_output=True, timeout=60)  # fmt: skip
         flink_cluster.cancel_job(job_id, timeout_s=120)
+
+
+def test_restore_with_another_shard_key_table_stops_and_says_why(kafka_bootstrap: str, connector_jars: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """State written with one shard key table (`batching.key_table: legacy`, the table before 2026-12-03) and
+    restored by a job computing another (the default, balanced): the job stops with the reason instead of finding
+    every user's state missing. Restored with the table it was written with, it goes on: every event's list once."""
+    from tests.integration.test_job_e2e import latest_checkpoint
+
+    events, _, topics, argv, env = _job(tmp_path, kafka_bootstrap, connector_jars, "streamrec", 2 * BATCH, 17)
+    env.update({"STREAMREC_JOB_CASSANDRA_SINK_ENABLED": "false", "STREAMREC_JOB_RESTART_ATTEMPTS": "0"})
+    legacy = {**env, "STREAMREC_JOB_BATCHING_KEY_TABLE": "legacy"}
+    chk_root = Path(env["STREAMREC_JOB_CHECKPOINT_DIR"])
+
+    def recs() -> list[dict[str, Any]]:
+        return outputs(kafka_bootstrap, topics, "recommendations")
+
+    proc = _start(argv, legacy, tmp_path / "job-legacy.log")
+    try:
+        send_events(kafka_bootstrap, topics["events"], events[:BATCH])
+        wait_for("phase 1", lambda: len(recs()) >= BATCH, proc=proc)  # committed: a checkpoint holds it
+        chk = latest_checkpoint(chk_root)
+        assert chk is not None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    log = tmp_path / "job-balanced.log"
+    proc = _start([*argv, "--from-checkpoint", str(chk)], env, log)
+    try:
+        proc.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert proc.returncode != 0
+    assert "the restored state is keyed by shard keys" in text and "batching.key_table: legacy" in text, text[-3000:]
+
+    proc = _start([*argv, "--from-checkpoint", str(chk)], legacy, tmp_path / "job-legacy-2.log")
+    try:
+        send_events(kafka_bootstrap, topics["events"], events[BATCH:])
+        wait_for("phase 2", lambda: len(recs()) >= 2 * BATCH, timeout_s=400, proc=proc)
+        time.sleep(5)  # a later checkpoint would commit anything extra
+        got = recs()
+        assert sorted(r["event_id"] for r in got) == sorted(e.event_id for e in events), "lost or repeated lists"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,26 @@ def test_java_and_python_agree(tmp_path: Path) -> None:
                           input="\n".join(r.hex() for r in raws), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    keys = [int(x) for x in lines[0].split()[1:]]
+    table = {ln.split()[0]: [tuple(int(v) for v in x.split(":")) for x in ln.split()[1:]]
+             for ln in lines if ln.startswith(("keys ", "legacy "))}
+    keys = [k for k, _, _ in table["keys"]]
     assert len(set(keys)) == 8
+    # Shard i in key group (2i + 1) * 128 / 16 both as the batcher keys it (Integer) and as the Python operators do
+    # (Row(key)): every parallelism dividing 8 gets an equal share of the shards in both.
+    assert [(ig, rg) for _, ig, rg in table["keys"]] == [((2 * i + 1) * 8, (2 * i + 1) * 8) for i in range(8)]
+    for p in (1, 2, 4, 8):
+        per_subtask = Counter(rg * p // 128 for _, _, rg in table["keys"])  # Flink's operator index of a key group
+        assert sorted(per_subtask.values()) == [8 // p] * p, (p, per_subtask)
+    # The legacy table (state written before 2026-12-03) placed the Integer only: 5 + 3 shards at parallelism 2.
+    assert [ig for _, ig, _ in table["legacy"]] == [(2 * i + 1) * 8 for i in range(8)]
+    assert sorted(Counter(rg * 2 // 128 for _, _, rg in table["legacy"]).values()) == [3, 5]
+    checks = dict(ln[len("mismatch "):].split(" -> ") for ln in lines if ln.startswith("mismatch "))
+    assert checks["[1, 2] | [1, 2]"] == "null"  # restored with the table it was written with
+    assert checks[" | [9, 8]"] == "null"  # nothing recorded: written before tables were, with the legacy table
+    assert checks["[1, 2];[1, 2] | [1, 2]"] == "null"  # one copy per subtask (union state)
+    for wrong in (" | [1, 2]", "[9, 8] | [1, 2]", "[1, 2];[7] | [1, 2]"):
+        assert "restore it with the batching.shards and batching.key_table" in checks[wrong], wrong
+    assert "keyed by shard keys [9, 8], this job by [1, 2]" in checks[" | [1, 2]"]
     got = [ln.split() for ln in lines[1:] if ln.startswith("user ")]
     expect = [*users, *users, None, None, None, None]
     for (_, uhex, shard), want in zip(got, expect, strict=True):

@@ -5,6 +5,7 @@ import java.util.List;
 import streamrec.flink.BatchSplitter;
 import streamrec.flink.ShardBatcher;
 import streamrec.flink.ShardKeys;
+import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 
 /** Driven by tests/unit/test_batching.py: prints what the job's Java classes make of the test's inputs (stdin). */
 public final class ShardCheck {
@@ -12,11 +13,23 @@ public final class ShardCheck {
         String[] lines = new String(System.in.readAllBytes(), StandardCharsets.UTF_8).split("\n", -1);
         int shards = Integer.parseInt(args[0]);
         int maxParallelism = Integer.parseInt(args[1]);
-        StringBuilder keys = new StringBuilder("keys");
-        for (int k : ShardKeys.table(shards, maxParallelism)) {
-            keys.append(' ').append(k);
+        for (boolean legacy : new boolean[] {false, true}) {
+            // per key: the key group of the key as the batcher keys it (Integer) and as the Python operators do (Row)
+            StringBuilder keys = new StringBuilder(legacy ? "legacy" : "keys");
+            for (int k : ShardKeys.table(shards, maxParallelism, legacy)) {
+                keys.append(' ').append(k).append(':')
+                        .append(KeyGroupRangeAssignment.assignToKeyGroup(k, maxParallelism)).append(':')
+                        .append(KeyGroupRangeAssignment.assignToKeyGroup(ShardKeys.rowKey(k), maxParallelism));
+            }
+            System.out.println(keys);
         }
-        System.out.println(keys);
+        // the restore check: restored tables (";"-separated, "" = none recorded) against this job's and the legacy one
+        for (String[] c : new String[][] {{"[1, 2]", "[1, 2]", "[9, 8]"}, {"", "[9, 8]", "[9, 8]"},
+                                          {"", "[1, 2]", "[9, 8]"}, {"[1, 2];[1, 2]", "[1, 2]", "[9, 8]"},
+                                          {"[9, 8]", "[1, 2]", "[9, 8]"}, {"[1, 2];[7]", "[1, 2]", "[9, 8]"}}) {
+            List<String> restored = c[0].isEmpty() ? List.of() : List.of(c[0].split(";"));
+            System.out.println("mismatch " + c[0] + " | " + c[1] + " -> " + ShardBatcher.mismatch(restored, c[1], c[2]));
+        }
         List<byte[]> raws = new ArrayList<>();
         for (String line : lines) {  // hex of one raw event per line
             if (line.isEmpty()) {
