@@ -5,6 +5,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.zip.CRC32;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
+import org.apache.flink.streaming.api.functions.python.KeyByKeySelector;
 import org.apache.flink.types.Row;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
@@ -44,12 +45,11 @@ public final class ShardKeys {
         return keys;
     }
 
-    /** The key object PyFlink's keyed Python operators are keyed by ({@code KeyByKeySelector}: field 0 of the
-     *  record, in a Row of its own). */
+    /** The key object the Python operators are keyed by: what PyFlink's {@code KeyByKeySelector}, the selector
+     *  {@code jobs/recommend.py} keys them with, makes of a Row(shard key, batch) record (called, not mirrored: the
+     *  table follows whatever this PyFlink does). Needs flink-python on the classpath, as the job's client has. */
     public static Row rowKey(int key) {
-        Row row = new Row(1);
-        row.setField(0, key);
-        return row;
+        return new KeyByKeySelector().getKey(Row.of(key, null));
     }
 
     public static int shardOf(String id, int n) {

@@ -84,7 +84,9 @@ def job_jar(state: Path, flink_jars: list[Path]) -> Path:
         return jar
     import pyflink
 
-    dist = sorted((Path(pyflink.__file__).parent / "lib").glob("flink-dist*.jar"))
+    home = Path(pyflink.__file__).parent
+    # flink-python (PyFlink's own Java side, in its opt/): ShardKeys calls its KeyByKeySelector
+    dist = sorted([*(home / "lib").glob("flink-dist*.jar"), *(home / "opt").glob("flink-python*.jar")])
     shutil.rmtree(out, ignore_errors=True)
     classes = out / "classes"
     classes.mkdir(parents=True)

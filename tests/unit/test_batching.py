@@ -57,7 +57,8 @@ def test_java_and_python_agree(tmp_path: Path) -> None:
 
     flink = sorted(maven.fetch(services().state_path, "flink").glob("*.jar"))
     jar = maven.job_jar(tmp_path, flink)
-    dist = sorted((Path(pyflink.__file__).parent / "lib").glob("flink-dist*.jar"))
+    home = Path(pyflink.__file__).parent
+    dist = sorted([*(home / "lib").glob("flink-dist*.jar"), *(home / "opt").glob("flink-python*.jar")])
     users = ["u1", "user-42", "é-ü-用户", "x" * 256, "emoji-😀", 'quote"and\\slash']
     raws = [json.dumps({"event_id": "e", "user_id": u, "item_id": "i", "context": {"user_id": "nested"}}).encode()
             for u in users]  # fmt: skip
