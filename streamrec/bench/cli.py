@@ -82,6 +82,9 @@ def register(sub: Any) -> None:
     p.add_argument("--scorer-max-gb", type=float, default=4.0,
                    help="skip scorer cells whose (B, L, N) intermediates would need more memory than this")
     p.add_argument("--seed", type=int, default=7, help="simulator seed of the end-to-end events")
+    p.add_argument("--load-impl", choices=("java", "python"), default="java",
+                   help="the paced phases' load generator: Kafka's Java client (default; ~0.08 core at 1,000 "
+                        "events/s) or kafka-python (~0.2 core), beside the system under test")
     p.add_argument("--baseline-commit", default="", metavar="REV",
                    help="also run the job as it was at this commit (its own code, config, jar and a model its code "
                         "trains on the same data) on the same backlog, at each parallelism: speedup_vs_baseline")
@@ -188,13 +191,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                "checkpoint_ms": job.checkpoint.interval_ms, "seed": args.seed,
                                "users": workload.users, "partitions": budget.partitions,
                                "window_s": plan.window_s, "backlog_events": plan.backlog_events,
+                               "load_impl": args.load_impl,
                                "budget": e2e_mod.budget_dict(budget),
                                "job_conf": dataclasses.asdict(job)}  # fmt: skip
     result["e2e"] = e2e_res
     runner = None
     try:
         if "e2e" not in skip or "profile" not in skip or cluster_pars:
-            runner = e2e_mod.E2E(work, args.conf, args.operators_conf, model_dir, budget, _say)
+            runner = e2e_mod.E2E(work, args.conf, args.operators_conf, model_dir, budget, _say, args.load_impl)
             runner.setup()
         if "e2e" not in skip and runner is not None:
             t0 = time.monotonic()

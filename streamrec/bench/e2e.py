@@ -380,7 +380,7 @@ class E2E:
     """One benchmark run's end-to-end phases; owns the topics, groups, keyspace and processes it creates."""
 
     def __init__(self, run_dir: Path, conf: str, operators_conf: str, model_dir: Path, budget: Budget,
-                 say: Any = print) -> None:  # fmt: skip
+                 say: Any = print, load_impl: str = "java") -> None:  # fmt: skip
         from kafka import KafkaAdminClient
 
         from streamrec.services.clients import kafka_kwargs
@@ -392,6 +392,7 @@ class E2E:
         self.conf, self.operators_conf, self.model_dir = conf, operators_conf, model_dir
         self.budget = budget
         self.say = say
+        self.load_impl = load_impl  # the paced phases' load generator (streamrec/bench/load.py --impl)
         self.run_id = uuid.uuid4().hex[:8]
         self.keyspace = f"bench_{self.run_id}"
         self.admin = KafkaAdminClient(**kafka_kwargs(self.bootstrap), client_id="streamrec-bench")
@@ -627,7 +628,8 @@ class E2E:
                 load_proc.append(subprocess.Popen(
                     [sys.executable, "-m", "streamrec.bench.load", "--stream", str(workload.file), "--topic",
                      topics["events"], "--bootstrap", self.bootstrap, "--rate", str(rate), "--seconds",
-                     str(b.window_s), "--partitions", str(b.partitions), "--out", str(prefix)], cwd=REPO_ROOT))
+                     str(b.window_s), "--partitions", str(b.partitions), "--out", str(prefix),
+                     "--impl", self.load_impl], cwd=REPO_ROOT))
                 load_proc[0].wait(b.window_s + 180)
                 t_fit_end = time.monotonic() + 1.0
                 # what was processed by now becomes visible within a checkpoint (job) / commit interval (consumer)

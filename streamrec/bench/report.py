@@ -21,6 +21,9 @@ REQUIRED_KEYS = ("e2e_max_eps", "speedup_vs_baseline", "e2e_p99_ms_at_1k", "e2e_
                  "state_bytes_per_user_p50", "scorer_us_fp32_b1", "scorer_us_int8_b1")  # fmt: skip
 
 
+_LOAD_IMPL = {"java": "`streamrec/bench/LoadGen.java` (Kafka's Java client)",
+              "python": "`streamrec/bench/load.py` (kafka-python; runs before 2026-12-03 had only this one)"}
+
 def _phase(result: dict[str, Any], system: str, parallelism: int, rate: float | None) -> dict[str, Any] | None:
     for ph in result.get("e2e", {}).get("phases", []):
         if ph["system"] == system and ph["parallelism"] == parallelism and (ph.get("offered_rate") or None) == rate:
@@ -631,7 +634,8 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
             "same operators, model, onnxruntime settings, outputs and Cassandra sink class. Events: simulator "
             f"(`conf/simulator.yaml`, seed {e.get('seed')}), {e.get('users', 0):,} users, 0.1 % malformed and 0.1 % "
             f"duplicate lines; topics with {e.get('partitions')} partitions. Window per phase: {e.get('window_s')} s "
-            f"(paced) / up to {e.get('window_s')} s of a {e.get('backlog_events', 0):,}-event backlog (max).", ""]
+            f"(paced) / up to {e.get('window_s')} s of a {e.get('backlog_events', 0):,}-event backlog (max). Paced "
+            f"load generator: {_LOAD_IMPL.get(e.get('load_impl', 'python'), '?')}.", ""]
     rows = []
     for ph in phases:
         lat = ph.get("latency_ms", {})

@@ -103,6 +103,25 @@ def job_jar(state: Path, flink_jars: list[Path]) -> Path:
     return jar
 
 
+def tool_classes(state: Path, source: Path, jars: list[Path]) -> Path:
+    """A one-file Java tool (`source`, default package) compiled against `jars` into `<state>/jars/tools/<name>/`
+    (rebuilt only when the source changes); run it with that directory and the jars on the classpath."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    out = jar_dir(state, "tools") / source.stem
+    stamp = out / ".source.sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest and (out / f"{source.stem}.class").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cp = os.pathsep.join(str(j) for j in jars)
+    proc = subprocess.run([_javac(), "--release", "17", "-d", str(out), "-cp", cp, str(source)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ServiceError(f"javac failed on {source}:\n{proc.stdout}{proc.stderr}")
+    stamp.write_text(digest)
+    return out
+
+
 KAFKA_CONNECTOR = "flink-sql-connector-kafka-"
 
 
