@@ -27,7 +27,8 @@ import org.apache.kafka.common.utils.Utils;
  * <p>Why Java: kafka-python costs ~240 µs of CPU per message at 1,000 messages/s (its sender thread wakes per
  * request), and that CPU is taken from the system under test on the bench's 2-core machine.
  *
- * <p>Usage: {@code LoadGen STREAM TOPIC BOOTSTRAP RATE SECONDS PARTITIONS OUT} with STREAM the binary form
+ * <p>Usage: {@code LoadGen STREAM TOPIC BOOTSTRAP RATE SECONDS PARTITIONS OUT [CLIENT_PROPERTIES]} (the
+ * properties: the services profile's security settings, as the job's Kafka clients get them) with STREAM the binary form
  * load.py writes (big-endian: int count; per line int keyLength (-1: none), key, long ts, int length, payload).
  * Writes OUT (little-endian float64 per line: send time in seconds on CLOCK_MONOTONIC, as Python's
  * {@code time.monotonic()}; NaN if not sent) and prints one summary line: "attempted acked failed send_s total_s".
@@ -67,6 +68,11 @@ public final class LoadGen {
         double seconds = Double.parseDouble(args[4]);
         int partitions = Integer.parseInt(args[5]);
         Properties p = new Properties();
+        if (args.length > 7) {  // the client's security settings (streamrec.services.clients.kafka_java_properties)
+            try (FileInputStream in = new FileInputStream(args[7])) {
+                p.load(in);
+            }
+        }
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, args[2]);
         p.put(ProducerConfig.ACKS_CONFIG, "1");
         p.put(ProducerConfig.LINGER_MS_CONFIG, "5");

@@ -120,23 +120,27 @@ def send_java(stream: Stream, topic: str, bootstrap: str, rate: float, seconds: 
     import subprocess
 
     from streamrec.services import maven
+    from streamrec.services.clients import kafka_java_properties
     from streamrec.services.settings import services
 
     conf = services()
     kafka_jars = sorted(maven.fetch(conf.state_path, "kafka").glob("*.jar"))
     classes = maven.tool_classes(conf.state_path, JAVA_SOURCE, kafka_jars)
-    bin_path, out_path = work.with_suffix(".lines"), work.with_suffix(".f64")
+    bin_path, out_path, props = work.with_suffix(".lines"), work.with_suffix(".f64"), work.with_suffix(".properties")
     write_binary(stream, bin_path)
+    # the profile's security settings (SASL/TLS with `--services secure.yaml`; none locally), for the plain client
+    secure = kafka_java_properties(conf.kafka.security, shaded_prefix="")
+    props.write_text("".join(f"{k}={v}\n".replace("\\", "\\\\") for k, v in secure.items()))
     cp = os.pathsep.join([str(classes), *map(str, kafka_jars)])
     jvm = [conf.java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx512m", "-cp", cp]
     proc = subprocess.run([*jvm, "LoadGen", str(bin_path), topic, bootstrap, repr(float(rate)), repr(float(seconds)),
-                           str(partitions), str(out_path)], capture_output=True, text=True)  # fmt: skip
+                           str(partitions), str(out_path), str(props)], capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"LoadGen failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     attempted, acked, failed, send_s, total_s = proc.stdout.split()[-5:]
     sent_at = np.fromfile(out_path, dtype="<f8")
-    bin_path.unlink()
-    out_path.unlink()
+    for f in (bin_path, out_path, props):
+        f.unlink()
     n = int(attempted)
     return sent_at, {"attempted": n, "acked": int(acked), "failed": int(failed), "send_seconds": float(send_s),
                      "seconds_with_flush": float(total_s), "target_rate": rate,

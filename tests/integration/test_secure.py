@@ -198,3 +198,32 @@ def test_job_end_to_end_on_secured_services(secure: ServicesConf, model: Path, t
     text = run.stdout + run.stderr + "".join(p.read_text(errors="replace") for p in logs)
     for name in ("kafka-client", "cassandra-client", "kafka-admin", "cassandra-admin", "keystore"):
         assert _secret(secure, name) not in text, f"the {name} password was printed"
+
+
+def test_bench_load_generator_speaks_sasl_ssl(secure: ServicesConf, tmp_path: Path) -> None:
+    """The bench's Java load generator (what its paced phases send with) on the secure profile's broker: it takes the
+    profile's client settings (SASL_SSL, the CA, the password by reference), and every line arrives."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import NewTopic
+
+    from streamrec.bench import load
+
+    topic = f"sec-load-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(**kafka_kwargs(conf=secure))
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    admin.close()
+    stream = [(f'{{"n":{i}}}'.encode(), f"u{i % 7}".encode(), 1_700_000_000_000 + i) for i in range(200)]
+    load.save_stream(stream, tmp_path / "stream.pkl")
+    env = {**os.environ, PROFILE_ENV: PROFILE}
+    proc = subprocess.run([sys.executable, "-m", "streamrec.bench.load", "--stream", str(tmp_path / "stream.pkl"),
+                           "--topic", topic, "--bootstrap", secure.kafka.bootstrap, "--rate", "0", "--partitions", "2",
+                           "--out", str(tmp_path / "load"), "--impl", "java"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "load.json").read_text())
+    assert (summary["attempted"], summary["acked"], summary["failed"]) == (200, 200, 0)
+    consumer = KafkaConsumer(topic, **kafka_kwargs(conf=secure), auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=5000)  # fmt: skip
+    got = sorted(r.value for r in consumer)
+    consumer.close()
+    assert got == sorted(v for v, _, _ in stream)
