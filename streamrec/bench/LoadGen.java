@@ -22,13 +22,13 @@ import org.apache.kafka.common.utils.Utils;
  * fallback does the same with kafka-python). What it sends is what the Python one sends: the lines of a stream file
  * in order, paced at R lines/s (0: unpaced) for at most S seconds, key = user id, record timestamp = event time, to
  * the partition Kafka's default partitioner picks for the key (murmur2; unkeyed lines round-robin by line number),
- * acks=1, linger.ms 5, the same batch and request sizes.
+ * with the producer settings load.py's PRODUCER gives both forms.
  *
  * <p>Why Java: kafka-python costs ~240 µs of CPU per message at 1,000 messages/s (its sender thread wakes per
  * request), and that CPU is taken from the system under test on the bench's 2-core machine.
  *
- * <p>Usage: {@code LoadGen STREAM TOPIC BOOTSTRAP RATE SECONDS PARTITIONS OUT [CLIENT_PROPERTIES]} (the
- * properties: the services profile's security settings, as the job's Kafka clients get them) with STREAM the binary form
+ * <p>Usage: {@code LoadGen STREAM TOPIC BOOTSTRAP RATE SECONDS PARTITIONS OUT CLIENT_PROPERTIES} (the producer
+ * settings and the services profile's security settings, as the job's Kafka clients get them) with STREAM the binary form
  * load.py writes (big-endian: int count; per line int keyLength (-1: none), key, long ts, int length, payload).
  * Writes OUT (little-endian float64 per line: send time in seconds on CLOCK_MONOTONIC, as Python's
  * {@code time.monotonic()}; NaN if not sent) and prints one summary line: "attempted acked failed send_s total_s".
@@ -68,16 +68,10 @@ public final class LoadGen {
         double seconds = Double.parseDouble(args[4]);
         int partitions = Integer.parseInt(args[5]);
         Properties p = new Properties();
-        if (args.length > 7) {  // the client's security settings (streamrec.services.clients.kafka_java_properties)
-            try (FileInputStream in = new FileInputStream(args[7])) {
-                p.load(in);
-            }
+        try (FileInputStream in = new FileInputStream(args[7])) {  // load.py's PRODUCER settings, and security
+            p.load(in);
         }
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, args[2]);
-        p.put(ProducerConfig.ACKS_CONFIG, "1");
-        p.put(ProducerConfig.LINGER_MS_CONFIG, "5");
-        p.put(ProducerConfig.BATCH_SIZE_CONFIG, "262144");
-        p.put(ProducerConfig.MAX_REQUEST_SIZE_CONFIG, String.valueOf(2 * 1024 * 1024));
         p.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "false");  // as kafka-python's default (acks=1 needs it off)
         double[] sentAt = new double[lines.size()];
         java.util.Arrays.fill(sentAt, Double.NaN);

@@ -52,6 +52,10 @@ def partition_of(key: bytes | None, line: int, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+# The producer settings of both forms (kafka-python names; LoadGen.java gets them as Java client properties)
+PRODUCER = {"acks": 1, "linger_ms": 5, "batch_size": 262144, "max_request_size": 2 * 1024 * 1024}
+
+
 def send(stream: Stream, topic: str, bootstrap: str, rate: float, seconds: float,
          partitions: int) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """Send `stream` paced at `rate` for at most `seconds`; (send times, summary)."""
@@ -59,8 +63,7 @@ def send(stream: Stream, topic: str, bootstrap: str, rate: float, seconds: float
 
     from streamrec.services.clients import kafka_kwargs
 
-    producer = KafkaProducer(**kafka_kwargs(bootstrap), acks=1, linger_ms=5, batch_size=262144,
-                             max_request_size=2 * 1024 * 1024)  # fmt: skip
+    producer = KafkaProducer(**kafka_kwargs(bootstrap), **PRODUCER)
     sent_at = np.full(len(stream), np.nan)
     lock = threading.Lock()
     acks = {"ok": 0, "failed": 0}
@@ -128,9 +131,11 @@ def send_java(stream: Stream, topic: str, bootstrap: str, rate: float, seconds: 
     classes = maven.tool_classes(conf.state_path, JAVA_SOURCE, kafka_jars)
     bin_path, out_path, props = work.with_suffix(".lines"), work.with_suffix(".f64"), work.with_suffix(".properties")
     write_binary(stream, bin_path)
-    # the profile's security settings (SASL/TLS with `--services secure.yaml`; none locally), for the plain client
-    secure = kafka_java_properties(conf.kafka.security, shaded_prefix="")
-    props.write_text("".join(f"{k}={v}\n".replace("\\", "\\\\") for k, v in secure.items()))
+    # the producer settings, and the profile's security settings (SASL/TLS with `--services secure.yaml`; none
+    # locally) for the plain (unshaded) client
+    settings = {**kafka_java_properties(conf.kafka.security, shaded_prefix=""),
+                **{k.replace("_", "."): str(v) for k, v in PRODUCER.items()}}  # fmt: skip
+    props.write_text("".join(f"{k}={v}\n".replace("\\", "\\\\") for k, v in settings.items()))
     cp = os.pathsep.join([str(classes), *map(str, kafka_jars)])
     jvm = [conf.java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx512m", "-cp", cp]
     proc = subprocess.run([*jvm, "LoadGen", str(bin_path), topic, bootstrap, repr(float(rate)), repr(float(seconds)),

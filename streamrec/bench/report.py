@@ -24,6 +24,8 @@ REQUIRED_KEYS = ("e2e_max_eps", "speedup_vs_baseline", "e2e_p99_ms_at_1k", "e2e_
 _LOAD_IMPL = {"java": "`streamrec/bench/LoadGen.java` (Kafka's Java client)",
               "python": "`streamrec/bench/load.py` (kafka-python; runs before 2026-12-03 had only this one)"}
 
+
+
 def _phase(result: dict[str, Any], system: str, parallelism: int, rate: float | None) -> dict[str, Any] | None:
     for ph in result.get("e2e", {}).get("phases", []):
         if ph["system"] == system and ph["parallelism"] == parallelism and (ph.get("offered_rate") or None) == rate:

@@ -72,6 +72,15 @@ def _javac() -> str:
     return found
 
 
+def pyflink_jars() -> list[Path]:
+    """The jars of the PyFlink install that jobs/java compiles and runs against: flink-dist, and flink-python
+    (PyFlink's own Java side, in its opt/: ShardKeys calls its KeyByKeySelector)."""
+    import pyflink
+
+    home = Path(pyflink.__file__).parent
+    return sorted([*(home / "lib").glob("flink-dist*.jar"), *(home / "opt").glob("flink-python*.jar")])
+
+
 def job_jar(state: Path, flink_jars: list[Path]) -> Path:
     """`jobs/java/*.java` compiled against Flink and the Kafka connector into `<state>/jars/streamrec/` (rebuilt
     only when a source changes)."""
@@ -82,11 +91,7 @@ def job_jar(state: Path, flink_jars: list[Path]) -> Path:
     stamp = out / ".sources.sha256"
     if jar.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return jar
-    import pyflink
-
-    home = Path(pyflink.__file__).parent
-    # flink-python (PyFlink's own Java side, in its opt/): ShardKeys calls its KeyByKeySelector
-    dist = sorted([*(home / "lib").glob("flink-dist*.jar"), *(home / "opt").glob("flink-python*.jar")])
+    dist = pyflink_jars()
     shutil.rmtree(out, ignore_errors=True)
     classes = out / "classes"
     classes.mkdir(parents=True)

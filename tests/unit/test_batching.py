@@ -50,15 +50,12 @@ def _java() -> str:
 def test_java_and_python_agree(tmp_path: Path) -> None:
     """User id extraction, shard of every id, the shard key table spread over key groups, the batch frame and the
     output splitter: what the JVM does must match what the Python operators expect."""
-    import pyflink
-
     from streamrec.services import maven
     from streamrec.services.settings import services
 
     flink = sorted(maven.fetch(services().state_path, "flink").glob("*.jar"))
     jar = maven.job_jar(tmp_path, flink)
-    home = Path(pyflink.__file__).parent
-    dist = sorted([*(home / "lib").glob("flink-dist*.jar"), *(home / "opt").glob("flink-python*.jar")])
+    dist = maven.pyflink_jars()
     users = ["u1", "user-42", "é-ü-用户", "x" * 256, "emoji-😀", 'quote"and\\slash']
     raws = [json.dumps({"event_id": "e", "user_id": u, "item_id": "i", "context": {"user_id": "nested"}}).encode()
             for u in users]  # fmt: skip
