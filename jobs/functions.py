@@ -180,7 +180,9 @@ class ParseItems(ProcessFunction):
 
 
 class ParseCf(ProcessFunction):
-    """Raw record of the job's CF topic → `CfUpdate` (to be broadcast) or a dead letter."""
+    """A batch of raw records of the job's CF topic (Row(key, batch frame): `recommend.batch_cf`) → one tuple of
+    `CfUpdate`s (to be broadcast: one record per batch for every user-operator instance) and a dead letter for each
+    record that is not one."""
 
     def __init__(self, source: str, patches: bool = True) -> None:
         self.source = source
@@ -189,17 +191,28 @@ class ParseCf(ProcessFunction):
     def open(self, ctx: RuntimeContext) -> None:
         _worker_setup(self.patches)
 
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        import json
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        updates, dead = parse_cf_batch(batching.decode_batch(value[1]), self.source)
+        if updates:
+            yield updates
+        if dead:
+            yield DEAD_LETTERS, batching.join_records(dead)
 
-        from operators.cf import CfUpdate
-        from operators.dead_letter import OPERATOR_BAD_INPUT, operator_dead_letter
 
+def parse_cf_batch(records: list[bytes], source: str) -> tuple[tuple[Any, ...], list[str]]:
+    """Raw CF topic records → (their `CfUpdate`s in order, a dead letter for each one that is not a CF record)."""
+    import json
+
+    from operators.cf import CfUpdate
+    from operators.dead_letter import OPERATOR_BAD_INPUT, operator_dead_letter
+
+    updates, dead = [], []
+    for value in records:
         try:
-            yield CfUpdate.from_dict(json.loads(value))
+            updates.append(CfUpdate.from_dict(json.loads(value)))
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
-            yield DEAD_LETTERS, to_json(operator_dead_letter(OPERATOR_BAD_INPUT, f"cf record: {e}", self.source,
-                                                             value))  # fmt: skip
+            dead.append(to_json(operator_dead_letter(OPERATOR_BAD_INPUT, f"cf record: {e}", source, value)))
+    return tuple(updates), dead
 
 
 class _MapDigests:
@@ -410,9 +423,12 @@ class UserFunction(KeyedBroadcastProcessFunction):
         elif isinstance(value, ItemEmbedding):
             self.op.apply_embedding(value)
             ctx.get_broadcast_state(control_state_descriptor()).put(f"emb:{value.item_id}", to_json(value.to_dict()))
-        elif isinstance(value, CfUpdate):
-            self.op.apply_cf(value)
-            ctx.get_broadcast_state(control_state_descriptor()).put(f"cf:{value.item_id}", to_json(value.to_dict()))
+        elif isinstance(value, tuple):  # a batch of the CF topic's records (ParseCf)
+            state = ctx.get_broadcast_state(control_state_descriptor())
+            for update in value:
+                if isinstance(update, CfUpdate):
+                    self.op.apply_cf(update)
+                    state.put(f"cf:{update.item_id}", to_json(update.to_dict()))
 
     # ------------------------------------------------------------------ keyed side (one shard)
 

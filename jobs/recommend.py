@@ -144,6 +144,17 @@ def _key_table(job: Any, legacy: bool) -> list[int]:
     return list(get_gateway().jvm.streamrec.flink.ShardKeys.table(job.batching.shards, job.max_parallelism, legacy))
 
 
+def batch_cf(raw: Any, job: Any) -> Any:
+    """The CF topic's raw records → Row(0, batch frame) (`ShardBatcher.single`: at most `batching.max_events`
+    records or `batching.cf_max_delay_ms`), so ParseCf and the broadcast to the user operators run once per batch."""
+    from pyflink.datastream.data_stream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    b = job.batching
+    return DataStream(get_gateway().jvm.streamrec.flink.ShardBatcher.single(
+        raw._j_data_stream, 0, b.max_events, b.cf_max_delay_ms))
+
+
 def split(stream: Any) -> Any:
     """One record per output again (the Python operators emit one joined string per batch), in the JVM."""
     from pyflink.datastream.data_stream import DataStream
@@ -291,8 +302,10 @@ def build(env: Any, job: Any, operators_conf: Any, pseudonymizer: Any, bootstrap
     item_functions = [parsed_items] if encoder is None else [parsed_items, catalogue]
     control_plane = [catalogue]
     if operators_conf.cf.enabled:  # the item operator's CF neighbours come back from the job's CF topic; like the
-        # control plane's, its records carry wall-clock times (the sink's send times) and it goes idle when quiet
-        cf_in = env.from_source(kafka_source(job, bootstrap, job.cf_topic()), quiet, "cf").uid("cf-source") \
+        # control plane's, its records carry wall-clock times (the sink's send times) and it goes idle when quiet.
+        # Read back in batches (JVM), parsed once per batch: every parsed record goes to every user-operator instance
+        cf_raw = env.from_source(kafka_source(job, bootstrap, job.cf_topic()), quiet, "cf").uid("cf-source")
+        cf_in = batch_cf(cf_raw, job).name("batch-cf").uid("batch-cf") \
             .process(ParseCf(job.cf_topic(), job.patch_workers()), output_type=Types.PICKLED_BYTE_ARRAY()) \
             .name("parse-cf").uid("parse-cf")
         control_plane.append(cf_in)

@@ -6,6 +6,7 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.TreeSet;
 import org.apache.flink.api.common.functions.OpenContext;
+import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.state.ValueState;
@@ -78,6 +79,31 @@ public final class ShardBatcher extends KeyedProcessFunction<Integer, byte[], Ro
                                                           int[] legacyKeys, int maxEvents, long maxDelayMs) {
         return events.keyBy(new ShardKeys.UserShard(shardKeys), Types.INT)
                 .process(new ShardBatcher(maxEvents, maxDelayMs, shardKeys, legacyKeys), BATCH_TYPE);
+    }
+
+    /** All records of {@code records} in batches of one key ({@code key}, any int: nothing is keyed by it downstream),
+     *  with the same rules: for a low-volume stream that each Python call should take many records of (the job's CF
+     *  feedback topic, whose records are broadcast to every user-operator instance). One subtask does the batching. */
+    public static SingleOutputStreamOperator<Row> single(DataStream<byte[]> records, int key, int maxEvents,
+                                                         long maxDelayMs) {
+        int[] keys = {key};
+        return records.keyBy(new Fixed(key), Types.INT)
+                .process(new ShardBatcher(maxEvents, maxDelayMs, keys, keys), BATCH_TYPE);
+    }
+
+    /** Every record to one key. */
+    public static final class Fixed implements KeySelector<byte[], Integer> {
+        private static final long serialVersionUID = 1L;
+        private final int key;
+
+        public Fixed(int key) {
+            this.key = key;
+        }
+
+        @Override
+        public Integer getKey(byte[] value) {
+            return key;
+        }
     }
 
     @Override

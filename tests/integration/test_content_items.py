@@ -1,7 +1,7 @@
 """Item text in the running job (issue 15, must-show 2), on the real services: an item the model never saw,
 published on `items` with a title and description that match a user's interests, is embedded in the stream
 (`embed-items`: the pinned sentence encoder, int8) and broadcast; the user's next list, built one checkpoint interval
-after the item was published, holds it, marked `content`."""
+after the item was published, holds it, marked `content`. And the CF topic's read-back path (issue 13's batches)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
     from kafka.admin import KafkaAdminClient
 
     from model_export.encoder_fetch import fetch, load_encoder_conf
+    from operators.cf import CfUpdate
     from operators.schema import Event, ItemMeta
+    from operators.state import item_hash
     from streamrec.cli import main
     from streamrec.data import simulator
     from streamrec.services.cassandra import apply_schema, connect
@@ -108,6 +110,27 @@ def test_an_item_published_with_text_reaches_a_matching_users_next_list(
         assert rec["catalog_version"] >= 1
         dead = [json.loads(v) for _, v in read_topic(kafka_bootstrap, topics["dead-letters"]) if v is not None]
         assert not [d for d in dead if d.get("source") == "embed_items"], dead
+
+        # Streaming CF's read-back path (issue 13: the CF topic is read in batches, `recommend.batch_cf`): a
+        # neighbour list on the job's CF topic makes a new item a successor of the user's latest item; the next
+        # list holds it in the reserved CF place. A record that is no neighbour list becomes a dead letter.
+        cf_topic, cf_id = f"g-{run_id}-cf", f"cf-{uuid.uuid4().hex[:8]}"
+        update = CfUpdate(cf_id, ((item_hash(like.item_id), 100.0),), last + 60_000)
+        now_ms = int(time.time() * 1000)
+        producer.send(cf_topic, key=cf_id.encode(), value=json.dumps(update.to_dict()).encode(), timestamp_ms=now_ms)
+        producer.send(cf_topic, key=b"junk", value=b"{not json", timestamp_ms=now_ms)
+        producer.flush()
+        wait_for("the bad CF record's dead letter", lambda: [
+            d for _, v in read_topic(kafka_bootstrap, topics["dead-letters"]) if v is not None
+            for d in [json.loads(v)] if d.get("source") == cf_topic], timeout_s=60, proc=proc)  # fmt: skip
+        time.sleep(1.0)  # the dead letter left ParseCf with the update's batch (or after it): broadcast by now
+        nxt2 = Event(f"{run_id}-next2", user, like.item_id, "view", last + 120_000)
+        producer.send(topics["events"], value=nxt2.to_json().encode(), timestamp_ms=nxt2.ts)
+        producer.flush()
+        rec = wait_for("the list for the event after the CF update",
+                       lambda: [r for r in recs() if r["event_id"] == nxt2.event_id], timeout_s=120, proc=proc)[-1]
+        assert cf_id in rec["items"], f"{cf_id} not in {rec['items']} ({rec['sources']})"
+        assert rec["sources"][rec["items"].index(cf_id)] == "cf"
     finally:
         admin = KafkaAdminClient(**kafka_kwargs(kafka_bootstrap))
         proc.terminate()

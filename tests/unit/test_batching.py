@@ -99,3 +99,22 @@ def test_java_and_python_agree(tmp_path: Path) -> None:
     split = next(ln for ln in lines if ln.startswith("split "))
     assert split == "split 3 " + "|".join(["a\\nb", "k\\n", "c"])
     assert batching.join_records(["a\nb", "k\n", "c"]) == "a\nb\x1ek\n\x1ec"
+
+
+def test_cf_batches_parse_into_updates_and_dead_letters() -> None:
+    """The CF topic's records reach ParseCf as one batch frame (`recommend.batch_cf`): every neighbour list becomes
+    a `CfUpdate`, in order, and every other record a dead letter naming the topic, nothing dropped."""
+    from jobs.functions import ParseCf, parse_cf_batch
+    from operators.cf import CfUpdate
+
+    good = [CfUpdate("i1", ((7, 2.0), (9, 1.0)), 100), CfUpdate("i2", ((7, 0.5),), 120)]
+    raw = [json.dumps(good[0].to_dict()).encode(), b"{not json", json.dumps(good[1].to_dict()).encode(),
+           b'{"kind": "cf_neighbours", "item_id": "i3"}', b"\xff\xfe"]  # fmt: skip
+    updates, dead = parse_cf_batch(raw, "g-cf")
+    assert updates == tuple(good)
+    assert [json.loads(d)["source"] for d in dead] == ["g-cf"] * 3
+    assert [json.loads(d)["reason"] for d in dead] == [json.loads(dead[0])["reason"]] * 3
+
+    out = list(ParseCf("g-cf", patches=False).process_element((0, batching.encode_batch(0, raw)), None))
+    assert out[0] == tuple(good)
+    assert out[1][1].count(batching.SEP) == 2  # the three dead letters, one record for the JVM to split
