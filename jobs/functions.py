@@ -192,27 +192,13 @@ class ParseCf(ProcessFunction):
         _worker_setup(self.patches)
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        updates, dead = parse_cf_batch(batching.decode_batch(value[1]), self.source)
+        from operators.cf import parse_records
+
+        updates, dead = parse_records(batching.decode_batch(value[1]), self.source)
         if updates:
             yield updates
         if dead:
             yield DEAD_LETTERS, batching.join_records(dead)
-
-
-def parse_cf_batch(records: list[bytes], source: str) -> tuple[tuple[Any, ...], list[str]]:
-    """Raw CF topic records → (their `CfUpdate`s in order, a dead letter for each one that is not a CF record)."""
-    import json
-
-    from operators.cf import CfUpdate
-    from operators.dead_letter import OPERATOR_BAD_INPUT, operator_dead_letter
-
-    updates, dead = [], []
-    for value in records:
-        try:
-            updates.append(CfUpdate.from_dict(json.loads(value)))
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
-            dead.append(to_json(operator_dead_letter(OPERATOR_BAD_INPUT, f"cf record: {e}", source, value)))
-    return tuple(updates), dead
 
 
 class _MapDigests:
@@ -409,7 +395,6 @@ class UserFunction(KeyedBroadcastProcessFunction):
             ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
 
     def process_broadcast_element(self, value: Any, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
-        from operators.cf import CfUpdate
         from operators.embed import ItemEmbedding
         from operators.schema import ItemMeta, ModelUpdate
 
@@ -426,9 +411,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         elif isinstance(value, tuple):  # a batch of the CF topic's records (ParseCf)
             state = ctx.get_broadcast_state(control_state_descriptor())
             for update in value:
-                if isinstance(update, CfUpdate):
-                    self.op.apply_cf(update)
-                    state.put(f"cf:{update.item_id}", to_json(update.to_dict()))
+                self.op.apply_cf(update)
+                state.put(f"cf:{update.item_id}", to_json(update.to_dict()))
 
     # ------------------------------------------------------------------ keyed side (one shard)
 

@@ -89,6 +89,23 @@ class CfUpdate:
         return cls(d["item_id"], tuple(out), ts)
 
 
+def parse_records(records: list[bytes], source: str) -> tuple[tuple[CfUpdate, ...], list[str]]:
+    """Raw records of the job's CF topic → (their `CfUpdate`s in order, a dead letter (JSON) for each one that is
+    not a CF record: nothing dropped)."""
+    import json
+
+    from operators.batch import to_json
+    from operators.dead_letter import OPERATOR_BAD_INPUT, operator_dead_letter
+
+    updates, dead = [], []
+    for value in records:
+        try:
+            updates.append(CfUpdate.from_dict(json.loads(value)))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+            dead.append(to_json(operator_dead_letter(OPERATOR_BAD_INPUT, f"cf record: {e}", source, value)))
+    return tuple(updates), dead
+
+
 def prev_items(items: list[int], ts: list[int], event_ts: int, item: int, conf: CfConf) -> list[int]:
     """The `prev` of an event: up to `conf.window` distinct item hashes of the user's history (oldest first, with
     their times) consumed at or before `event_ts` and at most `conf.max_gap_ms` before it, most recent first,

@@ -104,13 +104,13 @@ def test_java_and_python_agree(tmp_path: Path) -> None:
 def test_cf_batches_parse_into_updates_and_dead_letters() -> None:
     """The CF topic's records reach ParseCf as one batch frame (`recommend.batch_cf`): every neighbour list becomes
     a `CfUpdate`, in order, and every other record a dead letter naming the topic, nothing dropped."""
-    from jobs.functions import ParseCf, parse_cf_batch
-    from operators.cf import CfUpdate
+    from jobs.functions import ParseCf
+    from operators.cf import CfUpdate, parse_records
 
     good = [CfUpdate("i1", ((7, 2.0), (9, 1.0)), 100), CfUpdate("i2", ((7, 0.5),), 120)]
     raw = [json.dumps(good[0].to_dict()).encode(), b"{not json", json.dumps(good[1].to_dict()).encode(),
            b'{"kind": "cf_neighbours", "item_id": "i3"}', b"\xff\xfe"]  # fmt: skip
-    updates, dead = parse_cf_batch(raw, "g-cf")
+    updates, dead = parse_records(raw, "g-cf")
     assert updates == tuple(good)
     assert [json.loads(d)["source"] for d in dead] == ["g-cf"] * 3
     assert [json.loads(d)["reason"] for d in dead] == [json.loads(dead[0])["reason"]] * 3
