@@ -147,7 +147,7 @@ class CassandraService:
         logback.write_text(LOGBACK.format(log=self.home / "logs" / "system.log"))
         jars = maven.fetch(self.conf.state_path, "cassandra")
         return [
-            self.conf.java, f"-Xms{self.c.heap}", f"-Xmx{self.c.heap}", *jvm_options(),
+            self.conf.java, f"-Xms{self.c.heap}", f"-Xmx{self.c.heap}", *jvm_options(), *self.c.jvm_options.split(),
             f"-Dcassandra.config=file://{yml}", f"-Dcassandra.storagedir={self.home / 'data'}",
             f"-Dlogback.configurationFile={logback}", f"-Dcassandra.logdir={self.home / 'logs'}",
             # the default superuser exists at once (not 10 s later), so `up` can replace it straight away

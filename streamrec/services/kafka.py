@@ -149,7 +149,7 @@ class KafkaService:
     def _jvm(self, main: str, *args: str) -> list[str]:
         jars = maven.fetch(self.conf.state_path, "kafka")
         return [
-            self.conf.java, f"-Xmx{self.k.heap}", f"-Xms{self.k.heap}", "-XX:+UseG1GC",
+            self.conf.java, f"-Xmx{self.k.heap}", f"-Xms{self.k.heap}", "-XX:+UseG1GC", *self.k.jvm_options.split(),
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.home / 'conf' / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.home / 'logs'}", self.marker,
             "-cp", str(jars / "*"), main, *args,

@@ -105,6 +105,22 @@ def test_cassandra_yaml_and_jvm_flags() -> None:
     assert not any(f.startswith("#") for f in flags)
 
 
+def test_service_jvm_options_reach_the_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamrec.services import cassandra, kafka, maven
+
+    monkeypatch.setattr(maven, "fetch", lambda state, name: tmp_path / "jars" / name)  # no jars needed
+    conf = conf_with(STREAMREC_STATE_DIR=str(tmp_path), STREAMREC_KAFKA_JVM_OPTIONS="-XX:+UseSerialGC -Dk.x=1",
+                     STREAMREC_CASSANDRA_JVM_OPTIONS=" -Dc.y=2 ")  # fmt: skip
+    k = KafkaService(conf)._jvm(kafka.MAIN_CLASS)  # noqa: SLF001
+    assert k.index("-XX:+UseSerialGC") < k.index("-Dk.x=1") < k.index(kafka.MAIN_CLASS)
+    c = CassandraService(conf)._prepare()  # noqa: SLF001
+    assert c.index("-Dc.y=2") < c.index(cassandra.MAIN_CLASS) and "-Dk.x=1" not in c
+    bare = conf_with(STREAMREC_STATE_DIR=str(tmp_path), STREAMREC_KAFKA_JVM_OPTIONS="",
+                     STREAMREC_CASSANDRA_JVM_OPTIONS="")  # fmt: skip
+    for cmd in (KafkaService(bare)._jvm(kafka.MAIN_CLASS), CassandraService(bare)._prepare()):  # noqa: SLF001
+        assert "" not in cmd and not any("TieredStopAtLevel" in a for a in cmd)
+
+
 def test_schema_statements_substitute_keyspace() -> None:
     stmts = schema_statements(conf_with().cassandra, keyspace="ks_x")
     assert stmts[0].startswith("CREATE KEYSPACE IF NOT EXISTS ks_x")
