@@ -55,7 +55,7 @@ class KafkaConf:
     port: int = 9092  # PLAINTEXT listener
     controller_port: int = 9093  # KRaft controller listener
     heap: str = "512m"  # -Xmx of the local broker
-    jvm_options: str = ""  # extra JVM options of the local broker, space-separated (conf/services.yaml)
+    jvm_options: str = "-XX:TieredStopAtLevel=1"  # extra JVM options of the local broker, space-separated ("": none)
     start_timeout_s: int = 90  # how long `up` waits for the broker to answer
     num_partitions: int = 2  # partitions of topics created by `up`
     topics: tuple[str, ...] = ()  # topics created by `up`
@@ -72,7 +72,8 @@ class CassandraConf:
     native_port: int = 9042  # CQL port
     storage_port: int = 7000  # inter-node port (bound even on one node)
     heap: str = "1G"  # -Xmx and -Xms of the local node
-    jvm_options: str = ""  # extra JVM options of the local node, space-separated (conf/services.yaml)
+    jvm_options: str = "-XX:TieredStopAtLevel=1"  # extra JVM options of the local node, besides
+    # conf/cassandra-jvm17.options (its fixed flags), space-separated ("": none)
     start_timeout_s: int = 180  # how long `up` waits for CQL to answer
     keyspace: str = "streamrec"  # keyspace the job writes
     schema_file: str = "conf/cassandra-schema.cql"  # CQL applied by `up`, {keyspace} substituted
