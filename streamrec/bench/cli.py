@@ -48,7 +48,7 @@ class Plan:
     users: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # state growth
 
 
-QUICK = Plan(window_s=20, drain_s=10, backlog_events=30_000, startup_timeout_s=150, scorer_seconds=0.4,
+QUICK = Plan(window_s=20, drain_s=10, backlog_events=100_000, startup_timeout_s=150, scorer_seconds=0.4,
              catalogue_events=3_000, catalogue_seconds=12, template_events=12_000, template_seconds=30,
              profile_events=2_500, profile_seconds=20)  # fmt: skip
 FULL = Plan(window_s=60, drain_s=14, backlog_events=150_000, startup_timeout_s=240, scorer_seconds=2.0,

@@ -51,6 +51,18 @@ def test_progress_throughput_of_a_backlog_done_in_seconds() -> None:
     assert progress_throughput(series, 10.0, 10.0)["eps"] is None  # no span, no rate
 
 
+def test_progress_throughput_flags_a_backlog_done_at_its_first_output() -> None:
+    # the 2026-12-04 quick bench at parallelism 4: 27,524 of 30,000 outputs within 0.82 s of the first (the work
+    # was done before it, timers waiting for the watermark), the rest by 3.59 s: a slope of thousands per second
+    # that no sustained rate supports. The same job on a backlog five times larger: a long steady staircase.
+    burst = [(0.0, 42), (0.82, 27_524), (1.5, 29_926), (3.59, 29_984)]
+    tp = progress_throughput(burst, 0.0, 3.59)
+    assert tp["short"] and tp["eps"] is not None and tp["eps"] > 4_000
+    steady = [(float(t), 2_800 * t) for t in range(0, 45)]
+    tp = progress_throughput(steady, 0.0, 44.0)
+    assert not tp["short"] and tp["eps"] == pytest.approx(2_800.0)
+
+
 def test_kept_pace_needs_the_rate_during_the_load_not_only_the_drain() -> None:
     # 20 s of load at 1,000 events/s sent. A system 3 s behind but at the sent rate kept pace; one that processed
     # 600/s during the load and the rest in the drain after it caught up all the same, but did not keep pace

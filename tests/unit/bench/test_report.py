@@ -85,6 +85,19 @@ def test_headline_keys_and_values() -> None:
     assert not t["ratio_vs_consumer"]["met"]
 
 
+def test_a_short_backlog_phase_is_shown_but_not_in_the_headline(tmp_path: Path) -> None:
+    r = synthetic_result()
+    short = _phase("job", 4, None, 6_358.0)
+    short["throughput_short"] = True  # done within seconds of its first output
+    r["e2e"]["phases"].append(short)
+    h = report.headline(r)
+    assert h["e2e_max_eps"] == 500.0 and h["e2e_max_eps_by_parallelism"][4] is None
+    assert h["e2e_best_eps_any_phase"] == 500.0
+    md = report.write(r, tmp_path)["md"].read_text()
+    assert "| job | 4 | max (backlog) | – | 6,358 (short) |" in md
+    assert "too short for a sustained rate" in md and "job-4-None" in md
+
+
 def test_headline_without_measurements() -> None:
     r = synthetic_result()
     r["e2e"]["phases"] = []
