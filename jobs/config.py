@@ -108,6 +108,7 @@ class JobConf:
     python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
     worker_patches: bool = True  # jobs/worker_patches.py: no per-bundle waits in process-mode Python workers
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
+    gc_freeze: bool = True  # jobs/heap.py: the Python heap at operator open() hidden from the cyclic collector
     buffer_timeout_ms: int = 100  # execution.buffer-timeout.interval: network buffers flushed at least this often
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model

@@ -27,7 +27,7 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
-from jobs import batching
+from jobs import batching, heap
 from jobs.config import JobConf
 from jobs.embedded import on_python_thread, preload_native_modules, subtask_index
 
@@ -339,6 +339,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rates
         if self.job.python_metrics:  # a miscalibrated detector (operators/baserates.py), beside its alarm record
             self.alarms = ctx.get_metrics_group().counter("detector_alarms")
+        heap.freeze(self.job.gc_freeze)
 
     def _operator(self, artifact: Any) -> Any:
         from operators.scorer import Scorer
@@ -396,6 +397,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             return
         new.adopt_catalog(self.op)
         self.op = new  # atomic: the next batch is scored by the new model
+        heap.refreeze(self.job.gc_freeze)  # the old operator's cycles collected, once
         if ctx is not None:
             ctx.get_broadcast_state(control_state_descriptor()).put("model", to_json(update.to_dict()))
 
@@ -503,6 +505,7 @@ class ItemFunction(KeyedProcessFunction):
         self.first = ctx.get_state(ValueStateDescriptor("waiting-first", Types.LONG()))
         self.legacy = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rate
+        heap.freeze(self.job.gc_freeze)
 
     def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         from operators import batch
