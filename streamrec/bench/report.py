@@ -87,7 +87,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     base_low = [v for ph in phases if ph["system"].startswith("baseline (") and ph.get("offered_rate") == 1000.0
                 and (v := _p99(ph)) is not None]  # fmt: skip
     cluster = result.get("cluster", {}).get("by_parallelism", {})
-    c1, c2 = (cluster.get(str(p), {}).get("throughput_eps") for p in (1, 2))
+    c1, c2 = (sustained_eps(cluster.get(str(p))) for p in (1, 2))
     checkpoint_ms = result.get("e2e", {}).get("checkpoint_ms")
 
     def best(system: str) -> float | None:

@@ -93,6 +93,9 @@ def test_a_short_backlog_phase_is_shown_but_not_in_the_headline(tmp_path: Path) 
     h = report.headline(r)
     assert h["e2e_max_eps"] == 500.0 and h["e2e_max_eps_by_parallelism"][4] is None
     assert h["e2e_best_eps_any_phase"] == 500.0
+    r["cluster"] = {"by_parallelism": {"1": {"throughput_eps": 1000.0},
+                                       "2": {"throughput_eps": 4000.0, "throughput_short": True}}}  # fmt: skip
+    assert report.headline(r)["scaling_p2_vs_p1"] is None
     md = report.write(r, tmp_path)["md"].read_text()
     assert "| job | 4 | max (backlog) | – | 6,358 (short) |" in md
     assert "too short for a sustained rate" in md and "job-4-None" in md
