@@ -62,9 +62,6 @@ class Budget:
     partitions: int = 2  # partitions of every events topic (>= the largest parallelism)
 
 
-QUICK = Budget(window_s=20, startup_timeout_s=150, backlog_events=40_000, drain_s=12)
-FULL = Budget(window_s=60, startup_timeout_s=240, backlog_events=150_000, drain_s=14)
-
 
 def percentiles(values: list[float] | np.ndarray) -> dict[str, Any]:
     v = np.asarray(values, dtype=np.float64)

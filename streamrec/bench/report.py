@@ -57,7 +57,9 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     per_core = {}
     for p in pars:
         jp, cp = _phase(result, "job", p, None), _phase(result, "consumer", p, None)
-        if jp and cp and jp.get("events_per_core_second") and cp.get("events_per_core_second"):
+        # a short phase's events per CPU second come from its slope, as unreliable as the slope itself
+        if (job_max[p] and con_max[p] and jp and cp and jp.get("events_per_core_second")
+                and cp.get("events_per_core_second")):
             per_core[p] = round(jp["events_per_core_second"] / cp["events_per_core_second"], 3)
     p99s = {p: _p99(_phase(result, "job", p, 5000.0)) for p in pars}
     measured_p99 = [v for v in p99s.values() if v is not None]
@@ -570,7 +572,8 @@ def _findings(result: dict[str, Any]) -> list[str]:
                    "uncommitted adds the Python bundle time of each Python operator the event crosses.")
 
     def cpu_us(rows: list[dict[str, Any]]) -> str:
-        v = sorted(1e6 / ph["events_per_core_second"] for ph in rows if ph.get("events_per_core_second"))
+        v = sorted(1e6 / ph["events_per_core_second"] for ph in rows
+                   if ph.get("events_per_core_second") and not ph.get("throughput_short"))
         return f"{v[0]:,.0f}–{v[-1]:,.0f}" if v else "–"
 
     if jobs and cons:

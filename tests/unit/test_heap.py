@@ -51,4 +51,3 @@ def test_disabled_leaves_the_collector_as_cpython_has_it() -> None:
     heap.freeze(False)
     heap.refreeze(False)
     assert gc.get_freeze_count() == 0
-

@@ -93,6 +93,10 @@ def test_a_short_backlog_phase_is_shown_but_not_in_the_headline(tmp_path: Path) 
     h = report.headline(r)
     assert h["e2e_max_eps"] == 500.0 and h["e2e_max_eps_by_parallelism"][4] is None
     assert h["e2e_best_eps_any_phase"] == 500.0
+    consumer = _phase("consumer", 4, None, 1_000.0)
+    short["events_per_core_second"], consumer["events_per_core_second"] = 5_000.0, 800.0
+    r["e2e"]["phases"].append(consumer)
+    assert 4 not in report.headline(r)["ratio_vs_consumer_per_cpu_by_parallelism"]
     r["cluster"] = {"by_parallelism": {"1": {"throughput_eps": 1000.0},
                                        "2": {"throughput_eps": 4000.0, "throughput_short": True}}}  # fmt: skip
     assert report.headline(r)["scaling_p2_vs_p1"] is None
