@@ -202,7 +202,7 @@ class CassandraService:
                 f"port {self.c.native_port} or {self.c.storage_port} on {self.c.host} is taken by a process this "
                 "state dir did not start; stop it, or set STREAMREC_CASSANDRA_NATIVE_PORT / _STORAGE_PORT")
         argv = self._prepare()
-        new_pid = spawn(argv, self.log_file, self.pid_file)
+        new_pid = spawn(argv, self.log_file, self.pid_file, nice=self.c.nice)
         if self.auth:
             wait_until(self.ensure_roles, self.c.start_timeout_s, "Cassandra roles",
                        alive=lambda: self.pid() is not None, log_file=self.log_file, interval_s=1.0)

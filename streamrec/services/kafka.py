@@ -225,7 +225,7 @@ class KafkaService:
                 f"port {self.k.port} or {self.k.controller_port} on {self.k.host} is taken by a process this state "
                 "dir did not start; stop it, or set STREAMREC_KAFKA_PORT / STREAMREC_KAFKA_CONTROLLER_PORT")
         props = self._prepare()
-        new_pid = spawn(self._jvm(MAIN_CLASS, str(props)), self.log_file, self.pid_file)
+        new_pid = spawn(self._jvm(MAIN_CLASS, str(props)), self.log_file, self.pid_file, nice=self.k.nice)
         wait_until(self.healthy, self.k.start_timeout_s, "Kafka", alive=lambda: self.pid() is not None,
                    log_file=self.home / "logs" / "server.log")
         self.create_topics()

@@ -78,17 +78,41 @@ def find_pids(marker: str) -> list[int]:
 
 
 def spawn(argv: Sequence[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> int:
-    """Start `argv` detached (own session, survives this process), output appended to `log_file`."""
+          cwd: Path | None = None, nice: int = 0) -> int:
+    """Start `argv` detached (own session, survives this process), output appended to `log_file`. `nice` > 0: at
+    that lower CPU priority (`lower_priority`)."""
+    if nice < 0:
+        raise ValueError(f"nice must be >= 0 (a lower priority than this process's, or 0), got {nice}")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["nice", "-n", str(nice), *argv] if nice else list(argv)  # `nice` execs argv: the pid stays the same
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env, cwd=cwd,
         )
+    if nice:
+        lower_priority(proc.pid, nice)
     pid_file.write_text(str(proc.pid))
     return proc.pid
+
+
+def lower_priority(pid: int, nice: int) -> bool:
+    """Give the session `pid` leads the scheduling weight of `nice` where Linux schedules sessions as groups
+    (autogroup, `/proc/sys/kernel/sched_autogroup_enabled`): there the CPU is shared fairly between sessions first,
+    and a thread's own nice value counts only against the threads of its session, so `nice` alone would not lower a
+    service against the job (it runs in a session of its own). True when the group's weight was set; False where the
+    kernel has no autogroup (the threads' nice values, which `spawn` sets, then count directly)."""
+    for _ in range(20):
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+        except BlockingIOError:  # EAGAIN: without CAP_SYS_ADMIN, one such change per 100 ms machine-wide
+            time.sleep(0.11)
+        except OSError:
+            return False
+        else:
+            return True
+    return False
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> None:

@@ -56,12 +56,17 @@ class KafkaConf:
     controller_port: int = 9093  # KRaft controller listener
     heap: str = "512m"  # -Xmx of the local broker
     jvm_options: str = "-XX:TieredStopAtLevel=1"  # extra JVM options of the local broker, space-separated ("": none)
+    nice: int = 10  # the local broker's CPU priority below the job's (0: as `services up`'s; conf/services.yaml)
     start_timeout_s: int = 90  # how long `up` waits for the broker to answer
     num_partitions: int = 2  # partitions of topics created by `up`
     topics: tuple[str, ...] = ()  # topics created by `up`
     compacted_topics: tuple[str, ...] = ()  # of those, the ones created with cleanup.policy=compact
     transaction_max_timeout_ms: int = 900000  # broker's transaction.max.timeout.ms
     security: KafkaSecurity = KafkaSecurity()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"kafka.nice must be 0..19 (STREAMREC_KAFKA_NICE), got {self.nice}")
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,15 @@ class CassandraConf:
     heap: str = "1G"  # -Xmx and -Xms of the local node
     jvm_options: str = "-XX:TieredStopAtLevel=1"  # extra JVM options of the local node, besides
     # conf/cassandra-jvm17.options (its fixed flags), space-separated ("": none)
+    nice: int = 10  # the local node's CPU priority below the job's (0: as `services up`'s; conf/services.yaml)
     start_timeout_s: int = 180  # how long `up` waits for CQL to answer
     keyspace: str = "streamrec"  # keyspace the job writes
     schema_file: str = "conf/cassandra-schema.cql"  # CQL applied by `up`, {keyspace} substituted
     security: CassandraSecurity = CassandraSecurity()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"cassandra.nice must be 0..19 (STREAMREC_CASSANDRA_NICE), got {self.nice}")
 
     @property
     def contact_points(self) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from streamrec import config
 from streamrec.services.cassandra import CassandraService, jvm_options, schema_statements
 from streamrec.services.flink import _flatten
 from streamrec.services.kafka import KafkaService, new_cluster_id
-from streamrec.services.proc import ServiceError, read_pid, spawn, stop_pid, wait_until
+from streamrec.services.proc import ServiceError, cmdline, read_pid, spawn, stop_pid, wait_until
 from streamrec.services.settings import ServicesConf
 
 
@@ -38,6 +39,33 @@ def test_spawn_detached_then_stop(tmp_path: Path) -> None:
     assert read_pid(tmp_path / "p.pid", "marker-xyz") == pid, _proc_facts(pid, tmp_path / "p.pid")
     stop_pid(pid, timeout_s=5)
     assert read_pid(tmp_path / "p.pid", "marker-xyz") is None, _proc_facts(pid, tmp_path / "p.pid")
+
+
+def test_spawn_at_lower_priority(tmp_path: Path) -> None:
+    """`nice`: the process runs at that lower priority, and where the kernel schedules sessions as groups
+    (autogroup) its session's group has that weight too (a thread's own nice value does not count across them)."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pid = spawn(["sh", "-c", "sleep 60 # marker-nice"], tmp_path / "out.log", tmp_path / "p.pid", nice=7)
+    try:
+        assert read_pid(tmp_path / "p.pid", "marker-nice") == pid
+        deadline = time.monotonic() + 5  # `nice` sets the priority, then execs the command (same pid)
+        while cmdline(pid).startswith("nice ") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cmdline(pid).startswith("sh "), cmdline(pid)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(base + 7, 19)
+        group = Path(f"/proc/{pid}/autogroup")
+        if Path("/proc/self/autogroup").exists():  # a kernel with autogroup: the session's group has the weight
+            assert group.read_text().split()[-1] == "7", group.read_text()
+            assert group.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
+    finally:
+        stop_pid(pid, timeout_s=5)
+    with pytest.raises(ValueError, match="nice must be >= 0"):
+        spawn(["true"], tmp_path / "out.log", tmp_path / "q.pid", nice=-1)
+    plain = spawn(["sh", "-c", "sleep 60 # marker-plain"], tmp_path / "out.log", tmp_path / "r.pid")
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, plain) == base  # nice=0: as this process
+    finally:
+        stop_pid(plain, timeout_s=5)
 
 
 def test_read_pid_waits_for_a_process_still_in_exec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
