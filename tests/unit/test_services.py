@@ -68,6 +68,16 @@ def test_spawn_at_lower_priority(tmp_path: Path) -> None:
         stop_pid(plain, timeout_s=5)
 
 
+def test_service_priority_from_conf_and_env() -> None:
+    """`nice` of each local service: conf/services.yaml, overridable by env; outside 0..19 refused, naming the key."""
+    assert conf_with(STREAMREC_KAFKA_NICE="3").kafka.nice == 3
+    assert conf_with(STREAMREC_CASSANDRA_NICE="0").cassandra.nice == 0
+    with pytest.raises(ValueError, match=r"kafka\.nice must be 0\.\.19 \(STREAMREC_KAFKA_NICE\), got -1"):
+        conf_with(STREAMREC_KAFKA_NICE="-1")
+    with pytest.raises(ValueError, match=r"cassandra\.nice must be 0\.\.19"):
+        conf_with(STREAMREC_CASSANDRA_NICE="20")
+
+
 def test_read_pid_waits_for_a_process_still_in_exec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Right after spawn a process can show an empty command line (mid-execve): not a stale pid file."""
     import streamrec.services.proc as proc
