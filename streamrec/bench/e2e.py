@@ -62,7 +62,6 @@ class Budget:
     partitions: int = 2  # partitions of every events topic (>= the largest parallelism)
 
 
-
 def percentiles(values: list[float] | np.ndarray) -> dict[str, Any]:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:

@@ -47,6 +47,12 @@ class CassandraSecurity:
         return self.tls or bool(self.username)
 
 
+def _check_nice(section: str, nice: int) -> None:
+    """A local service's `nice` (`spawn` lowers its priority by it): 0..19."""
+    if not 0 <= nice <= 19:
+        raise ValueError(f"{section}.nice must be 0..19 (STREAMREC_{section.upper()}_NICE), got {nice}")
+
+
 @dataclass(frozen=True)
 class KafkaConf:
     managed: bool = True  # start/stop a local broker
@@ -65,8 +71,7 @@ class KafkaConf:
     security: KafkaSecurity = KafkaSecurity()
 
     def __post_init__(self) -> None:
-        if not 0 <= self.nice <= 19:
-            raise ValueError(f"kafka.nice must be 0..19 (STREAMREC_KAFKA_NICE), got {self.nice}")
+        _check_nice("kafka", self.nice)
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,7 @@ class CassandraConf:
     security: CassandraSecurity = CassandraSecurity()
 
     def __post_init__(self) -> None:
-        if not 0 <= self.nice <= 19:
-            raise ValueError(f"cassandra.nice must be 0..19 (STREAMREC_CASSANDRA_NICE), got {self.nice}")
+        _check_nice("cassandra", self.nice)
 
     @property
     def contact_points(self) -> list[str]:
