@@ -72,11 +72,12 @@ class ItemState:
     key_id: str = ""
 
     def copy(self) -> ItemState:
-        """An independent copy (new lists, new entries: the detectors mark entries in place)."""
+        """An independent copy: new lists of the same entries. Nothing changes an entry in place (the detectors
+        replace the entries they mark, `ItemOperator._flag`), so the entries can be shared: copying each one made
+        the copy cost grow with the item's recent events, for every event of a busy item in a batch."""
         return ItemState(self.first_ts, self.last_ts, self.n_events, self.base_clicks, self.base_r_n, self.base_r_sum,
                          self.base_events, self.base_r_hi, self.base_r_lo, self.flag_last.copy(),
-                         list(map(list.copy, self.clicks)), list(map(list.copy, self.ratings)),
-                         self.key_id)  # fmt: skip
+                         self.clicks.copy(), self.ratings.copy(), self.key_id)  # fmt: skip
 
 
 def encode_item(s: ItemState) -> bytes:
@@ -430,7 +431,7 @@ class ItemOperator:
                  "subject": uk, "user_key": uk, "key_id": s.key_id, "detector": member_det, "score": score,
                  "reasons": [member_det], "evidence": {"item_id": item, **evidence}}
             )  # fmt: skip
-        for e in entries:
-            if e[0] in members:
-                e[2] |= MEMBER
+        for j, e in enumerate(entries):  # a new entry, not this one changed: earlier states share it (`copy`)
+            if e[0] in members and not e[2] & MEMBER:
+                entries[j] = [e[0], e[1], e[2] | MEMBER, *e[3:]]
         return out
