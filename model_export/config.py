@@ -85,7 +85,7 @@ class ExportConfig:
     """ONNX export."""
 
     opset: int = 17  # ONNX opset (>= 17)
-    top_k: int = 100  # K of the in-graph TopK output (capped at the catalogue size)
+    top_k: int = 50  # K of the in-graph TopK output (capped at the catalogue size; >= recs.candidates)
     popular: int = 500  # how many most-popular item indices to store in the artefact
     quantize_ops: tuple[str, ...] = ("MatMul", "Gemm")  # op types dynamically quantised for model.int8.onnx
 

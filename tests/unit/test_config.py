@@ -107,3 +107,14 @@ def test_low_latency_profile_overrides_local() -> None:
                               f"{low.batching.max_events} events or {low.batching.max_delay_ms} ms")
     assert local.describe().startswith(f"process mode, Python bundles {local.bundle_time_ms} ms, Kafka sink "
                                        "EXACTLY_ONCE, ")
+
+
+def test_shipped_model_keeps_the_candidates_the_lists_use() -> None:
+    """The export's in-graph top-K (conf/model.yaml) holds at least the candidates the re-rank takes from it
+    (conf/operators.yaml): a smaller K would silently shorten every list's candidates."""
+    from model_export.config import ModelConfig, load_model_config
+    from operators.config import load_operators_conf
+
+    k = load_model_config().export.top_k
+    assert k >= load_operators_conf("operators.yaml").recs.candidates
+    assert k == ModelConfig().export.top_k  # the dataclass default is the shipped value
