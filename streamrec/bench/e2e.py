@@ -578,6 +578,7 @@ class E2E:
                                   "commit": self.baseline.commit if system == "baseline" and self.baseline else None,
                                   "parallelism": parallelism, "offered_rate": rate or None,
                                   "mode": "paced" if rate else "backlog", "label": label, "error": None}  # fmt: skip
+        result["speed_probe_s"] = sysinfo.speed_probe()  # the machine's speed before the phase (and after, below)
         env = self._env(topics, group, parallelism)
         svc_pids = sysinfo.service_pids()
         watchers = {"read_committed": RecWatcher(self.bootstrap, topics["recommendations"], "read_committed").start()}
@@ -735,6 +736,7 @@ class E2E:
             log = self.run_dir / "logs" / f"{tag}.log"
             with contextlib.suppress(OSError):
                 result["log_tail"] = log.read_text(errors="replace")[-3000:]
+        result["speed_probe_after_s"] = sysinfo.speed_probe()
         return result
 
 

@@ -521,6 +521,14 @@ def kept_pace(processed_eps: float | None, sent_eps: float | None, caught_up: bo
     return bool(caught_up and processed_eps is not None and sent_eps and processed_eps >= KEEP_PACE * sent_eps)
 
 
+def _probe(ph: dict[str, Any]) -> str:
+    """A phase's machine speed probes, before / after (`sysinfo.speed_probe`); – when not measured (older runs)."""
+    before, after = ph.get("speed_probe_s"), ph.get("speed_probe_after_s")
+    if before is None and after is None:
+        return "–"
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in (before, after))
+
+
 def kept_up(ph: dict[str, Any]) -> str:
     """A phase's "kept up" cell. Paced: "yes" when it kept pace (processing rate over the load >= KEEP_PACE of the
     sent rate) and everything was processed by the end; "no (drained)" when everything was processed, but only in the
@@ -671,13 +679,14 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
         rows.append([ph["system"], ph["parallelism"], offered, achieved, tp,
                      _fmt(ph.get("committed_eps")), _fmt(ph.get("events_per_core_second")),
                      kept_up(ph), q(rc), q(ru),
-                     _fmt(ph.get("startup_s"), " s", 0),
+                     _fmt(ph.get("startup_s"), " s", 0), _probe(ph),
                      f"{_fmt(cpu.get('system_under_test'), '', 2)} / {_fmt(cpu.get('kafka'), '', 2)} / "
                      f"{_fmt(cpu.get('cassandra'), '', 2)} / {_fmt(cpu.get('everything_else'), '', 2)}",
                      ph.get("error") or ("" if ph.get("balanced", True) else "unbalanced partitions")])  # fmt: skip
     out += [_table(["system", "p", "offered /s", "sent /s", "processed /s", "committed /s", "per CPU-s", "kept up",
                     "latency ms p50 / p95 / p99 (read_committed)", "(job, read_uncommitted)", "start-up",
-                    "CPU cores: system / Kafka / Cassandra / other work", "note"], rows), ""]  # fmt: skip
+                    "machine speed probe s (before / after)", "CPU cores: system / Kafka / Cassandra / other work",
+                    "note"], rows), ""]  # fmt: skip
     out += ["- *processed /s*: slope of processing progress (from outputs as emitted); *committed /s*: growth of "
             "the group's committed offsets over the window (the job's source commits them to Kafka only after a "
             "checkpoint completes, so under backpressure this can stay flat for the whole window); *per CPU-s*: "
@@ -687,6 +696,9 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
             "processing rate over the load was at least 95 % of the sent rate and everything sent was processed by "
             "the end of the phase; *no (drained)*: everything was processed, but only in the drain after the load "
             "(the system fell behind while it ran); on a backlog: the backlog was done within the window.",
+            "- *machine speed probe*: seconds a fixed Python loop (5M additions, `streamrec.bench.sysinfo."
+            "speed_probe`) took right before and after the phase; higher = a slower machine then (the host is shared "
+            "and its speed varies): compare phases' figures at similar probes.",
             "- Latency is over events processed within the phase; when a system did not keep up, the percentiles "
             "are lower bounds (marked ≥) that grow with the length of the run. *none readable*: no recommendation "
             "became readable under read_committed within the window (no checkpoint completed).", ""]

@@ -57,6 +57,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def speed_probe(additions: int = 1_000_000, rounds: int = 3) -> float:
+    """This machine's speed now: the seconds a loop of 5,000,000 additions in a Python function takes (the fastest
+    of `rounds` loops of `additions`, scaled; ~0.17 s on a quiet 2-core bench host). One core, no I/O: it moves with
+    the CPU share and clock the host gives this process, not with the code under test; this project's hosts are
+    shared and vary up to 2x within an hour, so phases compare fairly only at similar probes."""
+    best = float("inf")
+    for _ in range(max(1, rounds)):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(additions):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 5_000_000 / max(1, additions), 3)
+
+
 def _stat(pid: int) -> tuple[int, float] | None:
     """(ppid, cpu seconds user+system) of a live process."""
     try:

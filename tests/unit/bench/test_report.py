@@ -243,3 +243,31 @@ def test_encoder_section_and_headline() -> None:
     assert (h["encoder_us_fp32_b1"], h["encoder_us_int8_b1"]) == (4174.2, 1204.9)
     md = report.markdown(r, {})
     assert "| fp32 | 90.3 MB | 117 MB | 4,174 | 2,514 |" in md and "| int8 | 58.6 MB | 96 MB | 1,205 | 1,243 |" in md
+
+
+def test_phase_rows_show_the_machine_speed_probes() -> None:
+    """Each end-to-end row carries the speed probes taken before / after its phase; rows of older runs (no probe)
+    show a dash, and the notes give the run's span of probes."""
+    from streamrec.bench.cli import _probe_range
+
+    r = synthetic_result()
+    phases = r["e2e"]["phases"]
+    phases[0]["speed_probe_s"], phases[0]["speed_probe_after_s"] = 0.171, 0.254
+    phases[1]["speed_probe_s"] = 0.2
+    md = report.markdown({**r, "summary": report.headline(r)}, {})
+    rows = [line for line in md.splitlines() if line.startswith("| job | 1 | max (backlog)")]
+    assert rows and "| 0.17 / 0.25 |" in rows[0]
+    assert "| 0.20 / – |" in md and "machine speed probe s (before / after)" in md
+    assert "| – |" in [line for line in md.splitlines() if line.startswith("| job | 2 | max (backlog)")][0]
+    assert "ran 0.17-0.25 s in this run: 1.49x" in _probe_range(phases)
+    assert _probe_range(phases[2:]) == ""
+
+
+def test_speed_probe_times_the_loop() -> None:
+    """The probe is scaled to 5M additions whatever loop length it ran: a longer loop gives about the same figure
+    (within this machine's noise), and it is a positive time."""
+    from streamrec.bench.sysinfo import speed_probe
+
+    short, long = speed_probe(200_000, 3), speed_probe(1_000_000, 3)
+    assert short > 0 and long > 0
+    assert 0.25 < short / long < 4.0
