@@ -59,9 +59,10 @@ def machine() -> dict[str, Any]:
 
 def speed_probe(additions: int = 1_000_000, rounds: int = 3) -> float:
     """This machine's speed now: the seconds a loop of 5,000,000 additions in a Python function takes (the fastest
-    of `rounds` loops of `additions`, scaled; ~0.17 s on a quiet 2-core bench host). One core, no I/O: it moves with
+    of `rounds` loops of `additions`, scaled; ~0.15 s on a quiet 2-core bench host). One core, no I/O: it moves with
     the CPU share and clock the host gives this process, not with the code under test; this project's hosts are
-    shared and vary up to 2x within an hour, so phases compare fairly only at similar probes."""
+    shared and vary up to 2x within an hour, so phases compare fairly only at similar probes. A tight loop: it does
+    not see memory-bandwidth or cache contention."""
     best = float("inf")
     for _ in range(max(1, rounds)):
         t0 = time.perf_counter()
