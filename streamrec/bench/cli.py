@@ -459,23 +459,15 @@ def _add_consumer_e2e_profile(result: dict[str, Any]) -> None:
                                   "overhead_cpu_us_per_event": round(1e6 / j - 1e6 / c, 1)}  # fmt: skip
 
 
-def _probe_range(phases: list[dict[str, Any]]) -> str:
-    """The span of the end-to-end phases' machine speed probes, as a sentence ('' when none was measured)."""
-    probes = [v for ph in phases for v in (ph.get("speed_probe_s"), ph.get("speed_probe_after_s")) if v]
-    if not probes:
-        return ""
-    return (f" The machine speed probe (a fixed Python loop, before and after each phase; the table's column) ran "
-            f"{min(probes):.2f}-{max(probes):.2f} s in this run: {max(probes) / min(probes):.2f}x between its "
-            "fastest and slowest moments.")
-
-
 def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
+    from streamrec.bench import report
+
     m, e2e = result["machine"], result["e2e"]  # a measuring run always sets e2e's conf and profile
     notes = [
         f"Shared machine: load average {m['loadavg_at_start'][0]:.1f} at the start and {m['loadavg_at_end'][0]:.1f} "
         "at the end; the end-to-end table's last CPU column is other work that ran during each phase. Numbers from a "
         "busy 2-core machine are lower bounds of what the code can do alone, and vary from run to run."
-        + _probe_range(e2e.get("phases", [])),
+        + report.probe_span(e2e.get("phases", [])),
         "Kafka, Cassandra, the harness (latency consumers, offset sampler) and the load generator run on the same 2 "
         "cores as the system under test.",
         "Synthetic catalogues (1.7k / 20k / 100k items) are random untrained models exported through model_export's "

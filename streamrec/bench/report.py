@@ -521,12 +521,25 @@ def kept_pace(processed_eps: float | None, sent_eps: float | None, caught_up: bo
     return bool(caught_up and processed_eps is not None and sent_eps and processed_eps >= KEEP_PACE * sent_eps)
 
 
+PROBE_KEYS = ("speed_probe_s", "speed_probe_after_s")  # a phase's `sysinfo.speed_probe` before / after it
+
+
 def _probe(ph: dict[str, Any]) -> str:
     """A phase's machine speed probes, before / after (`sysinfo.speed_probe`); – when not measured (older runs)."""
-    before, after = ph.get("speed_probe_s"), ph.get("speed_probe_after_s")
-    if before is None and after is None:
+    values = [ph.get(k) for k in PROBE_KEYS]
+    if all(v is None for v in values):
         return "–"
-    return " / ".join("–" if v is None else f"{v:.2f}" for v in (before, after))
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in values)
+
+
+def probe_span(phases: list[dict[str, Any]]) -> str:
+    """The span of the end-to-end phases' machine speed probes, as a sentence ('' when none was measured)."""
+    probes = [v for ph in phases for v in (ph.get(k) for k in PROBE_KEYS) if v is not None]
+    if not probes:
+        return ""
+    return (f" The machine speed probe (a fixed Python loop, before and after each phase; the table's column) ran "
+            f"{min(probes):.2f}-{max(probes):.2f} s in this run: {max(probes) / min(probes):.2f}x between its "
+            "fastest and slowest moments.")
 
 
 def kept_up(ph: dict[str, Any]) -> str:

@@ -248,8 +248,6 @@ def test_encoder_section_and_headline() -> None:
 def test_phase_rows_show_the_machine_speed_probes() -> None:
     """Each end-to-end row carries the speed probes taken before / after its phase; rows of older runs (no probe)
     show a dash, and the notes give the run's span of probes."""
-    from streamrec.bench.cli import _probe_range
-
     r = synthetic_result()
     phases = r["e2e"]["phases"]
     phases[0]["speed_probe_s"], phases[0]["speed_probe_after_s"] = 0.171, 0.254
@@ -259,8 +257,8 @@ def test_phase_rows_show_the_machine_speed_probes() -> None:
     assert rows and "| 0.17 / 0.25 |" in rows[0]
     assert "| 0.20 / – |" in md and "machine speed probe s (before / after)" in md
     assert "| – |" in [line for line in md.splitlines() if line.startswith("| job | 2 | max (backlog)")][0]
-    assert "ran 0.17-0.25 s in this run: 1.49x" in _probe_range(phases)
-    assert _probe_range(phases[2:]) == ""
+    assert "ran 0.17-0.25 s in this run: 1.49x" in report.probe_span(phases)
+    assert report.probe_span(phases[2:]) == ""
 
 
 def test_speed_probe_times_the_loop() -> None:
