@@ -595,7 +595,7 @@ class E2E:
             "kafka": lambda: [p for p in (svc_pids.get("kafka"),) if p],
             "cassandra": lambda: [p for p in (svc_pids.get("cassandra"),) if p],
             "harness_and_load": lambda: [os.getpid()] + [q for p in load_proc for q in sysinfo.tree(p.pid)],
-        })  # fmt: skip
+        }, split={"system_under_test": sysinfo.process_kind})  # fmt: skip
 
         def alive() -> bool:
             return all(p.poll() is None for p in procs)

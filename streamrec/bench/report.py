@@ -532,6 +532,15 @@ def _probe(ph: dict[str, Any]) -> str:
     return " / ".join("–" if v is None else f"{v:.2f}" for v in values)
 
 
+def _split_cpu(cpu: dict[str, Any]) -> str:
+    """The e2e table's cell: the system's CPU in its JVM / Python processes, and the machine's steal time (– for a
+    run from before they were measured)."""
+    if "steal" not in cpu:
+        return "–"
+    return (f"{_fmt(cpu.get('system_under_test.jvm', 0.0), '', 2)} / "
+            f"{_fmt(cpu.get('system_under_test.python', 0.0), '', 2)} · {_fmt(cpu['steal'], '', 2)}")
+
+
 def probe_span(phases: list[dict[str, Any]]) -> str:
     """The span of the end-to-end phases' machine speed probes, as a sentence ('' when none was measured)."""
     probes = [v for ph in phases for v in (ph.get(k) for k in PROBE_KEYS) if v is not None]
@@ -695,11 +704,12 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
                      _fmt(ph.get("startup_s"), " s", 0), _probe(ph),
                      f"{_fmt(cpu.get('system_under_test'), '', 2)} / {_fmt(cpu.get('kafka'), '', 2)} / "
                      f"{_fmt(cpu.get('cassandra'), '', 2)} / {_fmt(cpu.get('everything_else'), '', 2)}",
+                     _split_cpu(cpu),
                      ph.get("error") or ("" if ph.get("balanced", True) else "unbalanced partitions")])  # fmt: skip
     out += [_table(["system", "p", "offered /s", "sent /s", "processed /s", "committed /s", "per CPU-s", "kept up",
                     "latency ms p50 / p95 / p99 (read_committed)", "(job, read_uncommitted)", "start-up",
                     "machine speed probe s (before / after)", "CPU cores: system / Kafka / Cassandra / other work",
-                    "note"], rows), ""]  # fmt: skip
+                    "system's CPU: JVM / Python · steal", "note"], rows), ""]  # fmt: skip
     out += ["- *processed /s*: slope of processing progress (from outputs as emitted); *committed /s*: growth of "
             "the group's committed offsets over the window (the job's source commits them to Kafka only after a "
             "checkpoint completes, so under backpressure this can stay flat for the whole window); *per CPU-s*: "
@@ -709,6 +719,10 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
             "processing rate over the load was at least 95 % of the sent rate and everything sent was processed by "
             "the end of the phase; *no (drained)*: everything was processed, but only in the drain after the load "
             "(the system fell behind while it ran); on a backlog: the backlog was done within the window.",
+            "- *system's CPU*: the system's cores split by process: its Java processes (the job's JVM: sources, "
+            "sinks, batching, state) and its Python processes (the job's worker processes and client; the consumer "
+            "is all Python); *steal*: cores' time the hypervisor gave to other guests during the phase (a shared "
+            "host's contention; the machine total counts it as busy).",
             "- *machine speed probe*: seconds a fixed Python loop (5M additions, `streamrec.bench.sysinfo."
             "speed_probe`) took right before and after the phase; higher = a slower machine then (the host is shared "
             "and its speed varies): compare phases' figures at similar probes.",

@@ -99,27 +99,42 @@ def tree(root: int) -> list[int]:
     return out
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+def machine_busy() -> tuple[float, float, float]:
+    """(busy, total, steal) CPU seconds of the whole machine since boot, from /proc/stat (busy includes steal)."""
     parts = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     v = [int(x) / _TICK for x in parts[:8]]
     idle = v[3] + v[4]  # idle + iowait
-    return sum(v) - idle, sum(v)
+    return sum(v) - idle, sum(v), v[7]
+
+
+def process_kind(pid: int) -> str:
+    """"jvm" for a Java process (a TaskManager, the minicluster), "python" for anything else (Python workers, the
+    job's client, a consumer), from /proc/PID/comm; "gone" when it has exited."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+    return "jvm" if comm == "java" else "python"
 
 
 class CpuMeter:
     """CPU seconds used by named process trees between `start()` and `stop()`, sampled every `every_s` (processes
-    that exit between samples keep what was last seen)."""
+    that exit between samples keep what was last seen). `split`: for some trees, a kind per process (e.g.
+    `process_kind`); their CPU is then also reported per kind as "TREE.KIND" (parts of the tree, not added to
+    "everything_else")."""
 
-    def __init__(self, roots: dict[str, Callable[[], list[int]]], every_s: float = 2.0) -> None:
+    def __init__(self, roots: dict[str, Callable[[], list[int]]], every_s: float = 2.0,
+                 split: dict[str, Callable[[int], str]] | None = None) -> None:  # fmt: skip
         self.roots = roots
+        self.split = split or {}
+        self.kinds: dict[int, str] = {}
         self.every = every_s
         self.seen: dict[str, dict[int, float]] = {k: {} for k in roots}
         self.first: dict[str, dict[int, float]] = {k: {} for k in roots}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.t0 = self.t1 = 0.0
-        self._busy0 = (0.0, 0.0)
+        self._busy0 = (0.0, 0.0, 0.0)
 
     def _sample(self) -> None:
         for name, pids in self.roots.items():
@@ -133,6 +148,8 @@ class CpuMeter:
                     continue
                 self.first[name].setdefault(p, st[1])
                 self.seen[name][p] = st[1]
+                if name in self.split and p not in self.kinds:
+                    self.kinds[p] = self.split[name](p)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
@@ -153,9 +170,16 @@ class CpuMeter:
         wall = max(self.t1 - self.t0, 1e-9)
         out = {name: round(sum(self.seen[name][p] - self.first[name].get(p, 0.0) for p in self.seen[name]) / wall, 3)
                for name in self.roots}  # fmt: skip
+        for name in self.split:
+            for p, cpu in self.seen[name].items():
+                key = f"{name}.{self.kinds.get(p, 'gone')}"
+                out[key] = out.get(key, 0.0) + (cpu - self.first[name].get(p, 0.0)) / wall
+        out = {k: round(v, 3) for k, v in out.items()}
         busy1 = machine_busy()
         out["machine_total"] = round((busy1[0] - self._busy0[0]) / wall, 3)
         out["everything_else"] = round(max(0.0, out["machine_total"] - sum(out[n] for n in self.roots)), 3)
+        # time the hypervisor ran others on this machine's cores (a shared host's contention; counted in the total)
+        out["steal"] = round((busy1[2] - self._busy0[2]) / wall, 3)
         return out
 
 

@@ -269,3 +269,41 @@ def test_speed_probe_times_the_loop() -> None:
     short, long = speed_probe(200_000, 3), speed_probe(1_000_000, 3)
     assert short > 0 and long > 0
     assert 0.25 < short / long < 4.0
+
+
+def test_phase_rows_split_the_systems_cpu() -> None:
+    """A row shows the system's CPU in its JVM and Python processes and the machine's steal time; a row of an older
+    run (no steal measured) shows a dash."""
+    r = synthetic_result()
+    phases = r["e2e"]["phases"]
+    phases[0]["cpu_cores"] = {"system_under_test": 1.7, "system_under_test.jvm": 0.41,
+                              "system_under_test.python": 1.29, "steal": 0.06}  # fmt: skip
+    md = report.markdown({**r, "summary": report.headline(r)}, {})
+    rows = [line for line in md.splitlines() if line.startswith("| job | 1 | max (backlog)")]
+    assert rows and "| 0.41 / 1.29 · 0.06 |" in rows[0]
+    assert "system's CPU: JVM / Python · steal" in md
+    assert "· " not in [line for line in md.splitlines() if line.startswith("| job | 2 | max (backlog)")][0]
+
+
+def test_cpu_meter_splits_a_tree_by_process_kind() -> None:
+    """CpuMeter's split: a busy Python child of the metered tree is counted as "python", its share of the tree's
+    CPU shows under TREE.python, not in "everything_else", and steal is reported."""
+    import os
+    import subprocess
+    import sys
+
+    from streamrec.bench.sysinfo import CpuMeter, process_kind, tree
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
+    try:
+        meter = CpuMeter({"sut": lambda: [q for q in tree(os.getpid()) if q == child.pid]}, every_s=0.2,
+                         split={"sut": process_kind})  # fmt: skip
+        meter.start()
+        child.wait(10)
+        out = meter.stop()
+    finally:
+        child.kill()
+    assert process_kind(os.getpid()) == "python"
+    assert out["sut"] > 0.3
+    assert out["sut.python"] == out["sut"] and "sut.jvm" not in out
+    assert out["steal"] >= 0.0
