@@ -148,8 +148,10 @@ class CpuMeter:
                     continue
                 self.first[name].setdefault(p, st[1])
                 self.seen[name][p] = st[1]
-                if name in self.split and p not in self.kinds:
-                    self.kinds[p] = self.split[name](p)
+                if name in self.split:  # every sample: a child seen between its fork and its exec is corrected
+                    kind = self.split[name](p)
+                    if kind != "gone":
+                        self.kinds[p] = kind
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):

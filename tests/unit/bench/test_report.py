@@ -307,3 +307,34 @@ def test_cpu_meter_splits_a_tree_by_process_kind() -> None:
     assert out["sut"] > 0.3
     assert out["sut.python"] == out["sut"] and "sut.jvm" not in out
     assert out["steal"] >= 0.0
+
+
+def test_process_kind_tells_a_jvm_from_python(tmp_path: Any) -> None:
+    """A running Java process (the launcher `java`, as the job's JVM and a TaskManager are) is "jvm", this Python
+    process "python", and a pid that has exited "gone"."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from streamrec.bench.sysinfo import process_kind
+
+    java = shutil.which("java") or os.path.join(os.environ.get("JAVA_HOME", "/nonexistent"), "bin", "java")
+    if not os.path.exists(java):
+        pytest.fail("no java on PATH or in JAVA_HOME: make setup requires one")
+    src = tmp_path / "Wait.java"
+    src.write_text("class Wait { public static void main(String[] a) throws Exception { Thread.sleep(20000); } }\n")
+    proc = subprocess.Popen([java, str(src)])  # single-file source launch (Java 11+)
+    try:
+        import time
+
+        deadline = time.monotonic() + 10  # forked, the child is this Python until it has exec'd java
+        while process_kind(proc.pid) != "jvm" and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert process_kind(proc.pid) == "jvm"
+        assert process_kind(os.getpid()) == "python"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert process_kind(proc.pid) == "gone"
