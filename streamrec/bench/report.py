@@ -86,6 +86,8 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     at1k_measured = [v for v in at1k.values() if v is not None]
     low = [ph for ph in phases if ph["system"].startswith("job (") and ph.get("offered_rate") == 1000.0]
     low_p99 = [v for ph in low if (v := _p99(ph)) is not None]
+    low_steady = [v for ph in low if (v := ph.get("latency_ms", {}).get("read_committed", {})
+                                      .get("after_warmup", {}).get("p99")) is not None]  # fmt: skip
     base_low = [v for ph in phases if ph["system"].startswith("baseline (") and ph.get("offered_rate") == 1000.0
                 and (v := _p99(ph)) is not None]  # fmt: skip
     cluster = result.get("cluster", {}).get("by_parallelism", {})
@@ -101,6 +103,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "speedup_vs_baseline": round(e2e_best / best_base, 2) if e2e_best and best_base else None,
         "e2e_p99_ms_at_1k": min(at1k_measured) if at1k_measured else None,
         "e2e_p99_ms_at_1k_low_latency": min(low_p99) if low_p99 else None,
+        "e2e_p99_ms_at_1k_low_latency_after_warmup": min(low_steady) if low_steady else None,
         "scaling_p2_vs_p1": round(c2 / c1, 2) if c1 and c2 else None,
         "baseline_max_eps": best_base,
         "baseline_commit": (result.get("e2e", {}).get("baseline") or {}).get("commit"),
@@ -144,6 +147,9 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             "speedup_vs_baseline": "e2e_max_eps / the --baseline-commit job's best backlog events/s in the same run",
             "e2e_p99_ms_at_1k": "best over parallelism of the job's (default conf) p99 at 1,000 events/s offered",
             "e2e_p99_ms_at_1k_low_latency": "p99 of the job with the latency conf at 1,000 events/s offered",
+            "e2e_p99_ms_at_1k_low_latency_after_warmup": "the same over the events sent after the first 10 s of "
+                                                         "load (the job's start-up, every user new, left out; "
+                                                         "null for runs from before it was measured)",
             "baseline_p99_ms_at_1k_low_latency": "the same for the --baseline-commit job (its own copy of the "
                                                  "latency conf), run just before it",
             "scaling_p2_vs_p1": "standalone cluster, 2 TaskManagers: the job's backlog events/s at p=2 / p=1",
@@ -474,7 +480,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
          f"baseline {h.get('baseline_commit') or '–'}"[:22] + f": {_fmt(h.get('baseline_max_eps'), ' /s')}"],
         ["job p99 at 1,000 events/s, latency conf", f"≤ {TARGET_P99_MS_AT_1K_LOW_LATENCY:.0f} ms",
          _fmt(t["p99_ms_at_1k_low_latency"]["measured"], " ms"),
-         "yes" if t["p99_ms_at_1k_low_latency"]["met"] else "**no**", "read_committed"],
+         "yes" if t["p99_ms_at_1k_low_latency"]["met"] else "**no**", "read_committed; after the first 10 s of "
+         f"load: {_fmt(h.get('e2e_p99_ms_at_1k_low_latency_after_warmup'), ' ms')}"],
         ["job p99 at 1,000 events/s, default conf", "≤ checkpoint + 1 s", _fmt(t["p99_ms_at_1k"]["measured"], " ms"),
          "yes" if t["p99_ms_at_1k"]["met"] else "**no**", f"target {_fmt(t['p99_ms_at_1k']['target'], ' ms')}"],
         ["standalone cluster, 2 TaskManagers: p=2 / p=1", "reported", _fmt(h.get("scaling_p2_vs_p1"), "×", 2),

@@ -162,3 +162,20 @@ def test_profile_breakdown_without_the_operator_split() -> None:
     names = [r["stage"] for r in rows]
     assert names[0].startswith("user operator (") and "not split" in names[0]
     assert not any("flush" in n for n in names)  # a stage that took no time is left out
+
+
+def test_latency_summary_leaves_the_first_seconds_out_of_after_warmup() -> None:
+    """Events sent in the first STEADY_AFTER_S seconds of load count in the whole-phase percentiles only: slow ones
+    there (a job's start-up) lift the whole p99, not the after-warm-up one."""
+    from streamrec.bench.e2e import STEADY_AFTER_S, latency_summary
+
+    t_from = 100.0
+    slow = [(t_from + i * 0.01, 900.0) for i in range(200)]  # the first 2 s: 900 ms each
+    fast = [(t_from + STEADY_AFTER_S + i * 0.01, 50.0 + i % 10) for i in range(2000)]
+    mid = [(t_from + 5.0 + i * 0.01, 100.0) for i in range(100)]  # before the cut too
+    lat = latency_summary(slow + mid + fast, t_from, lower_bound=False)
+    assert lat["n"] == 2300 and lat["p99"] == 900.0 and lat["lower_bound"] is False
+    steady = lat["after_warmup"]
+    assert steady["n"] == 2000 and steady["after_s"] == STEADY_AFTER_S
+    assert steady["p99"] is not None and steady["p99"] < 60.0
+    assert latency_summary([], t_from, lower_bound=True)["after_warmup"]["p99"] is None
