@@ -42,7 +42,7 @@ import numpy as np
 
 from streamrec.bench import sysinfo
 from streamrec.bench.consumer import OUTPUT_NAMES as OUTPUTS
-from streamrec.bench.report import kept_pace
+from streamrec.bench.report import STEADY_AFTER_S, kept_pace
 from streamrec.config import REPO_ROOT
 from streamrec.services.flink import FlinkService
 
@@ -60,12 +60,6 @@ class Budget:
     backlog_events: int  # events pre-produced for the "max" phases
     drain_s: float  # after the load: time for outputs of what was processed to become visible
     partitions: int = 2  # partitions of every events topic (>= the largest parallelism)
-
-
-# A paced phase's latency is also given over the events sent after its first seconds of load (`after_warmup`): a job
-# just started meets only new users and items (each first event gets a list at once, nothing is cached), and those
-# seconds can hold a 40-60 s window's p99 alone.
-STEADY_AFTER_S = 10.0
 
 
 def percentiles(values: list[float] | np.ndarray) -> dict[str, Any]:

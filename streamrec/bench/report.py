@@ -15,6 +15,10 @@ TARGET_P99_MS_AT_5K = 100.0  # issue 7 (kept for the record)
 TARGET_RATIO = 2.0
 TARGET_SPEEDUP = 5.0  # issue 13: the job vs the --baseline-commit job, same backlog, same run
 TARGET_P99_MS_AT_1K_LOW_LATENCY = 250.0  # issue 13: conf/low-latency.yaml at 1,000 events/s offered
+# A paced phase's latency is also given over the events sent after its first seconds of load (`after_warmup`, made by
+# `e2e.latency_summary`): a job just started meets only new users and items (each first event gets a list at once,
+# nothing is cached), and those seconds can hold a 40-60 s window's p99 alone.
+STEADY_AFTER_S = 10.0
 
 REQUIRED_KEYS = ("e2e_max_eps", "speedup_vs_baseline", "e2e_p99_ms_at_1k", "e2e_p99_ms_at_1k_low_latency",
                  "scaling_p2_vs_p1", "e2e_p99_ms_at_5k", "consumer_max_eps", "ratio_vs_consumer",
@@ -147,9 +151,10 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             "speedup_vs_baseline": "e2e_max_eps / the --baseline-commit job's best backlog events/s in the same run",
             "e2e_p99_ms_at_1k": "best over parallelism of the job's (default conf) p99 at 1,000 events/s offered",
             "e2e_p99_ms_at_1k_low_latency": "p99 of the job with the latency conf at 1,000 events/s offered",
-            "e2e_p99_ms_at_1k_low_latency_after_warmup": "the same over the events sent after the first 10 s of "
-                                                         "load (the job's start-up, every user new, left out; "
-                                                         "null for runs from before it was measured)",
+            "e2e_p99_ms_at_1k_low_latency_after_warmup": f"the same over the events sent after the first "
+                                                         f"{STEADY_AFTER_S:.0f} s of load (the job's start-up, every "
+                                                         "user new, left out; null for runs from before it was "
+                                                         "measured)",
             "baseline_p99_ms_at_1k_low_latency": "the same for the --baseline-commit job (its own copy of the "
                                                  "latency conf), run just before it",
             "scaling_p2_vs_p1": "standalone cluster, 2 TaskManagers: the job's backlog events/s at p=2 / p=1",
@@ -480,8 +485,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
          f"baseline {h.get('baseline_commit') or '–'}"[:22] + f": {_fmt(h.get('baseline_max_eps'), ' /s')}"],
         ["job p99 at 1,000 events/s, latency conf", f"≤ {TARGET_P99_MS_AT_1K_LOW_LATENCY:.0f} ms",
          _fmt(t["p99_ms_at_1k_low_latency"]["measured"], " ms"),
-         "yes" if t["p99_ms_at_1k_low_latency"]["met"] else "**no**", "read_committed; after the first 10 s of "
-         f"load: {_fmt(h.get('e2e_p99_ms_at_1k_low_latency_after_warmup'), ' ms')}"],
+         "yes" if t["p99_ms_at_1k_low_latency"]["met"] else "**no**", "read_committed; after the first "
+         f"{STEADY_AFTER_S:.0f} s of load: {_fmt(h.get('e2e_p99_ms_at_1k_low_latency_after_warmup'), ' ms')}"],
         ["job p99 at 1,000 events/s, default conf", "≤ checkpoint + 1 s", _fmt(t["p99_ms_at_1k"]["measured"], " ms"),
          "yes" if t["p99_ms_at_1k"]["met"] else "**no**", f"target {_fmt(t['p99_ms_at_1k']['target'], ' ms')}"],
         ["standalone cluster, 2 TaskManagers: p=2 / p=1", "reported", _fmt(h.get("scaling_p2_vs_p1"), "×", 2),

@@ -315,8 +315,7 @@ def test_process_kind_tells_a_jvm_from_python(tmp_path: Any) -> None:
     import os
     import shutil
     import subprocess
-
-    import pytest
+    import time
 
     from streamrec.bench.sysinfo import process_kind
 
@@ -327,8 +326,6 @@ def test_process_kind_tells_a_jvm_from_python(tmp_path: Any) -> None:
     src.write_text("class Wait { public static void main(String[] a) throws Exception { Thread.sleep(20000); } }\n")
     proc = subprocess.Popen([java, str(src)])  # single-file source launch (Java 11+)
     try:
-        import time
-
         deadline = time.monotonic() + 10  # forked, the child is this Python until it has exec'd java
         while process_kind(proc.pid) != "jvm" and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
