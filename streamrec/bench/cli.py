@@ -79,6 +79,10 @@ def register(sub: Any) -> None:
     p.add_argument("--skip", default="",
                    help="comma-separated parts to skip: e2e,cluster,profile,scorer,encoder,catalogue,growth")
     p.add_argument("--window-s", type=float, default=0, help="override the end-to-end window per phase")
+    p.add_argument("--startup-load-s", type=float, default=2.0,
+                   help="paced phases: seconds of load at the phase's rate (other users, at most 2,000 events) that "
+                        "the system just started gets before the window; their latency is reported apart (0: none, "
+                        "the window starts with the system's first events)")
     p.add_argument("--scorer-max-gb", type=float, default=4.0,
                    help="skip scorer cells whose (B, L, N) intermediates would need more memory than this")
     p.add_argument("--seed", type=int, default=7, help="simulator seed of the end-to-end events")
@@ -177,7 +181,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cluster_pars = [] if "cluster" in skip else [int(p) for p in args.cluster_parallelism.split(",") if p.strip()]
     budget = e2e_mod.Budget(window_s=plan.window_s, startup_timeout_s=plan.startup_timeout_s,
                             backlog_events=plan.backlog_events, drain_s=plan.drain_s,
-                            partitions=max(2, *pars, *cluster_pars))  # fmt: skip
+                            partitions=max(2, *pars, *cluster_pars),
+                            startup_load_s=max(0.0, args.startup_load_s))  # fmt: skip
     paced = [r for r in rates if r]
     n_events = int(max([plan.backlog_events] + [r * plan.window_s * 1.1 for r in paced])) + 1000
     t0 = time.monotonic()
@@ -478,7 +483,12 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
         "parallelism overridden.",
         f"Windows are {plan.window_s:.0f} s per phase" + (" (short: --quick)" if result.get("mode") == "quick" else "")
         + ": throughput is a slope over that window after the first output, latency percentiles cover what was "
-        "processed in it.",
+        "processed in it."
+        + (f" Before a paced phase's window, the system just started gets {e2e['budget']['startup_load_s']:.0f} s of "
+           "load at the phase's rate (at most "
+           f"{e2e['budget']['startup_load_max_events']:,} events) from other users: the window measures it running; "
+           "that start-up load's own latency is reported apart." if e2e.get("budget", {}).get("startup_load_s")
+           else ""),
         f"After the main phases the job runs again with {_conf_path(e2e['latency_conf'])} (parallelism "
         f"{e2e.get('latency_parallelism', '1')}; rows marked with it): the same code, {e2e['latency_profile']}."
         if e2e.get("latency_conf") else "",

@@ -4,7 +4,10 @@ the job submitted to the bench's own standalone cluster (system "cluster", `stre
 
 Each phase gets fresh output topics and a fresh consumer group, then one of:
 - offered rate R (paced): the system is started, a warm-up message must come back as a dead letter (the pipeline is
-  live), then a load process sends events at R/s for the window;
+  live); then a start-up load (`Budget.startup_load_s`, default 2 s from `streamrec bench`): R/s of other users'
+  events, whose lists are awaited, because a JVM's first seconds of records run slower than the rest (measured on
+  the low-latency profile: the first ~2 s at 300-560 ms, then under ~150 ms); its latency is reported apart
+  (`startup_load`). Then a load process sends events at R/s for the window;
 - max: the events are pre-produced (a backlog) and the system starts on it; the window opens at its first output
   (start-up excluded) and closes when the backlog is done or the window is over.
 
@@ -34,6 +37,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ from streamrec.services.flink import FlinkService
 BENCH_KEY = "streamrec-bench-key-not-a-secret"
 BENCH_KEY_ID = "bench"
 WARMUP = b"streamrec bench warm-up: not an event"
+STARTUP_PREFIX = b"startup-"  # user / event ids of a paced phase's start-up load (Budget.startup_load_s)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class Budget:
     backlog_events: int  # events pre-produced for the "max" phases
     drain_s: float  # after the load: time for outputs of what was processed to become visible
     partitions: int = 2  # partitions of every events topic (>= the largest parallelism)
+    # paced phases: the system just started gets this many seconds of load at the phase's rate (other users), before
+    # the window; its latency is reported apart ("startup"). 0: the window starts with the system's first events
+    startup_load_s: float = 0.0
+    startup_load_max_events: int = 2000  # at most this many events in it (a 5,000 events/s phase: 0.4 s)
 
 
 def percentiles(values: list[float] | np.ndarray) -> dict[str, Any]:
@@ -326,6 +335,24 @@ class Workload:
     def progress(self, first_seen: dict[str, float]) -> list[tuple[float, int]]:
         return progress_series(first_seen, self.line_of, self.part, self.pos, self.partitions)
 
+    def startup_stream(self, n: int) -> tuple[list[tuple[bytes, bytes | None, int]], list[str]]:
+        """The first `n` valid lines as other users' events (user and event ids prefixed with `STARTUP_PREFIX`, keys
+        likewise; same times, so the event-time clock does not run ahead of the window's load), and their event ids.
+        Lines without both ids (the planted malformed ones) are left out: unchanged, they would share ids with the
+        window's own lines."""
+        out: list[tuple[bytes, bytes | None, int]] = []
+        ids: list[str] = []
+        for (payload, key, ts), eid in zip(self.stream, self.event_ids, strict=True):
+            if len(out) >= n:
+                break
+            if eid is None or key is None or b'"user_id":"' not in payload:
+                continue
+            body = payload.replace(b'"user_id":"', b'"user_id":"' + STARTUP_PREFIX, 1)
+            body = body.replace(b'"event_id":"', b'"event_id":"' + STARTUP_PREFIX, 1)
+            out.append((body, STARTUP_PREFIX + key, ts))
+            ids.append(STARTUP_PREFIX.decode() + eid)
+        return out, ids
+
 
 def job_topic_names() -> list[str]:
     """The job's topic names as `STREAMREC_JOB_TOPICS_*` spells them (read from its config class, which changes)."""
@@ -565,6 +592,46 @@ class E2E:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
+    def _load(self, stream_file: Path, topic: str, rate: float, seconds: float, prefix: Path) -> Any:
+        """The load generator on `stream_file` (a subprocess): `rate` events/s for `seconds`; its send times and
+        summary land at `prefix`.npy / .json."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamrec.bench.load", "--stream", str(stream_file), "--topic", topic,
+             "--bootstrap", self.bootstrap, "--rate", str(rate), "--seconds", str(seconds), "--partitions",
+             str(self.budget.partitions), "--out", str(prefix), "--impl", self.load_impl], cwd=REPO_ROOT)
+
+    def _startup_load(self, workload: Workload, rate: float, topic: str, tag: str, watcher: RecWatcher,
+                      alive: Callable[[], bool]) -> dict[str, Any]:  # fmt: skip
+        """A paced phase's start-up load: the system just started gets `Budget.startup_load_s` of load at the phase's
+        rate, from other users than the window's (`Workload.startup_stream`), then up to `drain_s` for their lists
+        to come out (until none has come for 1 s). A JVM's first seconds of records (code not compiled yet, sinks'
+        first writes) run slower than the rest; with this, the window measures the system running, and the start-up
+        is reported apart: `latency_ms` of these events (filled in by `startup_latency`)."""
+        b = self.budget
+        n = max(1, min(int(rate * b.startup_load_s), b.startup_load_max_events))
+        stream, ids = workload.startup_stream(n)
+        from streamrec.bench.load import save_stream
+
+        path = self.run_dir / f"startup-{tag}.pkl"
+        save_stream(stream, path)
+        prefix = self.run_dir / f"startup-{tag}"
+        proc = self._load(path, topic, rate, b.startup_load_s + 5.0, prefix)
+        proc.wait(b.startup_load_s + 180)
+        seen = lambda: sum(1 for e in ids if e in watcher.first)  # noqa: E731
+        deadline = time.monotonic() + b.drain_s
+        last, t_last = seen(), time.monotonic()
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.25)
+            now = seen()
+            if now != last:
+                last, t_last = now, time.monotonic()
+            elif now and time.monotonic() - t_last >= 1.0:
+                break
+        summary = json.loads(prefix.with_suffix(".json").read_text())
+        path.unlink(missing_ok=True)
+        return {"events": summary["attempted"], "rate": rate, "seconds": round(summary["send_seconds"], 2),
+                "ids": ids, "send_file": str(prefix.with_suffix(".npy"))}
+
     # ------------------------------------------------------------------ one phase
 
     def run_phase(self, system: str, parallelism: int, rate: float, workload: Workload,
@@ -636,14 +703,13 @@ class E2E:
                     while "[]" in _assignments(stats_files) and time.monotonic() < deadline and alive():
                         time.sleep(0.25)
                 result["startup_s"] = round(t_ready - t_spawn, 1)
+                if b.startup_load_s > 0:
+                    result["startup_load"] = self._startup_load(workload, rate, topics["events"], tag, progress_w,
+                                                                alive)
                 prefix = self.run_dir / f"load-{tag}"
                 meter.start()
                 t_from = time.monotonic()
-                load_proc.append(subprocess.Popen(
-                    [sys.executable, "-m", "streamrec.bench.load", "--stream", str(workload.file), "--topic",
-                     topics["events"], "--bootstrap", self.bootstrap, "--rate", str(rate), "--seconds",
-                     str(b.window_s), "--partitions", str(b.partitions), "--out", str(prefix),
-                     "--impl", self.load_impl], cwd=REPO_ROOT))
+                load_proc.append(self._load(workload.file, topics["events"], rate, b.window_s, prefix))
                 load_proc[0].wait(b.window_s + 180)
                 t_fit_end = time.monotonic() + 1.0
                 # what was processed by now becomes visible within a checkpoint (job) / commit interval (consumer)
@@ -716,7 +782,9 @@ class E2E:
         busy = (cores or {}).get("system_under_test")
         result["events_per_core_second"] = round(tp["eps"] / busy, 1) if tp["eps"] and busy else None
         offered = result.get("offered_events") or 0
-        in_topic = offered + (1 if rate else 0)  # + the warm-up message
+        start_load: dict[str, Any] | None = result.get("startup_load")
+        # + the warm-up message and the start-up load
+        in_topic = offered + (1 + (start_load["events"] if start_load else 0) if rate else 0)
         result["caught_up"] = bool(offered) and (result["committed_at_end"] >= in_topic
                                                  or result["processed_at_end"] >= 0.995 * offered)
         result["kept_pace"] = (kept_pace(tp["eps"], (result.get("load") or {}).get("achieved_rate"),
@@ -738,6 +806,8 @@ class E2E:
                 result[f"latency_series_{view}"] = [(round(t0 - t_from, 2), round(ms, 1)) for t0, ms in pairs[::step]]
             result["latency_ms"] = lat
             result["sent_with_event_id"] = len(send_time)
+        if start_load:
+            result["startup_load"] = startup_latency(start_load, watchers)
         if stats_files:
             result["consumer_stats"] = [json.loads(f.read_text()) if f.exists() else None for f in stats_files]
             result["final_assignments"] = final
@@ -748,6 +818,18 @@ class E2E:
                 result["log_tail"] = log.read_text(errors="replace")[-3000:]
         result["speed_probe_after_s"] = sysinfo.speed_probe()
         return result
+
+
+def startup_latency(startup: dict[str, Any], watchers: dict[str, RecWatcher]) -> dict[str, Any]:
+    """A start-up load's record (`E2E._startup_load`) with its events' latency per view (send → list seen), in
+    place of the ids and the send-time file."""
+    sent_at = np.load(startup["send_file"])
+    ids = startup["ids"]
+    out = {k: v for k, v in startup.items() if k not in ("ids", "send_file")}
+    out["latency_ms"] = {view: percentiles([(w.first[e] - float(sent_at[i])) * 1000.0 for i, e in enumerate(ids)
+                                            if i < len(sent_at) and not np.isnan(sent_at[i]) and e in w.first])
+                         for view, w in watchers.items()}  # fmt: skip
+    return out
 
 
 def budget_dict(b: Budget) -> dict[str, Any]:

@@ -179,3 +179,40 @@ def test_latency_summary_leaves_the_first_seconds_out_of_after_warmup() -> None:
     assert steady["n"] == 2000 and steady["after_s"] == STEADY_AFTER_S
     assert steady["p99"] is not None and steady["p99"] < 60.0
     assert latency_summary([], t_from, lower_bound=True)["after_warmup"]["p99"] is None
+
+
+def test_startup_stream_is_other_users_at_the_same_times(tmp_path: Any) -> None:
+    """The start-up load: the stream's first valid lines with user and event ids (and keys) prefixed, times kept, the
+    malformed lines left out; none of its ids is one of the window's."""
+    import json
+
+    from streamrec.bench.e2e import STARTUP_PREFIX, Workload
+
+    w = Workload.make(3000, 5, tmp_path / "s.pkl", 2)
+    stream, ids = w.startup_stream(500)
+    assert len(stream) == len(ids) == 500
+    valid = [(line, eid) for line, eid in zip(w.stream, w.event_ids, strict=True)
+             if eid is not None and line[1] is not None and b'"user_id":"' in line[0]][:500]  # fmt: skip
+    for (payload, key, ts), eid, ((orig, okey, ots), oid) in zip(stream, ids, valid, strict=True):
+        ev, src = json.loads(payload), json.loads(orig)
+        assert ev["user_id"] == "startup-" + src["user_id"] and ev["event_id"] == eid == "startup-" + oid
+        assert {k: v for k, v in ev.items() if k not in ("user_id", "event_id")} == \
+               {k: v for k, v in src.items() if k not in ("user_id", "event_id")}
+        assert key == STARTUP_PREFIX + okey and ts == ots
+    assert not set(ids) & set(w.line_of)
+
+
+def test_startup_latency_from_send_times_and_first_seen(tmp_path: Any) -> None:
+    """Each start-up event's latency: when its list was first seen minus when it was sent; events never sent or with no
+    list are not counted."""
+    from types import SimpleNamespace
+
+    from streamrec.bench.e2e import startup_latency
+
+    np.save(tmp_path / "s.npy", np.array([10.0, 11.0, np.nan, 12.0]))
+    w = SimpleNamespace(first={"a": 10.2, "b": 11.05, "c": 20.0})
+    got = startup_latency({"events": 4, "rate": 2.0, "seconds": 2.0, "ids": ["a", "b", "c", "d"],
+                           "send_file": str(tmp_path / "s.npy")}, {"read_committed": w})  # type: ignore[dict-item]
+    assert "ids" not in got and "send_file" not in got and got["events"] == 4
+    lat = got["latency_ms"]["read_committed"]
+    assert lat["n"] == 2 and lat["max"] == pytest.approx(200.0) and lat["p50"] == pytest.approx(125.0)

@@ -349,8 +349,23 @@ def test_low_latency_p99_after_the_warmup_is_reported_beside_the_whole_window() 
     assert not h["targets"]["p99_ms_at_1k_low_latency"]["met"]  # the target stays on the whole window
     md = report.markdown({**r, "summary": h}, {})
     assert "| job p99 at 1,000 events/s, latency conf | ≤ 250 ms | 480 ms | **no** | read_committed; after the " \
-           "first 10 s of load: 190 ms |" in md
+           "first 10 s of load: 190 ms; start-up load: – |" in md
     del ll["latency_ms"]["read_committed"]["after_warmup"]
     h = report.headline(r)
     assert h["e2e_p99_ms_at_1k_low_latency_after_warmup"] is None
-    assert "after the first 10 s of load: – |" in report.markdown({**r, "summary": h}, {})
+    assert "after the first 10 s of load: –; start-up load: – |" in report.markdown({**r, "summary": h}, {})
+
+
+def test_low_latency_start_up_load_is_reported_apart_from_the_window() -> None:
+    """A phase's start-up load (the job's first seconds, before the window) gives its own key and targets-table
+    note; the target is the window's p99."""
+    r = synthetic_result()
+    ll = _phase("job (low-latency.yaml)", 1, 1000.0, 995.0, p99=160.0, caught_up=True)
+    ll["startup_load"] = {"events": 2000, "rate": 1000.0, "seconds": 2.0,
+                          "latency_ms": {"read_committed": {"p50": 210.0, "p99": 540.0, "n": 1100}}}
+    r["e2e"]["phases"].append(ll)
+    h = report.headline(r)
+    assert h["e2e_p99_ms_at_1k_low_latency"] == 160.0 and h["e2e_p99_ms_at_1k_low_latency_startup"] == 540.0
+    assert h["targets"]["p99_ms_at_1k_low_latency"]["met"]
+    md = report.markdown({**r, "summary": h}, {})
+    assert "start-up load: 540 ms |" in md
