@@ -6,8 +6,9 @@ Each phase gets fresh output topics and a fresh consumer group, then one of:
 - offered rate R (paced): the system is started, a warm-up message must come back as a dead letter (the pipeline is
   live); then a start-up load (`Budget.startup_load_s`, default 2 s from `streamrec bench`): R/s of other users'
   events, whose lists are awaited, because a JVM's first seconds of records run slower than the rest (measured on
-  the low-latency profile at 1,000 events/s, 40 s windows: the first 1-2 s at 300-560 ms, the next seconds under
-  ~170 ms); its latency is reported apart (`startup_load`). Then a load process sends events at R/s for the window;
+  the low-latency profile at 1,000 events/s, 40 s windows: the first 1-3 s at 300-560 ms, the next seconds mostly
+  under ~200 ms); its latency is reported apart (`startup_load`). Then a load process sends events at R/s for the
+  window;
 - max: the events are pre-produced (a backlog) and the system starts on it; the window opens at its first output
   (start-up excluded) and closes when the backlog is done or the window is over.
 
