@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -794,14 +794,10 @@ class E2E:
         result["offsets_series"] = [(round(t - t_from, 2), c) for t, c in sampler.samples]
         result["recommendations_seen"] = {view: w.count for view, w in watchers.items()}
         if sent_at is not None:
-            send_time: dict[str, float] = {}
-            for i, eid in enumerate(workload.event_ids[: len(sent_at)]):
-                if eid is not None and not np.isnan(sent_at[i]):
-                    send_time.setdefault(eid, float(sent_at[i]))
+            send_time = send_times(workload.event_ids, sent_at)
             lat: dict[str, Any] = {}
             for view, w in watchers.items():
-                pairs = sorted((send_time[e], (t - send_time[e]) * 1000.0) for e, t in w.first.items()
-                               if e in send_time)  # fmt: skip
+                pairs = latency_pairs(send_time, w.first)
                 lat[view] = latency_summary(pairs, t_from, lower_bound=not result["caught_up"])
                 step = max(1, len(pairs) // 400)
                 result[f"latency_series_{view}"] = [(round(t0 - t_from, 2), round(ms, 1)) for t0, ms in pairs[::step]]
@@ -821,14 +817,27 @@ class E2E:
         return result
 
 
+def send_times(ids: Sequence[str | None], sent_at: np.ndarray) -> dict[str, float]:
+    """Event id → when its line was sent (`sent_at`: per line, NaN if never sent). A planted duplicate's id keeps
+    its original's (first) send time."""
+    out: dict[str, float] = {}
+    for i, eid in enumerate(ids[: len(sent_at)]):
+        if eid is not None and not np.isnan(sent_at[i]):
+            out.setdefault(eid, float(sent_at[i]))
+    return out
+
+
+def latency_pairs(send_time: dict[str, float], first: dict[str, float]) -> list[tuple[float, float]]:
+    """(send time, ms until its list was first seen) of every sent event with a list, by send time."""
+    return sorted((send_time[e], (t - send_time[e]) * 1000.0) for e, t in first.items() if e in send_time)
+
+
 def startup_latency(startup: dict[str, Any], watchers: dict[str, RecWatcher]) -> dict[str, Any]:
     """A start-up load's record (`E2E._startup_load`) with its events' latency per view (send → list seen), in
     place of the ids and the send-time file."""
-    sent_at = np.load(startup["send_file"])
-    ids = startup["ids"]
+    send_time = send_times(startup["ids"], np.load(startup["send_file"]))
     out = {k: v for k, v in startup.items() if k not in ("ids", "send_file")}
-    out["latency_ms"] = {view: percentiles([(w.first[e] - float(sent_at[i])) * 1000.0 for i, e in enumerate(ids)
-                                            if i < len(sent_at) and not np.isnan(sent_at[i]) and e in w.first])
+    out["latency_ms"] = {view: percentiles([ms for _, ms in latency_pairs(send_time, w.first)])
                          for view, w in watchers.items()}  # fmt: skip
     return out
 

@@ -216,3 +216,18 @@ def test_startup_latency_from_send_times_and_first_seen(tmp_path: Any) -> None:
     assert "ids" not in got and "send_file" not in got and got["events"] == 4
     lat = got["latency_ms"]["read_committed"]
     assert lat["n"] == 2 and lat["max"] == pytest.approx(200.0) and lat["p50"] == pytest.approx(125.0)
+
+
+def test_startup_latency_counts_a_duplicate_line_once_from_its_first_send(tmp_path: Any) -> None:
+    """A planted duplicate in the start-up load (the same event id on two lines): one latency, from the first send, as
+    the window's own latency does (the duplicate, sent after the list appeared, would otherwise give a negative one)."""
+    from types import SimpleNamespace
+
+    from streamrec.bench.e2e import startup_latency
+
+    np.save(tmp_path / "s.npy", np.array([10.0, 30.0]))
+    w = SimpleNamespace(first={"a": 10.2})
+    got = startup_latency({"events": 2, "ids": ["a", "a"], "send_file": str(tmp_path / "s.npy")},
+                          {"read_committed": w})  # type: ignore[dict-item]
+    lat = got["latency_ms"]["read_committed"]
+    assert lat["n"] == 1 and lat["max"] == pytest.approx(200.0)
