@@ -145,9 +145,10 @@ class JobConf:
     def describe(self) -> str:
         """What decides the job's latency, in one line: execution mode, Python bundles (process mode only), Kafka
         sink delivery, shards and batch bounds (the demo summary and the bench report name the profile so)."""
+        shards = f"{self.batching.shards} shard" + ("s" if self.batching.shards != 1 else "")
         return (f"{self.execution_mode} mode"
                 + (f", Python bundles {self.bundle_time_ms} ms" if self.execution_mode == "process" else "")
-                + f", Kafka sink {self.kafka_sink.delivery}, {self.batching.shards} shards, batches of <= "
+                + f", Kafka sink {self.kafka_sink.delivery}, {shards}, batches of <= "
                 f"{self.batching.max_events} events or {self.batching.max_delay_ms} ms")  # fmt: skip
 
     def path(self, p: str) -> Path:

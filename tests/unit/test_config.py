@@ -103,7 +103,8 @@ def test_low_latency_profile_overrides_local() -> None:
     assert low.batching.max_events == local.batching.max_events  # the nested section is merged, not replaced
     assert (low.topics, low.model_dir, low.state) == (local.topics, local.model_dir, local.state)
     # what the demo summary and the bench report say of each profile comes from the profile itself
-    assert low.describe() == (f"thread mode, Kafka sink AT_LEAST_ONCE, {low.batching.shards} shards, batches of <= "
+    shards = f"{low.batching.shards} shard" + ("s" if low.batching.shards != 1 else "")
+    assert low.describe() == (f"thread mode, Kafka sink AT_LEAST_ONCE, {shards}, batches of <= "
                               f"{low.batching.max_events} events or {low.batching.max_delay_ms} ms")
     assert local.describe().startswith(f"process mode, Python bundles {local.bundle_time_ms} ms, Kafka sink "
                                        "EXACTLY_ONCE, ")
