@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +104,13 @@ def test_low_latency_profile_overrides_local() -> None:
     assert low.batching.max_events == local.batching.max_events  # the nested section is merged, not replaced
     assert (low.topics, low.model_dir, low.state) == (local.topics, local.model_dir, local.state)
     # what the demo summary and the bench report say of each profile comes from the profile itself
-    shards = f"{low.batching.shards} shard" + ("s" if low.batching.shards != 1 else "")
-    assert low.describe() == (f"thread mode, Kafka sink AT_LEAST_ONCE, {shards}, batches of <= "
-                              f"{low.batching.max_events} events or {low.batching.max_delay_ms} ms")
+    def with_shards(n: int) -> str:
+        return dataclasses.replace(low, batching=dataclasses.replace(low.batching, shards=n)).describe()
+
+    bounds = f"batches of <= {low.batching.max_events} events or {low.batching.max_delay_ms} ms"
+    assert with_shards(1) == f"thread mode, Kafka sink AT_LEAST_ONCE, 1 shard, {bounds}"
+    assert with_shards(4) == f"thread mode, Kafka sink AT_LEAST_ONCE, 4 shards, {bounds}"
+    assert low.describe() == with_shards(low.batching.shards)
     assert local.describe().startswith(f"process mode, Python bundles {local.bundle_time_ms} ms, Kafka sink "
                                        "EXACTLY_ONCE, ")
 
