@@ -506,8 +506,8 @@ def _notes(result: dict[str, Any], plan: Plan) -> list[str]:
                if result.get("mode") == "quick" else ""))
     notes = [n for n in notes if n]
     if any(not ph.get("balanced", True) for ph in result.get("e2e", {}).get("phases", [])):
-        notes.append("At least one consumer phase ended with a process without partitions (the group did not "
-                     "rebalance in time); its throughput is that of fewer processes.")
+        notes.append("At least one consumer phase ended with a process without partitions; its throughput is "
+                     "that of fewer processes.")
     return notes
 
 

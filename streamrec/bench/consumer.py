@@ -1,8 +1,9 @@
 """The alternative a team would write instead of the Flink job: a plain Python Kafka consumer service.
 
-One process = a kafka-python consumer in a consumer group (N processes share the topic's partitions), per-user and
-per-item state in dicts (user id → state bytes, item id → state bytes), one onnxruntime call per scored event, the
-same outputs to Kafka (kafka-python producer) and Cassandra (`streamrec.sinks.CassandraWriter`, the job's own sink).
+One process = a kafka-python consumer (N processes share the topic's partitions: in the bench a fixed share each,
+`--partitions`, as Flink's source assigns them; run by hand, a consumer group), per-user and per-item state in dicts
+(user id → state bytes, item id → state bytes), one onnxruntime call per scored event, the same outputs to Kafka
+(kafka-python producer) and Cassandra (`streamrec.sinks.CassandraWriter`, the job's own sink).
 
 The per-message logic is the job's, call for call (`jobs/functions.py`): `parse_event` (rejections → dead letters
 with the source topic), `UserOperator.step` per event and `on_timer` for debounce timers (event time: a watermark of
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import logging
 import signal
 import sys
 import time
@@ -259,7 +261,7 @@ def build_handler(conf_path: str, operators_conf_path: str, stopwatch: Stopwatch
 
 def run(args: argparse.Namespace) -> int:
     """The consumer service loop (one process)."""
-    from kafka import KafkaConsumer
+    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import CommitFailedError, RebalanceInProgressError
 
     from streamrec.services.clients import kafka_kwargs
@@ -267,6 +269,10 @@ def run(args: argparse.Namespace) -> int:
     from streamrec.sinks import CassandraWriter, WriterConf
 
     sw = Stopwatch(enabled=not args.no_timers)
+    # the group coordinator's joins, rebalances and heartbeat errors go to this process's log (stderr)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka.coordinator").setLevel(logging.INFO)
     handler, job = build_handler(args.conf, args.operators_conf, sw)
     svc = services()
     t = job.topics
@@ -299,7 +305,14 @@ def run(args: argparse.Namespace) -> int:
     # NOTE: no rebalance listener: kafka-python 3 runs listeners on its IO thread, where a synchronous commit is
     # refused. Events processed but not committed when a partition moves are processed again by its new owner
     # (at least once), without the state the old owner built for their users.
-    consumer.subscribe([t.events])
+    if args.partitions:
+        # A fixed share, no group membership (the bench's way; offsets are still committed under the group).
+        # kafka-python 3.0.12, as a group member, can be left stuck in its join: seen 2026-12-05 in 2 of ~22 runs
+        # of tests/integration/test_bench_consumer.py, the group leader logged its SyncGroup response (partition 1)
+        # but never applied it, re-polling its join for minutes while the other member took both partitions.
+        consumer.assign([TopicPartition(t.events, int(p)) for p in args.partitions.split(",")])
+    else:
+        consumer.subscribe([t.events])
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: Any) -> None:
@@ -360,6 +373,9 @@ def main(argv: list[str] | None = None, runner: Callable[[argparse.Namespace], i
     ap.add_argument("--commit-interval-ms", type=int, default=1000, help="flush outputs + commit offsets this often")
     ap.add_argument("--stats", default="", help="write per-stage timings and counts here (JSON) on exit")
     ap.add_argument("--no-timers", action="store_true", help="do not time stages")
+    ap.add_argument("--partitions", default="", help="read these partitions of the events topic (comma-separated: "
+                    "a fixed share, no group membership; offsets still committed under the group) instead of "
+                    "joining the consumer group")
     return runner(ap.parse_args(argv))
 
 

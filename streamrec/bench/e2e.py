@@ -407,6 +407,15 @@ class Baseline:
 
 
 
+def consumer_share(i: int, processes: int, partitions: int) -> list[int]:
+    """The events topic's partitions consumer process `i` of `processes` reads: every `processes`-th from `i`, as
+    Flink's Kafka source spreads them over its subtasks. A fixed share instead of a consumer group: kafka-python
+    3.0.12 can leave a group member stuck in its join (`streamrec.bench.consumer`, `--partitions`)."""
+    if processes > partitions:
+        raise ValueError(f"{processes} consumer processes for {partitions} partitions: one would read nothing")
+    return [p for p in range(partitions) if p % processes == i]
+
+
 def _assignments(stats_files: list[Path]) -> list[str]:
     """Each consumer process's latest logged partition assignment ("[]" before its first)."""
     out = []
@@ -552,7 +561,8 @@ class E2E:
                 st = logs_dir / f"{tag}-{i}.stats.json"
                 log = open(logs_dir / f"{tag}-{i}.log", "wb")  # noqa: SIM115
                 argv = [sys.executable, "-m", "streamrec.bench.consumer", "--conf", conf,
-                        "--operators-conf", self.operators_conf, "--stats", str(st)]  # fmt: skip
+                        "--operators-conf", self.operators_conf, "--stats", str(st),
+                        "--partitions", ",".join(map(str, consumer_share(i, parallelism, self.budget.partitions)))]
                 procs.append(subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))  # fmt: skip
                 stats.append(st)

@@ -329,3 +329,17 @@ def test_timers_fire_once_the_watermark_passes_them(bench_model: Path) -> None:
     recs = [json.loads(v) for name, _, v in out.kafka if name == "recommendations" and v]
     debounced = [r for r in recs if r["debounced"]]
     assert len(debounced) == 1 and debounced[0]["event_id"] == "e1"
+
+
+def test_consumer_share_spreads_every_partition_once() -> None:
+    from streamrec.bench.e2e import consumer_share
+
+    for partitions in (1, 2, 3, 8):
+        for processes in range(1, partitions + 1):
+            shares = [consumer_share(i, processes, partitions) for i in range(processes)]
+            assert all(shares), (processes, partitions, shares)  # nobody idle
+            assert sorted(p for s in shares for p in s) == list(range(partitions))  # each partition read once
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1  # as even as it gets
+    assert consumer_share(1, 2, 2) == [1]
+    with pytest.raises(ValueError, match="3 consumer processes for 2 partitions"):
+        consumer_share(0, 3, 2)
