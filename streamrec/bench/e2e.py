@@ -333,6 +333,14 @@ class Workload:
         return Workload(stream, ids, line_of, part, pos, partitions, len({e.user_id for e in sim.events}),
                         len(sim.items), path)  # fmt: skip
 
+    def send_times(self, sent_at: np.ndarray) -> dict[str, float]:
+        """Event id → when its first valid line was sent (`sent_at`: per line, NaN if never sent). The planted
+        malformed lines (unkeyed) carry the ids of valid events, often sent long before them; the job rejects them
+        (dead letters), so their send times would add the gap to those events' latency."""
+        ids = [eid if key is not None else None for (_payload, key, _ts), eid in zip(self.stream, self.event_ids,
+                                                                                      strict=True)]  # fmt: skip
+        return send_times(ids, sent_at)
+
     def progress(self, first_seen: dict[str, float]) -> list[tuple[float, int]]:
         return progress_series(first_seen, self.line_of, self.part, self.pos, self.partitions)
 
@@ -804,7 +812,7 @@ class E2E:
         result["offsets_series"] = [(round(t - t_from, 2), c) for t, c in sampler.samples]
         result["recommendations_seen"] = {view: w.count for view, w in watchers.items()}
         if sent_at is not None:
-            send_time = send_times(workload.event_ids, sent_at)
+            send_time = workload.send_times(sent_at)
             lat: dict[str, Any] = {}
             for view, w in watchers.items():
                 pairs = latency_pairs(send_time, w.first)

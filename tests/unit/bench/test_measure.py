@@ -231,3 +231,22 @@ def test_startup_latency_counts_a_duplicate_line_once_from_its_first_send(tmp_pa
                           {"read_committed": w})  # type: ignore[dict-item]
     lat = got["latency_ms"]["read_committed"]
     assert lat["n"] == 1 and lat["max"] == pytest.approx(200.0)
+
+
+def test_send_times_skip_the_malformed_lines_that_carry_valid_events_ids(tmp_path: Any) -> None:
+    """A planted malformed line (unkeyed, rejected by the job) carries the id of a valid event sent later: the event's
+    send time is its valid line's, not the malformed one's (which once put 30-50 s "latencies" into the maximum)."""
+    from streamrec.bench.e2e import Workload, send_times
+
+    w = Workload.make(3000, 5, tmp_path / "s.pkl", 2)
+    sent_at = np.arange(len(w.stream), dtype=float)  # line i sent at i s
+    sent_at[len(sent_at) // 2] = np.nan  # one line never sent
+    got = w.send_times(sent_at)
+    earlier = [eid for i, ((_p, key, _t), eid) in enumerate(zip(w.stream, w.event_ids, strict=True))
+               if key is None and eid is not None and w.line_of.get(eid, -1) > i]  # fmt: skip
+    assert earlier  # the stream has such lines: without them this test would prove nothing
+    assert all(got[eid] == float(w.line_of[eid]) for eid in earlier)
+    naive = send_times(w.event_ids, sent_at)
+    assert all(naive[eid] < got[eid] for eid in earlier)  # what counting them gave
+    keyed = {eid for (_p, key, _t), eid in zip(w.stream, w.event_ids, strict=True) if key is not None and eid}
+    assert set(got) <= keyed and len(keyed - set(got)) <= 1  # every valid event but (perhaps) the unsent line's
