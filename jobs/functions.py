@@ -346,7 +346,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         from operators.user import UserOperator
 
         scorer = Scorer(artifact, int8=self.job.use_int8, threads=self.job.scorer_threads,
-                        split_cost=self.operators_conf.scorer.split_cost)
+                        split_cost=self.operators_conf.scorer.split_cost,
+                        canonical=self.operators_conf.scorer.canonical_widths)
         return UserOperator(artifact, self.operators_conf, self.pseudonymizer, scorer)
 
     # ------------------------------------------------------------------ broadcast side (control plane)

@@ -149,7 +149,9 @@ class ItemFraudConf:
 class ScorerConf:
     int8: bool = False  # use model.int8.onnx
     threads: int = 1  # onnxruntime intra-op threads per worker
-    split_cost: int = 32  # a batch's graph call splits by history length when padding costs more (0: never)
+    split_cost: int = 32  # without canonical widths: a call splits by history length when padding costs more (0: never)
+    canonical_widths: bool = True  # each history padded to its length class's width, one class per call: a row's
+    #   results do not depend on its batch (operators/scorer.py); false: pad to each call's longest, split_cost
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,19 @@
 Requests carry model indices (unknown items already mapped to the artefact's unknown index); the scorer
 left-pads them to a common length, builds the exclusion mask and splits the outputs back per request.
 
+Padding width and determinism (`canonical`, on by default): onnxruntime's results for a row depend in their last
+float bits on how far the row is padded (its attention reductions run over the padded width; measured 2026-12-05 on
+an AVX2-only host: user vectors, scores and log-probs of one history differ between widths n, n+1, n+3 and 50, and
+not between batch sizes at one width). Padded to the longest row of whatever batch it lands in, a user's log-probs,
+and so the model-surprise detector's state, would depend on the batching. So each history is padded to its length
+class's width (`canonical_width`: 7, 15, 31, then `max_len`), and a graph call holds one class only: a row's outputs
+are a function of the row alone, whatever its batch or call. What it costs, side by side on that host (scorer alone,
+µs per request, batches of 1 / 5 / 20, histories of 1-50 positions): 5-17 % more than padding to each call's longest
+with `split_cost` 32, up to 24 % for batches of five short histories; the per-event replay of 30,000 simulated events
+5-9 % slower (1,115 / 967 vs 1,219 / 1,016 events/s, two alternating rounds; same lists, same flags). `canonical=False`: the rows of a call are
+padded to its longest and `split_cost` decides the calls (fewer calls, less padding; results exact only on hosts
+whose kernels happen not to depend on the width).
+
 Two graphs of the same model: the fast one (model.topk.onnx: top-K from the last position only) serves every list;
 the full one (model.onnx: also the next-item log-probs of every position, (B, L, N) work) runs only when the caller
 needs those log-probs (the model-surprise detector), or when the artefact predates the fast graph. The tables both
@@ -49,7 +62,7 @@ class Scorer:
     every batch. `session` is the full graph's, `topk_session` the fast graph's (None: the artefact has none)."""
 
     def __init__(self, artifact: ModelArtifact, int8: bool = False, threads: int = 1,
-                 share_tables: bool = True, split_cost: int = 0) -> None:  # fmt: skip
+                 share_tables: bool = True, split_cost: int = 0, canonical: bool = True) -> None:  # fmt: skip
         import onnxruntime as ort
 
         if split_cost < 0:
@@ -87,6 +100,7 @@ class Scorer:
         self.version = artifact.version
         self.int8 = int8
         self.split_cost = int(split_cost)
+        self.canonical = bool(canonical)
         release_freed_heap()
 
     def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
@@ -108,7 +122,8 @@ class Scorer:
     def _score_batch(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
         """Any batch size, in one call per group of `split_groups` (rows of similar history length); each result
         in its request's place."""
-        groups = split_groups([min(len(r.items), self.max_len) for r in batch], self.split_cost)
+        lens = [min(len(r.items), self.max_len) for r in batch]
+        groups = width_classes(lens, self.max_len) if self.canonical else split_groups(lens, self.split_cost)
         if len(groups) == 1:
             return self._call_batch(batch, need_logprob)
         out: list[ScoreResult | None] = [None] * len(batch)
@@ -120,9 +135,12 @@ class Scorer:
         return cast(list[ScoreResult], out)
 
     def _call_batch(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
-        """One graph call for the batch: left-pad to the longest history, one exclusion row per request."""
+        """One graph call for the batch: left-pad to the longest history (`canonical`: to its length class's width,
+        the same for every row of a call `_score_batch` makes), one exclusion row per request."""
         lens = [min(len(r.items), self.max_len) for r in batch]
         width = max(1, max(lens))
+        if self.canonical:
+            width = canonical_width(width, self.max_len)
         b = len(batch)
         items = np.full((b, width), self.pad, dtype=np.int64)
         types = np.zeros((b, width), dtype=np.int64)
@@ -158,8 +176,11 @@ class Scorer:
 
     def _score_one(self, req: ScoreRequest, need_logprob: bool = False) -> ScoreResult:
         """`score` for a batch of one (the per-event path): the same graph inputs, built with fewer numpy calls
-        (no padding is needed, the exclusion row starts as a copy of `extra_exclude`)."""
+        (no padding unless `canonical`; the exclusion row starts as a copy of `extra_exclude`)."""
         n = min(len(req.items), self.max_len)
+        width = canonical_width(n, self.max_len) if self.canonical else n
+        if n and width > n:
+            return self._call_batch([req], need_logprob)[0]
         if n:
             it = np.array(req.items[-n:], dtype=np.int64)
             bad = (it < 0) | (it > self.unk)
@@ -192,6 +213,22 @@ class Scorer:
             next_item_logprob=_tail(got[3][0], n) if len(want) > 3 else _no_logprob(),
             user_vector=got[2][0],
         )
+
+
+def canonical_width(n: int, max_len: int) -> int:
+    """The width a history of `n` positions is padded to when results must not depend on the batch: the longest of
+    its length class (classes 0-7, 8-15, 16-31, 32-: above 7 positions at most twice its length), at most `max_len`.
+    Histories under 7 share one class: a few padded positions cost less than another graph call."""
+    return min(max(7, (1 << max(n, 1).bit_length()) - 1), max_len)
+
+
+def width_classes(lens: Sequence[int], max_len: int) -> list[list[int]]:
+    """A batch's rows (by position) grouped by `canonical_width`: one graph call per group, every row padded to its
+    class's width; groups shortest first, rows in the given order within each."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lens):
+        groups.setdefault(canonical_width(n, max_len), []).append(i)
+    return [groups[w] for w in sorted(groups)]
 
 
 def split_groups(lens: Sequence[int], cost: int) -> list[list[int]]:

@@ -404,7 +404,8 @@ def test_a_split_batch_scores_what_one_call_does(artifact: Any, need_logprob: bo
     batch in one call gives it (same items, scores within float noise), in the request's place."""
     from operators.scorer import Scorer
 
-    split, whole = Scorer(artifact, threads=1, split_cost=32), Scorer(artifact, threads=1, split_cost=0)
+    split = Scorer(artifact, threads=1, split_cost=32, canonical=False)
+    whole = Scorer(artifact, threads=1, split_cost=0, canonical=False)
     rng = np.random.default_rng(3)
     reqs = []
     for r in range(20):
@@ -425,3 +426,33 @@ def test_a_split_batch_scores_what_one_call_does(artifact: Any, need_logprob: bo
         assert np.allclose(a.next_item_logprob, b.next_item_logprob, atol=1e-5)
     with pytest.raises(ValueError, match="split_cost"):
         Scorer(artifact, threads=1, split_cost=-1)
+
+
+@pytest.mark.parametrize("need_logprob", [False, True])
+def test_canonical_widths_make_a_rows_results_independent_of_its_batch(artifact: Any, need_logprob: bool) -> None:
+    """With canonical widths (the default) a history's items, scores, log-probs and user vector are bit-identical
+    alone, in a batch of other lengths, and in another such batch: each row is padded to its length class's width
+    whatever else is in the call. Padded to each call's longest (`canonical=False`) they differ in the last bits on
+    hosts whose kernels depend on the width (the AVX2-only host of 2026-12-05: 6 state-equality tests failed)."""
+    from operators.scorer import Scorer, canonical_width, width_classes
+
+    sc = Scorer(artifact, threads=1)
+    rng = np.random.default_rng(11)
+    reqs = []
+    for r in range(24):
+        n = [0, 1, 2, 5, 9, 16, 33, artifact.max_len][r % 8]
+        items = rng.integers(0, artifact.n_items, size=n).tolist()
+        reqs.append(ScoreRequest(items, [1 + i % 5 for i in range(n)], [T + 60_000 * i for i in range(n)],
+                                 exclude=items[:2]))  # fmt: skip
+    alone = [sc.score([q], need_logprob)[0] for q in reqs]
+    mixed = sc.score(reqs, need_logprob)
+    other = sc.score(reqs[::-1][:17], need_logprob)[::-1]  # another batch: other neighbours, other sizes
+    for a, b in zip(mixed, alone, strict=True):
+        for f in ("items", "scores", "next_item_logprob", "user_vector"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    for a, b in zip(other, alone[len(reqs) - 17 :], strict=True):
+        for f in ("items", "scores", "next_item_logprob", "user_vector"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert [canonical_width(n, 50) for n in (0, 1, 6, 7, 8, 15, 16, 31, 32, 50)] == [7, 7, 7, 7, 15, 15, 31, 31, 50, 50]
+    assert canonical_width(3, 5) == 5  # never above the model's length
+    assert width_classes([5, 1, 9, 6, 50, 0], 50) == [[0, 1, 3, 5], [2], [4]]
