@@ -12,9 +12,9 @@ class's width (`canonical_width`: 7, 15, 31, then `max_len`), and a graph call h
 are a function of the row alone, whatever its batch or call. What it costs, side by side on that host (scorer alone,
 µs per request, batches of 1 / 5 / 20, histories of 1-50 positions): 5-17 % more than padding to each call's longest
 with `split_cost` 32, up to 24 % for batches of five short histories; the per-event replay of 30,000 simulated events
-5-9 % slower (1,115 / 967 vs 1,219 / 1,016 events/s, two alternating rounds; same lists, same flags). `canonical=False`: the rows of a call are
-padded to its longest and `split_cost` decides the calls (fewer calls, less padding; results exact only on hosts
-whose kernels happen not to depend on the width).
+5-9 % slower (1,115 / 967 vs 1,219 / 1,016 events/s, two alternating rounds; same lists, same flags).
+`canonical=False`: the rows of a call are padded to its longest and `split_cost` decides the calls (fewer calls,
+less padding; results exact only on hosts whose kernels happen not to depend on the width).
 
 Two graphs of the same model: the fast one (model.topk.onnx: top-K from the last position only) serves every list;
 the full one (model.onnx: also the next-item log-probs of every position, (B, L, N) work) runs only when the caller
