@@ -178,8 +178,8 @@ class Scorer:
         """`score` for a batch of one (the per-event path): the same graph inputs, built with fewer numpy calls
         (no padding unless `canonical`; the exclusion row starts as a copy of `extra_exclude`)."""
         n = min(len(req.items), self.max_len)
-        width = canonical_width(n, self.max_len) if self.canonical else n
-        if n and width > n:
+        width = canonical_width(n, self.max_len) if self.canonical else max(n, 1)
+        if width > max(n, 1):  # padding needed: built as a batch's rows are (an empty history too)
             return self._call_batch([req], need_logprob)[0]
         if n:
             it = np.array(req.items[-n:], dtype=np.int64)
