@@ -120,8 +120,8 @@ class Scorer:
         return self.topk_session, list(_WANT_TOPK)
 
     def _score_batch(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
-        """Any batch size, in one call per group of `split_groups` (rows of similar history length); each result
-        in its request's place."""
+        """Any batch size, in one call per group of rows (`canonical`: per length class, `width_classes`; else
+        rows of similar history length, `split_groups`); each result in its request's place."""
         lens = [min(len(r.items), self.max_len) for r in batch]
         groups = width_classes(lens, self.max_len) if self.canonical else split_groups(lens, self.split_cost)
         if len(groups) == 1:

@@ -288,7 +288,10 @@ class Workload:
 
     stream: list[tuple[bytes, bytes | None, int]]
     event_ids: list[str | None]
-    line_of: dict[str, int]  # event id -> its first line
+    # per line, its event id if the line is a valid event's (keyed); None for the planted malformed lines (unkeyed),
+    # which may carry the event id of any event: the job rejects them, so they count for no event
+    valid_ids: list[str | None]
+    line_of: dict[str, int]  # event id -> its first valid line
     part: np.ndarray  # (lines,) partition of each line
     pos: np.ndarray  # (lines,) position of the line within its partition
     partitions: int
@@ -308,6 +311,7 @@ class Workload:
                                                                    duplicate_rate=0.001))  # fmt: skip
         sim = simulator.simulate(conf)
         ids: list[str | None] = []
+        valid: list[str | None] = []
         line_of: dict[str, int] = {}
         part = np.zeros(len(sim.stream), dtype=np.int32)
         pos = np.zeros(len(sim.stream), dtype=np.int64)
@@ -323,23 +327,22 @@ class Workload:
                 key = payload[u + 11 : payload.find(b'"', u + 11)] if u >= 0 else key
             stream.append((payload, key, ts))
             ids.append(eid)
-            # Malformed lines (unkeyed) may carry the event id of any event: only valid events' lines count.
-            if eid is not None and key is not None:
-                line_of.setdefault(eid, n)
+            v = eid if key is not None else None
+            valid.append(v)
+            if v is not None:
+                line_of.setdefault(v, n)
             p = partition_of(key, n, partitions)
             part[n], pos[n] = p, count[p]
             count[p] += 1
         save_stream(stream, path)
-        return Workload(stream, ids, line_of, part, pos, partitions, len({e.user_id for e in sim.events}),
+        return Workload(stream, ids, valid, line_of, part, pos, partitions, len({e.user_id for e in sim.events}),
                         len(sim.items), path)  # fmt: skip
 
     def send_times(self, sent_at: np.ndarray) -> dict[str, float]:
         """Event id → when its first valid line was sent (`sent_at`: per line, NaN if never sent). The planted
         malformed lines (unkeyed) carry the ids of valid events, often sent long before them; the job rejects them
         (dead letters), so their send times would add the gap to those events' latency."""
-        ids = [eid if key is not None else None for (_payload, key, _ts), eid in zip(self.stream, self.event_ids,
-                                                                                      strict=True)]  # fmt: skip
-        return send_times(ids, sent_at)
+        return send_times(self.valid_ids, sent_at)
 
     def progress(self, first_seen: dict[str, float]) -> list[tuple[float, int]]:
         return progress_series(first_seen, self.line_of, self.part, self.pos, self.partitions)
@@ -351,7 +354,7 @@ class Workload:
         window's own lines."""
         out: list[tuple[bytes, bytes | None, int]] = []
         ids: list[str] = []
-        for (payload, key, ts), eid in zip(self.stream, self.event_ids, strict=True):
+        for (payload, key, ts), eid in zip(self.stream, self.valid_ids, strict=True):
             if len(out) >= n:
                 break
             if eid is None or key is None or b'"user_id":"' not in payload:

@@ -447,10 +447,7 @@ def test_canonical_widths_make_a_rows_results_independent_of_its_batch(artifact:
     alone = [sc.score([q], need_logprob)[0] for q in reqs]
     mixed = sc.score(reqs, need_logprob)
     other = sc.score(reqs[::-1][:17], need_logprob)[::-1]  # another batch: other neighbours, other sizes
-    for a, b in zip(mixed, alone, strict=True):
-        for f in ("items", "scores", "next_item_logprob", "user_vector"):
-            assert np.array_equal(getattr(a, f), getattr(b, f)), f
-    for a, b in zip(other, alone[len(reqs) - 17 :], strict=True):
+    for a, b in [*zip(mixed, alone, strict=True), *zip(other, alone[len(reqs) - 17 :], strict=True)]:
         for f in ("items", "scores", "next_item_logprob", "user_vector"):
             assert np.array_equal(getattr(a, f), getattr(b, f)), f
     assert [canonical_width(n, 50) for n in (0, 1, 6, 7, 8, 15, 16, 31, 32, 50)] == [7, 7, 7, 7, 15, 15, 31, 31, 50, 50]
