@@ -329,6 +329,7 @@ class UserOperator:
         self.content_ids, self.content_vec, self.content_bias = self._content_items()
         self.content_hash = {item_hash(i): k for k, i in enumerate(self.content_ids)}
         self.content_banned = np.zeros(len(self.content_ids), dtype=bool)
+        self._live: tuple[np.ndarray, ...] | None = None  # `_content_live`'s cache
         if self.content_ids:
             self.unit_emb = np.vstack([self.unit_emb, normalise_rows(self.content_vec)])
             self.item_ids += self.content_ids
@@ -837,7 +838,7 @@ class UserOperator:
                     lo = min(rel) if rel else 0.0
                     cand += more
                     rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
-                if self.content_ids and cand:
+                if cand and len(self._content_live()[0]):
                     for c, x in self._content_candidates(o.s, res.user_vector, cand, rel):
                         cand.append(c)
                         rel.append(x)
@@ -858,7 +859,7 @@ class UserOperator:
             rels.append(rel)
             srcs.append(src)
         chosen = mmr_many(cands, rels, self.unit_emb, r.k, r.mmr_lambda)
-        if r.content_slots > 0 and self.content_ids:
+        if r.content_slots > 0 and len(self._content_live()[0]):  # without such rows no candidate is "content"
             chosen = [_reserve(ch, [c for c in cand if src.get(c) == "content"], r.content_slots, cf_new)
                       for ch, cand, src in zip(chosen, cands, srcs, strict=True)]  # fmt: skip
         if cf_new:
@@ -1087,6 +1088,17 @@ class UserOperator:
         s.last_recs = built.hashes
         return built.rec, built.logprob
 
+    def _content_live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, their vectors, their biases) of the content items that can be candidates: those with a finite bias
+        (a text embedding; a stream item known only by its CF neighbours has -inf until one arrives). Compacted once
+        per change of the content arrays, which are replaced on change, never written in place."""
+        c = self._live
+        if c is None or c[0] is not self.content_bias or c[1] is not self.content_vec:
+            rows = np.flatnonzero(np.isfinite(self.content_bias))
+            c = self._live = (self.content_bias, self.content_vec, rows,
+                              np.ascontiguousarray(self.content_vec[rows]), self.content_bias[rows])  # fmt: skip
+        return c[2], c[3], c[4]
+
     def _content_candidates(self, s: _ListInput, user_vector: np.ndarray, cand: list[int],
                             rel: list[float]) -> list[tuple[int, float]]:  # fmt: skip
         """Up to `recs.content_candidates` content items (not consumed, not unavailable) with the relevance of the
@@ -1095,12 +1107,20 @@ class UserOperator:
         no new item can have), j gets a relevance just above the p-th candidate's; below all of them it is left
         out. The blended scores of the model's candidates stay as they are."""
         k = self.conf.recs.content_candidates
+        rows, vec, bias = self._content_live()  # (m,) content rows with a text embedding, ascending
+        if not len(rows):
+            return []
         u = np.asarray(user_vector, dtype=np.float32)
-        logit = np.where(self.content_banned, -np.inf, self.content_vec @ u + self.content_bias)  # (m,)
+        logit = vec @ u + bias  # (m,)
+        banned = self.content_banned[rows]
+        if banned.any():
+            logit[banned] = -np.inf
         get = self.content_hash.get
         seen = [c for c in map(get, s.items) if c is not None]
-        if seen:
-            logit[seen] = -np.inf  # consumed
+        if seen:  # consumed
+            at = np.searchsorted(rows, seen)
+            at = at[at < len(rows)]
+            logit[at[np.isin(rows[at], seen)]] = -np.inf
         if k < len(logit):
             top = np.argpartition(-logit, k - 1)[:k]
             top = top[np.argsort(-logit[top], kind="stable")]
@@ -1112,8 +1132,8 @@ class UserOperator:
         model = np.asarray(cand, dtype=np.int64)  # the model's candidates and the fallback's: all < n_items
         warm = self.art.item_embeddings[model] @ u + self.art.item_bias[model]  # (len(cand),)
         slots = (warm[None, :] > logit[top][:, None]).sum(axis=1)  # (len(top),) model candidates above each
-        return [(self.n_items + int(j), float(rel[p]) + 1e-6) for j, p in zip(top.tolist(), slots.tolist(), strict=True)
-                if p < len(rel)]
+        return [(self.n_items + int(j), float(rel[p]) + 1e-6)
+                for j, p in zip(rows[top].tolist(), slots.tolist(), strict=True) if p < len(rel)]
 
     def _cf_candidates(self, s: _ListInput, scores: dict[int, float]) -> None:
         """Add to `scores` (item index → score, item-KNN's) the best `cf.candidates` stream CF successors."""

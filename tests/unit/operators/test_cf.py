@@ -134,3 +134,38 @@ def test_the_user_operator_inverts_predecessors_and_lists_new_items(make_op: Cal
         r = off.step(state, e)
         state, rec = r.state, (r.recommendations[-1] if r.recommendations else rec)
     assert "fresh-1" not in rec["items"]
+
+
+def test_a_successor_over_the_bound_goes_lightest_first_then_highest_index(make_op: Callable[..., Any]) -> None:
+    from tests.unit.operators.conftest import T0
+
+    op = make_op(cf={"max_neighbours": 2})
+    h = item_hash(op.item_ids[0])
+    for k, w in ((1, 1.0), (2, 3.0), (3, 1.0)):  # the third is over the bound: of the two lightest, 3 goes
+        op.apply_cf(CfUpdate(op.item_ids[k], ((h, w),), T0))
+    assert op.cf_succ[h] == {1: 1.0, 2: 3.0}
+    op.apply_cf(CfUpdate(op.item_ids[4], ((h, 2.0),), T0))  # lighter than 3.0, heavier than 1.0: 1 goes
+    assert op.cf_succ[h] == {2: 3.0, 4: 2.0}
+
+
+def test_stream_items_known_only_by_cf_are_never_scored_as_content(make_op: Callable[..., Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A new item known only from CF takes a content row (zero vector, bias -inf) so lists can index it; with no
+    row that has a text embedding the content scoring is not run at all (it could choose nothing)."""
+    from tests.unit.operators.conftest import T0
+    from tests.unit.operators.conftest import ev as uev
+
+    op = make_op(recs={"mmr_lambda": 1.0})
+    a = op.item_ids[0]
+    op.apply_cf(CfUpdate("fresh-2", ((item_hash(a), 2.0),), T0))
+    assert op.content_ids == ["fresh-2"] and not len(op._content_live()[0])
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("content scoring ran without a content row to score")
+
+    monkeypatch.setattr(op, "_content_candidates", boom)
+    state, rec = None, {}
+    for i in range(5):
+        r = op.step(state, uev(i, op.item_ids[1 + i] if i < 4 else a, T0 + i * 120_000, "purchase"))
+        state, rec = r.state, (r.recommendations[-1] if r.recommendations else rec)
+    assert rec and "content" not in rec["sources"] and "fresh-2" in rec["items"]

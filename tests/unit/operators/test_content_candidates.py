@@ -162,3 +162,19 @@ def test_stream_embeddings_the_model_cannot_use_are_kept_but_not_candidates(make
     assert len(op.content_ids) == n and {"x-other-encoder", op.item_ids[0]} <= set(op.embeddings)
     plain = make_cold_op(recs={"content_candidates": 0})  # no content path in use
     assert not plain.apply_embedding(_stream_embedding(op, "stream-new-3", like)) and plain.content_ids == []
+
+
+def test_a_cf_only_stream_item_does_not_change_the_content_candidates(make_cold_op: Callable[..., Any]) -> None:
+    """Its row (bias -inf) is left out of the rows content scoring reads; the embedded ones are all still there."""
+    from operators.cf import CfUpdate
+    from operators.state import item_hash
+
+    op = make_cold_op(recs={"mmr_lambda": 1.0})
+    rows = op._content_live()[0].tolist()
+    assert rows == [r for r in range(len(op.content_ids)) if np.isfinite(op.content_bias[r])] and rows
+    before = _last_list(op, _history(op))
+    op.apply_cf(CfUpdate("cf-only-1", ((item_hash(op.item_ids[0]), 1.0),), T0))
+    assert op.content_ids[-1] == "cf-only-1" and op._content_live()[0].tolist() == rows
+    after = _last_list(op, _history(op))
+    assert [i for i, s in zip(after["items"], after["sources"], strict=True) if s == "content"] == \
+        [i for i, s in zip(before["items"], before["sources"], strict=True) if s == "content"]
