@@ -823,6 +823,7 @@ class UserOperator:
         rels: list[list[float]] = []
         srcs: list[dict[int, str]] = []  # each candidate's source: model, content, cf (item-KNN) or popular
         cf_new: set[int] = set()  # stream CF candidates outside the model's vocabulary (the reserved CF place)
+        content = len(self._content_live()[0]) > 0  # rows with a text embedding: without them no item is "content"
         for o, res in zip(orders, scored, strict=True):
             if res is None:
                 cand, rel = self._fallback(o.s, o.known, o.consumed)
@@ -838,7 +839,7 @@ class UserOperator:
                     lo = min(rel) if rel else 0.0
                     cand += more
                     rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
-                if cand and len(self._content_live()[0]):
+                if cand and content:
                     for c, x in self._content_candidates(o.s, res.user_vector, cand, rel):
                         cand.append(c)
                         rel.append(x)
@@ -859,7 +860,7 @@ class UserOperator:
             rels.append(rel)
             srcs.append(src)
         chosen = mmr_many(cands, rels, self.unit_emb, r.k, r.mmr_lambda)
-        if r.content_slots > 0 and len(self._content_live()[0]):  # without such rows no candidate is "content"
+        if r.content_slots > 0 and content:
             chosen = [_reserve(ch, [c for c in cand if src.get(c) == "content"], r.content_slots, cf_new)
                       for ch, cand, src in zip(chosen, cands, srcs, strict=True)]  # fmt: skip
         if cf_new:
@@ -1117,10 +1118,8 @@ class UserOperator:
             logit[banned] = -np.inf
         get = self.content_hash.get
         seen = [c for c in map(get, s.items) if c is not None]
-        if seen:  # consumed
-            at = np.searchsorted(rows, seen)
-            at = at[at < len(rows)]
-            logit[at[np.isin(rows[at], seen)]] = -np.inf
+        if seen:
+            logit[np.isin(rows, seen)] = -np.inf  # consumed
         if k < len(logit):
             top = np.argpartition(-logit, k - 1)[:k]
             top = top[np.argsort(-logit[top], kind="stable")]
