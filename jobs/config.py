@@ -78,7 +78,7 @@ class CassandraSinkConf:
 class Batching:
     shards: int = 8  # user (and item) shards: the unit of batching and of parallelism (>= the job's parallelism)
     max_events: int = 256  # a shard's batch is sent to the Python operator when it holds this many events...
-    max_delay_ms: int = 20  # ... or when its oldest event has waited this long (processing time)
+    max_delay_ms: int = 50  # ... or when its oldest event has waited this long (processing time)
     key_table: str = "balanced"  # shard keys: balanced | legacy (the table before 2026-12-03; its state needs it)
     cf_max_delay_ms: int = 200  # the CF topic's records reach the Python operators in batches (of <= max_events)
 
@@ -102,14 +102,14 @@ class JobConf:
     python_workers: str = "auto"  # minicluster: loopback (one Python process) | process (one per operator) | auto
     jvm_options: str = "-XX:TieredStopAtLevel=1"  # minicluster: the job's JVM flags (before the user's JVM_ARGS)
     bundle_size: int = 1000  # python.fn-execution.bundle.size
-    bundle_time_ms: int = 100  # python.fn-execution.bundle.time
+    bundle_time_ms: int = 1000  # python.fn-execution.bundle.time
     state_cache_size: int = 100_000  # python.state.cache-size: keyed states cached per Python worker
     map_state_cache_size: int = 20_000  # python.map-state.read-cache-size: entries cached per MapState and key
     python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
     worker_patches: bool = True  # jobs/worker_patches.py: no per-bundle waits in process-mode Python workers
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
     gc_freeze: bool = True  # jobs/heap.py: the Python heap at operator open() hidden from the cyclic collector
-    buffer_timeout_ms: int = 20  # execution.buffer-timeout.interval: network buffers flushed at least this often
+    buffer_timeout_ms: int = 100  # execution.buffer-timeout.interval: network buffers flushed at least this often
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model
     scorer_threads: int = 1  # onnxruntime intra-op threads
