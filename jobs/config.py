@@ -101,6 +101,7 @@ class JobConf:
     model_store: str = ".state/models"  # where `streamrec model publish` copies artefacts (workers read them here)
     python_workers: str = "auto"  # minicluster: loopback (one Python process) | process (one per operator) | auto
     jvm_options: str = "-XX:TieredStopAtLevel=1"  # minicluster: the job's JVM flags (before the user's JVM_ARGS)
+    rest_port: int = 0  # minicluster: Flink's REST API / web UI on this port (rest.bind-port); 0: any free port
     bundle_size: int = 1000  # python.fn-execution.bundle.size
     bundle_time_ms: int = 1000  # python.fn-execution.bundle.time
     state_cache_size: int = 100_000  # python.state.cache-size: keyed states cached per Python worker

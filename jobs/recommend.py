@@ -130,6 +130,8 @@ def flink_configuration(job: Any) -> Any:
     conf.set_string("python.metric.enabled", str(job.python_metrics).lower())
     conf.set_string("pipeline.object-reuse", str(job.object_reuse).lower())
     conf.set_string("execution.buffer-timeout.interval", f"{job.buffer_timeout_ms} ms")
+    if job.rest_port:  # the minicluster's REST endpoint (a cluster's own config decides its port: left alone)
+        conf.set_string("rest.bind-port", str(job.rest_port))
     return conf
 
 

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,66 @@ class OffsetSampler:
 
     def latest(self) -> int:
         return self.samples[-1][1] if self.samples else 0
+
+
+class CheckpointSampler:
+    """The completed checkpoints of the job running behind `rest_url` (Flink's REST API: the minicluster's, with the
+    job's `rest_port`, or the bench cluster's), polled every `every_s` (Flink's REST history keeps only the latest
+    few): checkpoint id → (trigger time on the monotonic clock, end-to-end duration in ms). An exactly-once output is
+    readable only once the checkpoint after it completes, so the duration adds to its latency."""
+
+    def __init__(self, rest_url: str, every_s: float = 2.0) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self.every = every_s
+        self.done: dict[int, tuple[float, int]] = {}
+        self.failed = 0
+        self.errors = 0
+        self._offset = time.time() - time.monotonic()  # wall clock (REST timestamps) → monotonic
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _get(self, path: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(self.rest_url + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def poll(self) -> None:
+        try:
+            running = [j["id"] for j in self._get("/jobs").get("jobs", []) if j.get("status") == "RUNNING"]
+            for job_id in running:
+                got = self._get(f"/jobs/{job_id}/checkpoints")
+                self.failed = max(self.failed, int((got.get("counts") or {}).get("failed") or 0))
+                for h in got.get("history") or []:
+                    if h.get("status") == "COMPLETED" and h.get("trigger_timestamp"):
+                        self.done[int(h["id"])] = (h["trigger_timestamp"] / 1000 - self._offset,
+                                                   int(h["end_to_end_duration"]))  # fmt: skip
+        except (OSError, ValueError, KeyError):  # not up yet, or gone: the phase reports what was seen
+            self.errors += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.every)
+
+    def start(self) -> CheckpointSampler:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+def checkpoint_summary(done: Mapping[int, tuple[float, int]], t_from: float, t_to: float,
+                       failed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """End-to-end durations (ms) of the checkpoints triggered within [t_from, t_to] (monotonic), from
+    `CheckpointSampler.done`: count, p50, p90, max; `failed` as Flink counted them over the job's life."""
+    ms = [d for t, d in done.values() if t_from <= t <= t_to]
+    if not ms:
+        return {"n": 0, "p50": None, "p90": None, "max": None, "failed": failed}
+    p50, p90 = np.percentile(np.asarray(ms, dtype=np.float64), [50, 90])
+    return {"n": len(ms), "p50": round(float(p50)), "p90": round(float(p90)), "max": max(ms), "failed": failed}
 
 
 def _first_record(bootstrap: str, topic: str, timeout_s: float, alive: Any) -> float | None:
@@ -686,6 +746,15 @@ class E2E:
             watchers["read_uncommitted"] = RecWatcher(self.bootstrap, topics["recommendations"],
                                                       "read_uncommitted").start()  # fmt: skip
         sampler = OffsetSampler(self.bootstrap, group, topics["events"]).start()
+        checkpoints: CheckpointSampler | None = None
+        if system == "job":  # the minicluster's REST API, on a port of its own for this phase
+            from streamrec.bench.cluster import free_port
+
+            port = free_port()
+            env["STREAMREC_JOB_REST_PORT"] = str(port)
+            checkpoints = CheckpointSampler(f"http://localhost:{port}").start()
+        elif system == "cluster" and self.cluster is not None:
+            checkpoints = CheckpointSampler(self.cluster.rest_url).start()
         t_spawn = time.monotonic()
         procs: list[Any] = []
         stats_files: list[Path] = []
@@ -775,6 +844,9 @@ class E2E:
             # the assignments while the phase ran: once one consumer stops and leaves the group, the other can be
             # given every partition before it stops too
             final = _assignments(stats_files)
+            if checkpoints is not None:
+                checkpoints.stop()
+                checkpoints.poll()  # the last ones, before the job is stopped
             self._stop(procs)
             sampler.stop()
             for w in watchers.values():
@@ -814,6 +886,8 @@ class E2E:
         result["progress_series"] = [(round(t - t_from, 2), c) for t, c in series[:: max(1, len(series) // 400)]]
         result["offsets_series"] = [(round(t - t_from, 2), c) for t, c in sampler.samples]
         result["recommendations_seen"] = {view: w.count for view, w in watchers.items()}
+        if checkpoints is not None:  # triggered within the window (paced: the load and the drain after it)
+            result["checkpoints_ms"] = checkpoint_summary(checkpoints.done, t_from, t_to, checkpoints.failed)
         if sent_at is not None:
             send_time = workload.send_times(sent_at)
             lat: dict[str, Any] = {}

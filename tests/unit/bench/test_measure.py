@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from streamrec.bench.e2e import (
+    CheckpointSampler,
     backlog_completion,
+    checkpoint_summary,
     commit_throughput,
     percentiles,
     progress_series,
@@ -250,3 +252,58 @@ def test_send_times_skip_the_malformed_lines_that_carry_valid_events_ids(tmp_pat
     assert all(naive[eid] < got[eid] for eid in earlier)  # what counting them gave
     keyed = {eid for (_p, key, _t), eid in zip(w.stream, w.event_ids, strict=True) if key is not None and eid}
     assert set(got) <= keyed and len(keyed - set(got)) <= 1  # every valid event but (perhaps) the unsent line's
+
+
+def test_checkpoint_summary_keeps_the_checkpoints_triggered_in_the_window() -> None:
+    done = {1: (5.0, 900), 2: (10.0, 300), 3: (15.0, 500), 4: (20.0, 700), 5: (25.0, 5000)}
+    s = checkpoint_summary(done, 9.0, 21.0, failed=1)
+    assert s == {"n": 3, "p50": 500, "p90": 660, "max": 700, "failed": 1}
+    assert checkpoint_summary(done, 30.0, 40.0) == {"n": 0, "p50": None, "p90": None, "max": None, "failed": 0}
+
+
+def test_checkpoint_sampler_reads_flinks_rest_answers() -> None:
+    """`CheckpointSampler.poll` against an HTTP server answering as Flink's REST API does (the fields it reads,
+    in the shape of Flink 2.3's /jobs and /jobs/:id/checkpoints): completed checkpoints kept by id across polls
+    (Flink's history holds only the latest few), in-progress and failed ones not, the failed count taken; a server
+    that does not answer is counted, not raised."""
+    import http.server
+    import json
+    import threading
+    import time
+
+    now_ms = int(time.time() * 1000)
+    answers: dict[str, object] = {
+        "/jobs": {"jobs": [{"id": "old", "status": "CANCELED"}, {"id": "j1", "status": "RUNNING"}]},
+        "/jobs/j1/checkpoints": {"counts": {"completed": 2, "failed": 1}, "history": [
+            {"id": 3, "status": "IN_PROGRESS", "trigger_timestamp": now_ms, "end_to_end_duration": 10},
+            {"id": 2, "status": "COMPLETED", "trigger_timestamp": now_ms - 5000, "end_to_end_duration": 640},
+            {"id": 1, "status": "FAILED", "trigger_timestamp": now_ms - 10000, "end_to_end_duration": 99}]},
+    }  # fmt: skip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = json.dumps(answers.get(self.path, {})).encode()
+            self.send_response(200 if self.path in answers else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s = CheckpointSampler(f"http://127.0.0.1:{server.server_address[1]}")
+        s.poll()
+        assert set(s.done) == {2} and s.done[2][1] == 640 and s.failed == 1
+        assert abs(s.done[2][0] - (time.monotonic() - 5.0)) < 1.0  # on the monotonic clock
+        answers["/jobs/j1/checkpoints"] = {"counts": {"failed": 1}, "history": [
+            {"id": 4, "status": "COMPLETED", "trigger_timestamp": now_ms, "end_to_end_duration": 410}]}  # fmt: skip
+        s.poll()
+        assert {k: v[1] for k, v in s.done.items()} == {2: 640, 4: 410}
+    finally:
+        server.shutdown()
+        server.server_close()
+    s.poll()  # gone
+    assert s.errors == 1 and len(s.done) == 2

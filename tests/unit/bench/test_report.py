@@ -369,3 +369,25 @@ def test_low_latency_start_up_load_is_reported_apart_from_the_window() -> None:
     assert h["targets"]["p99_ms_at_1k_low_latency"]["met"]
     md = report.markdown({**r, "summary": h}, {})
     assert "start-up load: 540 ms |" in md
+
+
+def test_the_checkpoints_of_the_1k_phase_are_reported_beside_its_p99() -> None:
+    """The exactly-once p99 at 1,000 events/s comes with the checkpoints of the phase that gave it (an exactly-once
+    list is readable when the next checkpoint completes): in the JSON, and in the Markdown row of the target."""
+    r = synthetic_result()
+    slow = {"n": 12, "p50": 800, "p90": 1100, "max": 1300, "failed": 0}
+    fast = {"n": 12, "p50": 300, "p90": 420, "max": 480, "failed": 1}
+    r["e2e"]["phases"] += [
+        {**_phase("job", 2, 1000.0, 990.0, p99=6300.0, caught_up=True), "checkpoints_ms": slow},
+        {**_phase("job", 3, 1000.0, 990.0, p99=5400.0, caught_up=True), "checkpoints_ms": fast},
+    ]  # fmt: skip
+    h = report.headline(r)
+    assert h["e2e_p99_ms_at_1k"] == 5400.0
+    assert h["checkpoints_ms_at_1k"] == fast  # the phase that gave the headline p99, not the slower one
+    assert h["checkpoints_ms_at_1k_by_parallelism"][2] == slow and h["checkpoints_ms_at_1k_by_parallelism"][1] is None
+    md = report.markdown({**r, "summary": h}, {})
+    assert "its 12 checkpoints took p50 300 ms, max 480 ms" in md
+    r2 = synthetic_result()  # phases from before checkpoints were recorded: no note, no error
+    h2 = report.headline(r2)
+    assert h2["checkpoints_ms_at_1k"] is None
+    assert "checkpoints took" not in report.markdown({**r2, "summary": h2}, {})
