@@ -77,7 +77,7 @@ class CassandraSinkConf:
 @dataclass(frozen=True)
 class Batching:
     shards: int = 8  # user (and item) shards: the unit of batching and of parallelism (>= the job's parallelism)
-    max_events: int = 256  # a shard's batch is sent to the Python operator when it holds this many events...
+    max_events: int = 1024  # a shard's batch is sent to the Python operator when it holds this many events...
     max_delay_ms: int = 50  # ... or when its oldest event has waited this long (processing time)
     key_table: str = "balanced"  # shard keys: balanced | legacy (the table before 2026-12-03; its state needs it)
     cf_max_delay_ms: int = 200  # the CF topic's records reach the Python operators in batches (of <= max_events)
