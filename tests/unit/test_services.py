@@ -197,6 +197,12 @@ def test_flink_workers_file_has_one_line_per_taskmanager(tmp_path: Path) -> None
     cfg = yaml.safe_load((tmp_path / "fl" / "conf" / "config.yaml").read_text())
     assert cfg["taskmanager.numberOfTaskSlots"] == 1 and cfg["rest.port"] == 18099
     assert cfg["env.log.dir"] == str(tmp_path / "fl" / "log")
+    assert cfg["io.tmp.dirs"] == str(tmp_path / "fl" / "tmp") and (tmp_path / "fl" / "tmp").is_dir()
+    left = tmp_path / "fl" / "tmp" / "tm_127.0.0.1:1-abc" / "blobStorage"  # what a stopped TaskManager leaves
+    left.mkdir(parents=True)
+    (left / "job.jar").write_bytes(b"x")
+    assert svc.down() == "not running" and not (tmp_path / "fl" / "tmp").exists()
+    assert (tmp_path / "fl" / "conf" / "config.yaml").exists()  # only the working directories go
     env = svc.env({"KEEP": "1"})
     assert env["KEEP"] == "1" and env["FLINK_CONF_DIR"] == str(tmp_path / "fl" / "conf")
 
