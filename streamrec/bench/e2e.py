@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -221,7 +221,32 @@ class RecWatcher:
         self.thread.join(10)
 
 
-class OffsetSampler:
+class _Periodic:
+    """A daemon thread calling `tick()` every `every` seconds from `start()` until `stop()`."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every = every_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.every)
+
+    def start(self) -> Self:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+class OffsetSampler(_Periodic):
     """(time, total committed offset of `topic`) of a consumer group, every `every_s`."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, every_s: float = 1.0) -> None:
@@ -229,11 +254,10 @@ class OffsetSampler:
 
         from streamrec.services.clients import kafka_kwargs
 
+        super().__init__(every_s)
         self.admin = KafkaAdminClient(**kafka_kwargs(bootstrap), client_id="streamrec-bench-offsets")
-        self.group, self.topic, self.every = group, topic, every_s
+        self.group, self.topic = group, topic
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def total(self) -> int:
         try:
@@ -242,46 +266,36 @@ class OffsetSampler:
             return 0
         return sum(o.offset for tp, o in offs.items() if tp.topic == self.topic and o.offset >= 0)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), self.total()))
-            self._stop.wait(self.every)
-
-    def start(self) -> OffsetSampler:
-        self.thread.start()
-        return self
+    def tick(self) -> None:
+        self.samples.append((time.monotonic(), self.total()))
 
     def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
-        self.samples.append((time.monotonic(), self.total()))
+        super().stop()
+        self.tick()
         self.admin.close()
 
     def latest(self) -> int:
         return self.samples[-1][1] if self.samples else 0
 
 
-class CheckpointSampler:
+class CheckpointSampler(_Periodic):
     """The completed checkpoints of the job running behind `rest_url` (Flink's REST API: the minicluster's, with the
     job's `rest_port`, or the bench cluster's), polled every `every_s` (Flink's REST history keeps only the latest
     few): checkpoint id → (trigger time on the monotonic clock, end-to-end duration in ms). An exactly-once output is
     readable only once the checkpoint after it completes, so the duration adds to its latency."""
 
     def __init__(self, rest_url: str, every_s: float = 2.0) -> None:
+        super().__init__(every_s)
         self.rest_url = rest_url.rstrip("/")
-        self.every = every_s
         self.done: dict[int, tuple[float, int]] = {}
         self.failed = 0
         self.errors = 0
         self._offset = time.time() - time.monotonic()  # wall clock (REST timestamps) → monotonic
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _get(self, path: str) -> Any:
-        import urllib.request
+        from streamrec.services.flink import rest_json
 
-        with urllib.request.urlopen(self.rest_url + path, timeout=5) as r:
-            return json.loads(r.read())
+        return rest_json(self.rest_url + path, timeout_s=5.0)
 
     def poll(self) -> None:
         try:
@@ -293,21 +307,11 @@ class CheckpointSampler:
                     if h.get("status") == "COMPLETED" and h.get("trigger_timestamp"):
                         self.done[int(h["id"])] = (h["trigger_timestamp"] / 1000 - self._offset,
                                                    int(h["end_to_end_duration"]))  # fmt: skip
-        except (OSError, ValueError, KeyError):  # not up yet, or gone: the phase reports what was seen
+        except (OSError, ValueError, KeyError, AttributeError):  # not up yet, or gone: the phase reports what was seen
             self.errors += 1
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.every)
-
-    def start(self) -> CheckpointSampler:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
+    def tick(self) -> None:
+        self.poll()
 
 
 def checkpoint_summary(done: Mapping[int, tuple[float, int]], t_from: float, t_to: float,

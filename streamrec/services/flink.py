@@ -65,6 +65,16 @@ def slots_free(overview: Mapping[str, Any]) -> bool:
             and int(overview.get("slots-available", -1)) == int(overview.get("slots-total", 0)))
 
 
+def rest_json(url: str, method: str = "GET", timeout_s: float = 10.0, body: Any = None) -> Any:
+    """JSON of one call to a Flink REST API (`body` sent as JSON); None for an empty answer."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        answer = r.read()
+    return json.loads(answer) if answer else None
+
+
 class FlinkService:
     name = "flink"
 
@@ -163,12 +173,7 @@ class FlinkService:
     def rest(self, path: str, method: str = "GET", timeout_s: float = 10.0, body: Any = None) -> Any:
         """JSON of one REST call (`path` from the root, e.g. "/jobs/overview"; `body` sent as JSON); None for an
         empty answer."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.rest_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            body = r.read()
-        return json.loads(body) if body else None
+        return rest_json(self.rest_url + path, method, timeout_s, body)
 
     def job_state(self, job_id: str) -> str:
         """The job's state ("RUNNING", "CANCELED", ...) from `GET /jobs/<id>`."""
@@ -262,8 +267,9 @@ class FlinkService:
         return logs[-1] if logs else None
 
     def down(self) -> str:
+        """Stop the cluster; then its working directories (`io.tmp.dirs`) go, once none of its processes runs."""
         if not self.pids():
-            self._remove_tmp()
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
             return "not running"
         if self.conf_dir.exists():
             with contextlib.suppress(ServiceError, subprocess.TimeoutExpired):
@@ -271,13 +277,9 @@ class FlinkService:
         stray = self.pids()
         for p in stray:
             stop_pid(p)
-        self._remove_tmp()
-        return "stopped"
-
-    def _remove_tmp(self) -> None:
-        """The cluster's working directories (`io.tmp.dirs`), once none of its processes runs."""
         if not self.pids():
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        return "stopped"
 
     def run_argv(self, *args: str) -> tuple[list[str], dict[str, str]]:
         """argv and environment for `bin/flink <args>` against this cluster."""
