@@ -158,15 +158,32 @@ def catalogue_throughput(models: list[tuple[str, Path]], stream: list[tuple[byte
         h = make_handler(path)
         calls = _count_model_calls(h)
         r = run_handler(h, stream, max_events, seconds)
+        r["new_item_us"] = new_item_cost(h.user_op)
         r.update(model=label, n_items=h.user_op.n_items, model_calls=calls["n"],
                  model_calls_per_event=round(calls["n"] / max(r["events"], 1), 3), model_calls_full=calls["full"],
                  model_calls_full_per_event=round(calls["full"] / max(r["events"], 1), 3))  # fmt: skip
         rows.append(r)
         say(f"    {label:>10}: {r['events_per_s']:>8,.1f} events/s ({r['events']:,} events, "
-            f"{r['model_calls_per_event']:.2f} model calls/event, {r['model_calls_full_per_event']:.3f} full graph)")
+            f"{r['model_calls_per_event']:.2f} model calls/event, {r['model_calls_full_per_event']:.3f} full graph; "
+            f"a new stream item {r['new_item_us']:,.0f} µs)")
         del h
         gc.collect()
     return rows
+
+
+def new_item_cost(user_op: Any, items: int = 2000) -> float:
+    """µs per item the model never saw becoming a stream item in the user operator (`apply_cf` of a first CF
+    publication: a new index, a row of every item array), over `items` new items in a row: what a catalogue that
+    grows in the stream costs the operator, per new item (an embedded one takes the same path)."""
+    from operators.cf import CfUpdate
+    from operators.state import item_hash
+
+    known = [item_hash(user_op.item_ids[i]) for i in range(min(200, user_op.n_items))]
+    t0 = time.perf_counter()
+    for n in range(items):
+        preds = tuple((known[(7 * n + k) % len(known)], 1.0 / (k + 1)) for k in range(5))
+        user_op.apply_cf(CfUpdate(f"bench-new-item-{n}", preds, 1_700_000_000_000 + n))
+    return round((time.perf_counter() - t0) / items * 1e6, 1)
 
 
 def _count_model_calls(handler: Any) -> dict[str, int]:

@@ -1007,10 +1007,14 @@ def _notes_growth(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
     if cat:
         out += ["Per-event logic (parse, user + item operators, timers, JSON; no sinks) on the same simulated "
                 "stream with a catalogue of 1.7k / 20k / 100k items (random-weight models, same shape):", ""]
-        out += [_table(["catalogue", "events/s", "events", "model calls / event", "CPU share of the process"],
+        out += [_table(["catalogue", "events/s", "events", "model calls / event", "CPU share of the process",
+                        "µs per new stream item"],
                        [[f"{r['n_items']:,}", _fmt(r["events_per_s"]), f"{r['events']:,}",
-                         r["model_calls_per_event"], _fmt(r.get("cpu_share"), "", 2)]
+                         r["model_calls_per_event"], _fmt(r.get("cpu_share"), "", 2), _fmt(r.get("new_item_us"))]
                         for r in sorted(cat, key=lambda r: r["n_items"])]), ""]
+        out += ["µs per new stream item: the user operator's cost when an item the model never saw arrives (its "
+                "first CF publication or text embedding gives it an index and a row of every item array), 2,000 "
+                "new items in a row after the stream above.", ""]
     out += _img(figures, "catalogue")
     return out
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def test_build_states_are_real_codec_states(bench_model: Path, bench_sim: Any) -> None:
     from operators.privacy import Pseudonymizer
@@ -63,6 +65,21 @@ def test_scorer_grid_times_both_graphs(bench_model: Path, bench_sim: Any) -> Non
     cat = micro.catalogue_throughput([("tiny", bench_model)], bench_sim.stream, 600, 60, lambda _s: None)[0]
     assert 0 < cat["model_calls_full"] < cat["model_calls"]
     assert cat["model_calls_full_per_event"] < cat["model_calls_per_event"]
+    assert cat["new_item_us"] > 0
+
+
+def test_new_item_cost_adds_stream_items_without_copying_the_item_arrays(bench_model: Path) -> None:
+    """`new_item_cost` makes every item it times a stream item of the operator, and they grow the item arrays in
+    place (one buffer per doubling, not a copy per item: `operators.user._appended`)."""
+    from streamrec.bench import micro
+
+    h = micro.make_handler(bench_model)
+    op = h.user_op
+    n0 = len(op.item_ids)
+    us = micro.new_item_cost(op, items=300)
+    assert us > 0 and len(op.item_ids) == n0 + 300 and op.item_ids[-1] == "bench-new-item-299"
+    assert op.unit_emb.shape[0] == n0 + 300 and op.unit_emb.base is not None
+    assert op.unit_emb.base.shape[0] >= n0 + 300 and op.content_bias[-1] == -np.inf
 
 
 def test_scorer_memory_shows_the_shared_tables(tmp_path: Path) -> None:

@@ -58,8 +58,8 @@ def synthetic_result() -> dict[str, Any]:
                               "rss_before_mb": 50.0, "rss_after_mb": 50.0 + 0.0007 * n, "rss_bytes_per_user": 700.0,
                               "build_seconds": 1.0} for n in (10_000, 100_000, 1_000_000)],
                    "catalogue": [{"model": lbl, "n_items": n, "events_per_s": e, "events": 100,
-                                  "model_calls_per_event": 0.4} for lbl, n, e in (("1.7k", 1682, 1500.0),
-                                                                                  ("100k", 100000, 300.0))]},
+                                  "model_calls_per_event": 0.4, "new_item_us": u}
+                                 for lbl, n, e, u in (("1.7k", 1682, 1500.0, 40.0), ("100k", 100000, 300.0, 61.5))]},
         "profile": {"events": 100, "events_per_s": 800.0, "model_desc": "tiny", "catalogue": "2,588 items",
                     "stages": [{"stage": "model: onnxruntime run", "us_per_event": 600.0, "share": 0.6},
                                {"stage": "parse + validate (parse_event)", "us_per_event": 400.0, "share": 0.4}],
@@ -127,6 +127,7 @@ def test_write_produces_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "3,000 events/s alone and 800 events/s with the Kafka and Cassandra clients" in md
     assert "| 100k | 100,000 | fp32 | 785.6 | 400.0 | 800.0 | 400.0 | 7.9 / 3.8 |" in md  # scorer memory
     assert "| 100k | 100,000 | int8 | 748.7 | – | 700.0 | – |" in md and "100k int8: boom" in md
+    assert "| 100,000 | 300 | 100 | 0.4 | – | 62 |" in md  # catalogue: µs per new stream item
     for name in ("throughput", "latency", "progress", "scorer", "growth", "catalogue", "profile"):
         png = paths[name]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -178,3 +178,62 @@ def test_a_cf_only_stream_item_does_not_change_the_content_candidates(make_cold_
     after = _last_list(op, _history(op))
     assert [i for i, s in zip(after["items"], after["sources"], strict=True) if s == "content"] == \
         [i for i, s in zip(before["items"], before["sources"], strict=True) if s == "content"]
+
+
+def test_new_items_grow_the_arrays_in_place_of_copies_and_what_a_list_holds_stays(
+        make_cold_op: Callable[..., Any]) -> None:  # fmt: skip
+    """New items (stream embeddings, CF-only items) grow the item arrays by `_appended` (a buffer with room to spare,
+    not a copy of every row per item): arrays taken before (what a list being built holds) keep their rows; the
+    current ones start with them; the content rows a list scores (`_content_live`, updated for the added rows
+    alone) are what a full recompute gives; a replaced embedding copies; a shorter, earlier array that grows gets
+    a buffer of its own instead of writing into the current one's row."""
+    from operators.cf import CfUpdate
+    from operators.recs import normalise_rows
+    from operators.state import item_hash
+    from operators.user import _appended
+
+    op = make_cold_op()
+    likes = list(op.content_ids)
+    names = ("unit_emb", "content_vec", "content_bias", "content_banned")
+    held = [getattr(op, a) for a in names]
+    kept = [a.copy() for a in held]
+    buffers = set()
+    new = 40
+    for k in range(new):
+        if k % 2:
+            op.apply_cf(CfUpdate(f"cf-only-{k}", ((item_hash(op.item_ids[k]), 1.0),), T0))
+        else:
+            assert op.apply_embedding(_stream_embedding(op, f"stream-{k}", likes[k % len(likes)]))
+        assert op.unit_emb.base is not None and op.content_vec.base is not None
+        buffers.add(id(op.unit_emb.base))
+        rows, vec, bias = op._content_live()
+        full = np.flatnonzero(np.isfinite(op.content_bias))
+        assert rows.tolist() == full.tolist()
+        np.testing.assert_array_equal(vec, op.content_vec[full])
+        np.testing.assert_array_equal(bias, op.content_bias[full])
+    for h, k, a in zip(held, kept, names, strict=True):
+        np.testing.assert_array_equal(h, k, err_msg=a)  # untouched
+        now = getattr(op, a)
+        assert now.shape[0] == k.shape[0] + new and now.dtype == k.dtype, a
+        np.testing.assert_array_equal(now[: k.shape[0]], k, err_msg=a)
+    assert len(buffers) <= 3  # amortised: a buffer per doubling, not an array per item
+    m = len(likes)
+    for k in range(new):
+        row = m + k
+        if k % 2:
+            assert op.content_bias[row] == -np.inf and not op.content_vec[row].any()
+        else:
+            np.testing.assert_allclose(op.unit_emb[op.n_items + row], normalise_rows(op.content_vec[row][None])[0])
+    assert op.item_ids[op.n_items + m :] == op.content_ids[m:] and len(op.index_hash) == len(op.item_ids)
+    # a replaced embedding: new arrays, the ones before it untouched
+    before = op.content_vec
+    snapshot = before.copy()
+    assert op.apply_embedding(_stream_embedding(op, "stream-0", likes[1]))
+    assert op.content_vec is not before and np.array_equal(before, snapshot)
+    rows, vec, _ = op._content_live()
+    np.testing.assert_array_equal(vec, op.content_vec[np.flatnonzero(np.isfinite(op.content_bias))])
+    # an earlier, shorter array grown: its own buffer, the current array's rows unchanged
+    cur = op.unit_emb
+    cur_rows = cur.copy()
+    grown = _appended(cur[:-1], np.full(cur.shape[1], 7.0))
+    assert grown.base is not cur.base and np.array_equal(cur, cur_rows) and (grown[-1] == 7.0).all()
