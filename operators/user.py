@@ -104,14 +104,15 @@ _ROWS_IN_USE: dict[int, int] = {}  # id(buffer) → rows in use; an entry goes w
 
 def _appended(arr: np.ndarray, row: Any) -> np.ndarray:
     """`arr` with `row` appended (cast to its dtype), in amortised O(1) instead of a copy of every row: the result is
-    a view of a buffer with room to spare (capacity doubled when full). `arr` is never written, and neither is any
+    a view of a buffer with room to spare (grown by an eighth when full: at most 12.5 % of a large catalogue's rows
+    held spare, a copy of every row once per n / 8 new items). `arr` is never written, and neither is any
     row an array handed out earlier holds: the new row goes past the end of every earlier view, so whoever holds an
     earlier array (a list being built) keeps the rows it started with, as with a copy."""
     n = arr.shape[0]
     buf = arr.base
     if not (isinstance(buf, np.ndarray) and _ROWS_IN_USE.get(id(buf)) == n and n < buf.shape[0]
             and arr.ctypes.data == buf.ctypes.data):  # fmt: skip
-        buf = np.empty((max(16, 2 * n), *arr.shape[1:]), dtype=arr.dtype)
+        buf = np.empty((n + max(16, n >> 3), *arr.shape[1:]), dtype=arr.dtype)
         buf[:n] = arr
         weakref.finalize(buf, _ROWS_IN_USE.pop, id(buf), None)
     buf[n] = row

@@ -70,7 +70,7 @@ def test_scorer_grid_times_both_graphs(bench_model: Path, bench_sim: Any) -> Non
 
 def test_new_item_cost_adds_stream_items_without_copying_the_item_arrays(bench_model: Path) -> None:
     """`new_item_cost` makes every item it times a stream item of the operator, and they grow the item arrays in
-    place (one buffer per doubling, not a copy per item: `operators.user._appended`)."""
+    place (one buffer per growth by an eighth, not a copy per item: `operators.user._appended`)."""
     from streamrec.bench import micro
 
     h = micro.make_handler(bench_model)

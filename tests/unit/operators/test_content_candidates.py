@@ -216,7 +216,7 @@ def test_new_items_grow_the_arrays_in_place_of_copies_and_what_a_list_holds_stay
         now = getattr(op, a)
         assert now.shape[0] == k.shape[0] + new and now.dtype == k.dtype, a
         np.testing.assert_array_equal(now[: k.shape[0]], k, err_msg=a)
-    assert len(buffers) <= 3  # amortised: a buffer per doubling, not an array per item
+    assert len(buffers) <= 3  # amortised: a buffer per growth by an eighth, not an array per item
     m = len(likes)
     for k in range(new):
         row = m + k
