@@ -177,7 +177,26 @@ def commit_throughput(samples: list[tuple[float, int]], t_from: float, t_to: flo
     return {"eps": round((c1 - c0) / span, 1) if span > 0 else None, "events": c1 - c0, "commits": changes}
 
 
-class RecWatcher:
+class _Background:
+    """A daemon thread running `_run()` from `start()`; `stop()` sets `_stop` (which `_run` watches) and joins it."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+class RecWatcher(_Background):
     """Reads a recommendations topic from the beginning; first receive time of each event id whose list was emitted
     at once (`"debounced":false`). Byte search, not JSON parsing: the harness shares the machine."""
 
@@ -186,13 +205,12 @@ class RecWatcher:
 
         from streamrec.services.clients import kafka_kwargs
 
+        super().__init__()
         self.consumer = KafkaConsumer(topic, **kafka_kwargs(bootstrap), auto_offset_reset="earliest",
                                       enable_auto_commit=False, group_id=None, isolation_level=isolation,
                                       fetch_max_wait_ms=100)  # fmt: skip
         self.first: dict[str, float] = {}
         self.count = 0
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         try:
@@ -212,22 +230,13 @@ class RecWatcher:
         finally:
             self.consumer.close()
 
-    def start(self) -> RecWatcher:
-        self.thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
-
-
-class _Periodic:
+class _Periodic(_Background):
     """A daemon thread calling `tick()` every `every` seconds from `start()` until `stop()`."""
 
     def __init__(self, every_s: float) -> None:
+        super().__init__()
         self.every = every_s
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def tick(self) -> None:
         raise NotImplementedError
@@ -236,14 +245,6 @@ class _Periodic:
         while not self._stop.is_set():
             self.tick()
             self._stop.wait(self.every)
-
-    def start(self) -> Self:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(10)
 
 
 class OffsetSampler(_Periodic):

@@ -174,7 +174,7 @@ def catalogue_throughput(models: list[tuple[str, Path]], stream: list[tuple[byte
 def new_item_cost(user_op: Any, items: int = 2000) -> float:
     """µs per item the model never saw becoming a stream item in the user operator (`apply_cf` of a first CF
     publication: a new index, a row of every item array), over `items` new items in a row: what a catalogue that
-    grows in the stream costs the operator, per new item (an embedded one takes the same path)."""
+    grows in the stream costs the operator, per new item (an embedded one takes the same path, after its projection)."""
     from operators.cf import CfUpdate
     from operators.state import item_hash
 
