@@ -108,6 +108,8 @@ class JobConf:
     map_state_cache_size: int = 20_000  # python.map-state.read-cache-size: entries cached per MapState and key
     python_metrics: bool = False  # python.metric.enabled: Flink metrics from the Python operators
     worker_patches: bool = True  # jobs/worker_patches.py: no per-bundle waits in process-mode Python workers
+    input_flush_ms: int = 20  # process mode: input waiting for the Python worker is sent when a record arrives this
+    #   long after the last send (0: every record; -1: at 1 MB or the bundle's end, as released); jobs/java
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
     gc_freeze: bool = True  # jobs/heap.py: the Python heap at operator open() hidden from the cyclic collector
     buffer_timeout_ms: int = 100  # execution.buffer-timeout.interval: network buffers flushed at least this often

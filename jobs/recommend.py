@@ -370,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"execution_mode must be process or thread, not {job.execution_mode!r}")
     if job.python_workers not in ("auto", "loopback", "process"):
         raise SystemExit(f"python_workers must be auto, loopback or process, not {job.python_workers!r}")
+    if job.input_flush_ms < -1:
+        raise SystemExit(f"input_flush_ms must be >= 0, or -1 (off), not {job.input_flush_ms}")
     if job.batching.key_table not in ("balanced", "legacy"):
         raise SystemExit(f"batching.key_table must be balanced or legacy, not {job.batching.key_table!r}")
     # The minicluster's JVM starts with PyFlink's gateway (the first Flink call below) and takes JVM_ARGS; the
@@ -414,8 +416,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.add_jars(f"file://{jar}")
     build(env, job, operators_conf, pseudonymizer, svc.kafka.bootstrap, svc.cassandra.contact_points,
           svc.cassandra.native_port, svc.cassandra.keyspace, svc.cassandra.security, encoder)
-    env.execute(job.job_name)
+    # What env.execute does, with the process-mode Python operators' input streamed in between (jobs/java).
+    graph = env._generate_stream_graph(clear_transformations=True, job_name=job.job_name)
+    streamed = stream_input(graph, job)
+    print(f"streamrec job: Python operators with streamed input: {streamed}", file=sys.stderr)
+    env._j_stream_execution_environment.execute(graph)
     return 0
+
+
+def stream_input(graph: Any, job: Any) -> int:
+    """Process mode: every Python operator of the Java stream graph sends the input waiting for its Python worker
+    whenever a record arrives `input_flush_ms` after the last send (`jobs/java/StreamedInput.java`), not only at 1 MB
+    or the bundle's end; returns how many operators. -1 (or thread mode): none."""
+    if job.execution_mode != "process" or job.input_flush_ms < 0:
+        return 0
+    from pyflink.java_gateway import get_gateway
+
+    return int(get_gateway().jvm.streamrec.flink.StreamedInput.apply(graph, job.input_flush_ms))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -126,6 +127,15 @@ def run(kafka_bootstrap: str, cassandra_keyspace: str, connector_jars: list[Path
     yield Run(sim, outputs, offline, Pseudonymizer(KEY.encode(), "test-k1"), cassandra_keyspace, str(model), log)
     admin.delete_topics([*topics.values(), f"g-{run_id}-cf"])
     admin.close()
+
+
+def test_the_python_operators_got_their_input_streamed(run: Run) -> None:
+    """The default profile (process mode, `input_flush_ms: 20`) ran with every Python operator replaced by its
+    streamed-input subclass (jobs/java/StreamedInput.java); every other test here checks that this changed nothing
+    in what the job outputs."""
+    found = re.search(r"Python operators with streamed input: (\d+)", run.log)
+    assert found is not None, run.log
+    assert int(found.group(1)) >= 4  # parse-control, parse-items, parse-cf, user, item (+ embed-items)
 
 
 def test_one_dead_letter_per_malformed_message(run: Run) -> None:
