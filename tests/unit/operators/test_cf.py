@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from operators.batch import Outputs, cf_events
+from operators.batch import Outputs, cf_events, to_json
 from operators.cf import CfOperator, CfState, CfUpdate, decode_cf, encode_cf, prev_items
 from operators.config import CfConf
 from operators.state import item_hash
@@ -77,7 +77,9 @@ def test_state_and_record_round_trips_and_bad_input() -> None:
             CfUpdate.from_dict(bad)
 
 
-def test_the_same_states_and_publications_whatever_the_batching() -> None:
+def test_the_same_states_and_latest_publications_whatever_the_batching() -> None:
+    """States are the same whatever the batching; a batch publishes what the events published one by one, less the
+    lists of an item a later one of the same batch replaces; so each item's latest list is the same too."""
     import random
 
     rnd = random.Random(3)
@@ -101,9 +103,30 @@ def test_the_same_states_and_publications_whatever_the_batching() -> None:
             cf_events(op, Store(), events[s : s + chunk], out)
         return store, out.cf_updates
 
+    def latest(records: list[str]) -> dict[str, str]:
+        return dict(r.split("\n", 1) for r in records)  # the compacted topic: the last record per key
+
+    def expected(chunk: int) -> list[str]:  # the one-by-one publications, less those a later one replaces
+        out: list[str] = []
+        for s in range(0, len(events), chunk):
+            in_batch = [r for r in one_by_event if s <= r[0] < s + chunk]
+            last = {r[1].split("\n", 1)[0]: k for k, r in enumerate(in_batch)}
+            out += [r[1] for k, r in enumerate(in_batch) if last[r[1].split("\n", 1)[0]] == k]
+        return out
+
     one = run(1)
     assert one[1] and all(r.split("\n", 1)[0].startswith("i") for r in one[1])
-    assert run(7) == one and run(400) == one
+    one_by_event: list[tuple[int, str]] = []  # (event index, record) of the one-by-one run
+    states: dict[str, bytes | None] = {}
+    for k, e in enumerate(events):
+        states[e["item_id"]], up = op.step(states.get(e["item_id"]), e)
+        if up is not None:
+            one_by_event.append((k, f"{e['item_id']}\n{to_json(up.to_dict())}"))
+    assert [r for _, r in one_by_event] == one[1]
+    for chunk in (7, 400):
+        store, records = run(chunk)
+        assert store == one[0] and records == expected(chunk) and latest(records) == latest(one[1])
+    assert len(run(400)[1]) == 6 < len(one[1])  # six items: one list each from a batch of all the events
 
 
 def test_the_user_operator_inverts_predecessors_and_lists_new_items(make_op: Callable[..., Any]) -> None:
