@@ -63,8 +63,18 @@ def classpath(state: Path, name: str) -> str:
 JAVA_SOURCES = config.REPO_ROOT / "jobs" / "java"
 
 
+def _java_home() -> str:
+    return os.environ.get("STREAMREC_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
+
+
+def java() -> str:
+    """The `java` of the JDK that builds jobs/java (`_javac`): what runs the jar's checks in the tests."""
+    home = _java_home()
+    return str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
+
+
 def _javac() -> str:
-    home = os.environ.get("STREAMREC_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
+    home = _java_home()
     found = str(Path(home) / "bin" / "javac") if home else shutil.which("javac")
     if not found or not Path(found).exists():
         raise ServiceError("no `javac` found (needed once to build jobs/java): install a Java 17 JDK "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -42,11 +41,6 @@ def test_shards_spread_users() -> None:
     assert batching.shard_key("user-1", [10, 20, 30]) in (10, 20, 30)
 
 
-def _java() -> str:
-    home = os.environ.get("STREAMREC_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
-    return str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
-
-
 def test_java_and_python_agree(tmp_path: Path) -> None:
     """User id extraction, shard of every id, the shard key table spread over key groups, the batch frame and the
     output splitter: what the JVM does must match what the Python operators expect."""
@@ -62,7 +56,7 @@ def test_java_and_python_agree(tmp_path: Path) -> None:
     raws += [json.dumps({"user_id": u}, ensure_ascii=False).encode() for u in users]
     raws += [b"not json", b'{"user_id": 5}', b"[1]", b'{"x": {"user_id": "deep"}}']
     cp = os.pathsep.join(str(p) for p in [jar, *dist, *flink])
-    proc = subprocess.run([_java(), "-cp", cp, str(HERE / "java" / "ShardCheck.java"), "8", "128"],
+    proc = subprocess.run([maven.java(), "-cp", cp, str(HERE / "java" / "ShardCheck.java"), "8", "128"],
                           input="\n".join(r.hex() for r in raws), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -34,10 +33,8 @@ def test_streamed_input_wraps_every_python_operator_type_as_the_same_operator(tm
     jar = maven.job_jar(tmp_path, flink)
     dist = maven.pyflink_jars()
     table_api = sorted((dist[0].parent).glob("flink-table-api-java-uber*.jar"))  # PythonFunction (test only)
-    home = os.environ.get("STREAMREC_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
-    java = str(Path(home) / "bin" / "java") if home else (shutil.which("java") or "java")
     cp = os.pathsep.join(str(p) for p in [jar, *dist, *table_api, *flink])
-    proc = subprocess.run([java, "-cp", cp, str(Path(__file__).parent / "java" / "StreamedInputCheck.java")],
+    proc = subprocess.run([maven.java(), "-cp", cp, str(Path(__file__).parent / "java" / "StreamedInputCheck.java")],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()

@@ -103,6 +103,16 @@ def test_the_same_states_and_latest_publications_whatever_the_batching() -> None
             cf_events(op, Store(), events[s : s + chunk], out)
         return store, out.cf_updates
 
+    one = run(1)
+    assert one[1] and all(r.split("\n", 1)[0].startswith("i") for r in one[1])
+    one_by_event: list[tuple[int, str]] = []  # (event index, record) of the one-by-one run
+    states: dict[str, bytes | None] = {}
+    for k, e in enumerate(events):
+        states[e["item_id"]], up = op.step(states.get(e["item_id"]), e)
+        if up is not None:
+            one_by_event.append((k, f"{e['item_id']}\n{to_json(up.to_dict())}"))
+    assert [r for _, r in one_by_event] == one[1]
+
     def latest(records: list[str]) -> dict[str, str]:
         return dict(r.split("\n", 1) for r in records)  # the compacted topic: the last record per key
 
@@ -114,19 +124,10 @@ def test_the_same_states_and_latest_publications_whatever_the_batching() -> None
             out += [r[1] for k, r in enumerate(in_batch) if last[r[1].split("\n", 1)[0]] == k]
         return out
 
-    one = run(1)
-    assert one[1] and all(r.split("\n", 1)[0].startswith("i") for r in one[1])
-    one_by_event: list[tuple[int, str]] = []  # (event index, record) of the one-by-one run
-    states: dict[str, bytes | None] = {}
-    for k, e in enumerate(events):
-        states[e["item_id"]], up = op.step(states.get(e["item_id"]), e)
-        if up is not None:
-            one_by_event.append((k, f"{e['item_id']}\n{to_json(up.to_dict())}"))
-    assert [r for _, r in one_by_event] == one[1]
     for chunk in (7, 400):
         store, records = run(chunk)
         assert store == one[0] and records == expected(chunk) and latest(records) == latest(one[1])
-    assert len(run(400)[1]) == 6 < len(one[1])  # six items: one list each from a batch of all the events
+    assert len(records) == 6 < len(one[1])  # the 400-event batch: six items, one list each
 
 
 def test_the_user_operator_inverts_predecessors_and_lists_new_items(make_op: Callable[..., Any]) -> None:
