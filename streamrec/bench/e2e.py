@@ -283,13 +283,19 @@ class CheckpointSampler(_Periodic):
     """The completed checkpoints of the job running behind `rest_url` (Flink's REST API: the minicluster's, with the
     job's `rest_port`, or the bench cluster's), polled every `every_s` (Flink's REST history keeps only the latest
     few): checkpoint id → (trigger time on the monotonic clock, end-to-end duration in ms). An exactly-once output is
-    readable only once the checkpoint after it completes, so the duration adds to its latency."""
+    readable only once the checkpoint after it completes, so the duration adds to its latency.
+    `failed`: Flink's count of failed checkpoints over the job's life. It includes triggers that failed before a
+    checkpoint existed, which have no id and no history entry: every job phase of the bench showed one, the trigger
+    at start-up before every task ran (2026-12-06: `counts.failed` 1 with the first completed checkpoint id 1 and no
+    failed entry in the history). `failures`: the failed checkpoints the history showed, id → (trigger time on the
+    monotonic clock, Flink's failure message)."""
 
     def __init__(self, rest_url: str, every_s: float = 2.0) -> None:
         super().__init__(every_s)
         self.rest_url = rest_url.rstrip("/")
         self.done: dict[int, tuple[float, int]] = {}
         self.failed = 0
+        self.failures: dict[int, tuple[float, str]] = {}
         self.errors = 0
         self._offset = time.time() - time.monotonic()  # wall clock (REST timestamps) → monotonic
 
@@ -308,6 +314,9 @@ class CheckpointSampler(_Periodic):
                     if h.get("status") == "COMPLETED" and h.get("trigger_timestamp"):
                         self.done[int(h["id"])] = (h["trigger_timestamp"] / 1000 - self._offset,
                                                    int(h["end_to_end_duration"]))  # fmt: skip
+                    elif h.get("status") == "FAILED" and h.get("trigger_timestamp"):
+                        self.failures[int(h["id"])] = (h["trigger_timestamp"] / 1000 - self._offset,
+                                                       str(h.get("failure_message") or ""))  # fmt: skip
         except (OSError, ValueError, KeyError, AttributeError):  # not up yet, or gone: the phase reports what was seen
             self.errors += 1
 
@@ -315,15 +324,21 @@ class CheckpointSampler(_Periodic):
         self.poll()
 
 
-def checkpoint_summary(done: Mapping[int, tuple[float, int]], t_from: float, t_to: float,
-                       failed: int = 0) -> dict[str, Any]:  # fmt: skip
+def checkpoint_summary(done: Mapping[int, tuple[float, int]], t_from: float, t_to: float, failed: int = 0,
+                       failures: Mapping[int, tuple[float, str]] | None = None) -> dict[str, Any]:  # fmt: skip
     """End-to-end durations (ms) of the checkpoints triggered within [t_from, t_to] (monotonic), from
-    `CheckpointSampler.done`: count, p50, p90, max; `failed` as Flink counted them over the job's life."""
+    `CheckpointSampler.done`: count, p50, p90, max; `failed` as Flink counted them over the job's life (with the
+    start-up trigger that fails before every task runs: `CheckpointSampler`); `failed_in_window` the failed
+    checkpoints of `failures` triggered within the window and `failure_messages` their distinct messages."""
     ms = [d for t, d in done.values() if t_from <= t <= t_to]
-    if not ms:
-        return {"n": 0, "p50": None, "p90": None, "max": None, "failed": failed}
-    p50, p90 = np.percentile(np.asarray(ms, dtype=np.float64), [50, 90])
-    return {"n": len(ms), "p50": round(float(p50)), "p90": round(float(p90)), "max": max(ms), "failed": failed}
+    bad = [m for t, m in (failures or {}).values() if t_from <= t <= t_to]
+    out: dict[str, Any] = {"n": len(ms), "p50": None, "p90": None, "max": None, "failed": failed,
+                           "failed_in_window": len(bad),
+                           "failure_messages": sorted({m[:300] for m in bad})}  # fmt: skip
+    if ms:
+        p50, p90 = np.percentile(np.asarray(ms, dtype=np.float64), [50, 90])
+        out.update(p50=round(float(p50)), p90=round(float(p90)), max=max(ms))
+    return out
 
 
 def _first_record(bootstrap: str, topic: str, timeout_s: float, alive: Any) -> float | None:
@@ -892,7 +907,8 @@ class E2E:
         result["offsets_series"] = [(round(t - t_from, 2), c) for t, c in sampler.samples]
         result["recommendations_seen"] = {view: w.count for view, w in watchers.items()}
         if checkpoints is not None:  # triggered within the window (paced: the load and the drain after it)
-            result["checkpoints_ms"] = checkpoint_summary(checkpoints.done, t_from, t_to, checkpoints.failed)
+            result["checkpoints_ms"] = checkpoint_summary(checkpoints.done, t_from, t_to, checkpoints.failed,
+                                                          checkpoints.failures)
         if sent_at is not None:
             send_time = workload.send_times(sent_at)
             lat: dict[str, Any] = {}

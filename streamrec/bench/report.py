@@ -166,7 +166,10 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             "speedup_vs_baseline": "e2e_max_eps / the --baseline-commit job's best backlog events/s in the same run",
             "e2e_p99_ms_at_1k": "best over parallelism of the job's (default conf) p99 at 1,000 events/s offered",
             "checkpoints_ms_at_1k": "end-to-end durations (ms: n, p50, p90, max) of the checkpoints triggered in the "
-                                    "phase that gave e2e_p99_ms_at_1k, from Flink's REST API (null: not recorded)",
+                                    "phase that gave e2e_p99_ms_at_1k, from Flink's REST API (null: not recorded); "
+                                    "failed: Flink's count over the job's life, with the trigger that fails at "
+                                    "start-up before every task runs; failed_in_window: those triggered in the "
+                                    "window, failure_messages: theirs",
             "e2e_p99_ms_at_1k_low_latency": "p99 of the job with the latency conf at 1,000 events/s offered",
             "e2e_p99_ms_at_1k_low_latency_after_warmup": f"the same over the events sent after the first "
                                                          f"{STEADY_AFTER_S:.0f} s of load (the job's start-up, every "
@@ -224,7 +227,8 @@ def _checkpoints_note(c: Mapping[str, Any] | None) -> str:
     """The 1,000 events/s row's note on the checkpoints of its phase (empty when none were recorded)."""
     if not c or not c.get("n"):
         return ""
-    return f"; its {c['n']} checkpoints took p50 {_fmt(c['p50'], ' ms')}, max {_fmt(c['max'], ' ms')}"
+    note = f"; its {c['n']} checkpoints took p50 {_fmt(c['p50'], ' ms')}, max {_fmt(c['max'], ' ms')}"
+    return note + (f", {c['failed_in_window']} failed" if c.get("failed_in_window") else "")
 
 
 def setup_text(result: dict[str, Any], **extra: Any) -> str:

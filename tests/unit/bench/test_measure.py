@@ -257,15 +257,29 @@ def test_send_times_skip_the_malformed_lines_that_carry_valid_events_ids(tmp_pat
 def test_checkpoint_summary_keeps_the_checkpoints_triggered_in_the_window() -> None:
     done = {1: (5.0, 900), 2: (10.0, 300), 3: (15.0, 500), 4: (20.0, 700), 5: (25.0, 5000)}
     s = checkpoint_summary(done, 9.0, 21.0, failed=1)
-    assert s == {"n": 3, "p50": 500, "p90": 660, "max": 700, "failed": 1}
-    assert checkpoint_summary(done, 30.0, 40.0) == {"n": 0, "p50": None, "p90": None, "max": None, "failed": 0}
+    assert s == {"n": 3, "p50": 500, "p90": 660, "max": 700, "failed": 1, "failed_in_window": 0,
+                 "failure_messages": []}  # fmt: skip
+    assert checkpoint_summary(done, 30.0, 40.0) == {"n": 0, "p50": None, "p90": None, "max": None, "failed": 0,
+                                                    "failed_in_window": 0, "failure_messages": []}  # fmt: skip
+
+
+def test_checkpoint_summary_tells_failures_in_the_window_from_the_jobs_count() -> None:
+    """Flink's count (`failed`) covers the job's life, the start-up trigger included; the window's own failures
+    come from the history entries the sampler kept, with their messages once each."""
+    done = {2: (10.0, 300), 5: (25.0, 400)}
+    failures = {3: (14.0, "Checkpoint expired before completing."), 4: (18.0, "Checkpoint expired before completing."),
+                6: (30.0, "Task failure")}  # fmt: skip
+    s = checkpoint_summary(done, 9.0, 21.0, failed=4, failures=failures)
+    assert (s["n"], s["failed"], s["failed_in_window"]) == (1, 4, 2)
+    assert s["failure_messages"] == ["Checkpoint expired before completing."]
+    assert checkpoint_summary(done, 0.0, 9.0, failed=1, failures=failures)["failed_in_window"] == 0
 
 
 def test_checkpoint_sampler_reads_flinks_rest_answers() -> None:
     """`CheckpointSampler.poll` against an HTTP server answering as Flink's REST API does (the fields it reads,
     in the shape of Flink 2.3's /jobs and /jobs/:id/checkpoints): completed checkpoints kept by id across polls
-    (Flink's history holds only the latest few), in-progress and failed ones not, the failed count taken; a server
-    that does not answer is counted, not raised."""
+    (Flink's history holds only the latest few), failed ones apart with their messages, in-progress ones not, the
+    failed count taken; a server that does not answer is counted, not raised."""
     import http.server
     import json
     import threading
@@ -277,7 +291,8 @@ def test_checkpoint_sampler_reads_flinks_rest_answers() -> None:
         "/jobs/j1/checkpoints": {"counts": {"completed": 2, "failed": 1}, "history": [
             {"id": 3, "status": "IN_PROGRESS", "trigger_timestamp": now_ms, "end_to_end_duration": 10},
             {"id": 2, "status": "COMPLETED", "trigger_timestamp": now_ms - 5000, "end_to_end_duration": 640},
-            {"id": 1, "status": "FAILED", "trigger_timestamp": now_ms - 10000, "end_to_end_duration": 99}]},
+            {"id": 1, "status": "FAILED", "trigger_timestamp": now_ms - 10000, "end_to_end_duration": 99,
+             "failure_message": "Checkpoint expired before completing."}]},
     }  # fmt: skip
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -297,6 +312,8 @@ def test_checkpoint_sampler_reads_flinks_rest_answers() -> None:
         s = CheckpointSampler(f"http://127.0.0.1:{server.server_address[1]}")
         s.poll()
         assert set(s.done) == {2} and s.done[2][1] == 640 and s.failed == 1
+        assert set(s.failures) == {1} and s.failures[1][1] == "Checkpoint expired before completing."
+        assert abs(s.failures[1][0] - (time.monotonic() - 10.0)) < 1.0
         assert abs(s.done[2][0] - (time.monotonic() - 5.0)) < 1.0  # on the monotonic clock
         answers["/jobs/j1/checkpoints"] = {"counts": {"failed": 1}, "history": [
             {"id": 4, "status": "COMPLETED", "trigger_timestamp": now_ms, "end_to_end_duration": 410}]}  # fmt: skip
