@@ -224,11 +224,16 @@ def _fmt(v: Any, unit: str = "", digits: int = 0) -> str:
 
 
 def _checkpoints_note(c: Mapping[str, Any] | None) -> str:
-    """The 1,000 events/s row's note on the checkpoints of its phase (empty when none were recorded)."""
-    if not c or not c.get("n"):
+    """The 1,000 events/s row's note on the checkpoints of its phase: the completed ones' durations, and the failed
+    ones triggered in its window, even when none completed (empty when neither was recorded)."""
+    if not c:
         return ""
-    note = f"; its {c['n']} checkpoints took p50 {_fmt(c['p50'], ' ms')}, max {_fmt(c['max'], ' ms')}"
-    return note + (f", {c['failed_in_window']} failed" if c.get("failed_in_window") else "")
+    note = ""
+    if c.get("n"):
+        note = f"; its {c['n']} checkpoints took p50 {_fmt(c['p50'], ' ms')}, max {_fmt(c['max'], ' ms')}"
+    bad = c.get("failed_in_window")
+    why = "; ".join(c.get("failure_messages") or []).replace("|", "/")  # a table cell
+    return note + (f"; {bad} checkpoints failed in its window ({why})" if bad else "")
 
 
 def setup_text(result: dict[str, Any], **extra: Any) -> str:

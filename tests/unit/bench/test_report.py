@@ -392,3 +392,9 @@ def test_the_checkpoints_of_the_1k_phase_are_reported_beside_its_p99() -> None:
     h2 = report.headline(r2)
     assert h2["checkpoints_ms_at_1k"] is None
     assert "checkpoints took" not in report.markdown({**r2, "summary": h2}, {})
+    assert "failed in its window" not in md  # none failed in the window (the count over the job's life is 1)
+    for n in (12, 0):  # failures show beside the durations, and also when no checkpoint completed
+        fast.update(n=n, failed_in_window=2, failure_messages=["Checkpoint expired before completing."])
+        md = report.markdown({**r, "summary": report.headline(r)}, {})
+        assert "; 2 checkpoints failed in its window (Checkpoint expired before completing.)" in md
+        assert ("its 12 checkpoints took" in md) == (n == 12)
