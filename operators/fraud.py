@@ -1,5 +1,8 @@
 """User-level fraud detectors: pure functions of a user's state (event time only).
 
+A state's `ts` is sorted (the operator inserts a late event in order: `operators.user.UserOperator._update`), so
+the windowed detectors find their window by bisection instead of walking the whole history.
+
 Each returns a `Detection` (score in [0, 1], evidence) or None when it cannot judge yet. The score is
 r / (1 + r) where r is how far the statistic is past its threshold (r = 1 at the threshold: score 0.5), so
 scores of different detectors read alike and `flag_threshold` 0.5 means "past the configured threshold".
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +59,9 @@ def _codes(types: Any) -> frozenset[int]:
 def velocity(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
     """Too many engagement events in a short window (ratings excluded: onboarding flows rate in bursts)."""
     codes = _codes(conf.velocity_event_types)
-    lo = now - conf.velocity_window_ms
-    n = sum(1 for t, c in zip(s.ts, s.types, strict=True) if t > lo and t <= now and c in codes)
+    # events with lo < ts <= now (ts sorted): the slice between the two bisections
+    lo, ts = now - conf.velocity_window_ms, s.ts
+    n = sum(map(codes.__contains__, s.types[bisect_right(ts, lo) : bisect_right(ts, now)]))
     if n == 0:
         return None
     r = n / max(conf.velocity_max_events, 1)
@@ -146,8 +151,8 @@ def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bo
     `rating_min` 0 turns the extreme rule off.
     """
     rc = _RATING_CODE
-    lo = now - conf.rating_window_ms
-    vals = [r for t, c, r in zip(s.ts, s.types, s.ratings, strict=True) if c == rc and t > lo and r > 0]
+    i = bisect_right(s.ts, now - conf.rating_window_ms)  # the events after the window's start (ts sorted)
+    vals = [r for c, r in zip(s.types[i:], s.ratings[i:], strict=True) if c == rc and r > 0]
     if not vals:
         return None
     best: Detection | None = None

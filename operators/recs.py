@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,15 @@ def _flatten(columns: Sequence[Sequence[Any]], dtypes: Sequence[type]) -> tuple[
     for col, dt in zip(columns, dtypes, strict=True):
         if [len(x) for x in col] != lens:
             raise ValueError("each candidate list needs one relevance per candidate")
+        if col and all(type(x) is list for x in col):  # plain lists of numbers: one conversion of them all
+            joined: np.ndarray | None
+            try:
+                joined = np.asarray(list(chain.from_iterable(col)), dtype=dt)
+            except (ValueError, TypeError):  # nested, ragged: each list alone below, as before
+                joined = None
+            if joined is not None and joined.ndim == 1:
+                flat.append(joined)
+                continue
         arrays: list[np.ndarray] = [np.asarray(x, dtype=dt).reshape(-1) for x in col]
         flat.append(arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else np.empty(0, dt))
     return lens, flat

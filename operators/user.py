@@ -35,13 +35,14 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
 from operators import fraud
 from operators.baserates import RatesView, ShardRates
-from operators.cf import prev_items
+from operators.cf import heaviest_first, prev_items
 from operators.config import OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
 from operators.privacy import Pseudonymizer
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
 
 SOURCE = "user_operator"
 _RATING_CODE = EVENT_TYPES.index("rating") + 1
+
+_FIRST = itemgetter(0)  # the event-id hash of a `UserState.dedup` entry
 
 
 @dataclass(frozen=True)
@@ -518,8 +521,9 @@ class UserOperator:
         for h, w in update.preds:
             succ = self.cf_succ.setdefault(h, {})
             succ[j] = w
-            if len(succ) > cap:  # bounded too: the lightest successor goes
-                gone = min(succ, key=lambda x: (succ[x], -x))
+            if len(succ) > cap:  # bounded too: the lightest successor goes (of equal weights, the highest index)
+                m = min(succ.values())
+                gone = max(x for x, v in succ.items() if v == m)
                 del succ[gone]
                 self.cf_new.get(h, {}).pop(gone, None)
             if j >= self.n_items and j in succ:
@@ -980,7 +984,7 @@ class UserOperator:
         the event."""
         s, reset = self._load(state, ev.ts)
         h = id_hash(ev.event_id)
-        if any(x == h for x, _ in s.dedup):
+        if h in map(_FIRST, s.dedup):  # the event ids remembered (`_update`)
             return StepResult(state, duplicate=True)
         activated = s.last_ts == 0 or ev.ts - s.last_ts >= self.conf.alarm.window_ms
         engaged_feed = view.engagement_share >= self.conf.user_fraud.unverified_min_engagement_share
@@ -1206,7 +1210,7 @@ class UserOperator:
             seen = set(s.items)
             index_hash = self.index_hash
             add = {j: x for j, x in add.items() if index_hash[j] not in seen}
-        return sorted(add.items(), key=lambda kv: (-kv[1], kv[0]))
+        return heaviest_first(add)  # best first, ties by index
 
     def _fallback(self, s: _ListInput, known: list[int], exclude: list[int]) -> tuple[list[int], list[float]]:
         """Cold start: item-KNN neighbours of the recent known items first, then popular items boosted by the

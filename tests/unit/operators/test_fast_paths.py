@@ -453,3 +453,69 @@ def test_canonical_widths_make_a_rows_results_independent_of_its_batch(artifact:
     assert [canonical_width(n, 50) for n in (0, 1, 6, 7, 8, 15, 16, 31, 32, 50)] == [7, 7, 7, 7, 15, 15, 31, 31, 50, 50]
     assert canonical_width(3, 5) == 5  # never above the model's length
     assert width_classes([5, 1, 9, 6, 50, 0], 50) == [[0, 1, 3, 5], [2], [4]]
+
+
+def _velocity_reference(s: UserState, conf: UserFraudConf, now: int) -> int:
+    """The events `fraud.velocity` counts, as it counted them before the bisection: the whole history walked."""
+    codes = fraud._codes(conf.velocity_event_types)
+    lo = now - conf.velocity_window_ms
+    return sum(1 for t, c in zip(s.ts, s.types, strict=True) if lo < t <= now and c in codes)
+
+
+def _ratings_reference(s: UserState, conf: UserFraudConf, now: int) -> list[float]:
+    """The ratings `fraud.rating_anomaly` judges, as it took them before the bisection."""
+    lo = now - conf.rating_window_ms
+    return [r for t, c, r in zip(s.ts, s.types, s.ratings, strict=True) if c == fraud._RATING_CODE and t > lo and r > 0]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200_000), st.integers(1, len(state.EVENT_TYPES)),
+                          st.sampled_from([0.0, 1.0, 2.5, 5.0])), max_size=60),
+       st.integers(-10_000, 210_000), st.integers(1, 100_000))  # fmt: skip
+def test_windowed_detectors_count_what_the_whole_history_walk_counted(
+    events: list[tuple[int, int, float]], now_offset: int, window: int
+) -> None:
+    """The windows are found by bisection in the (sorted) history: the same events as walking all of it, with ties
+    on the window's edges and events after `now` (a late event's state holds later ones)."""
+    events.sort(key=lambda e: e[0])  # the operator keeps `ts` sorted (`UserOperator._update`)
+    s = UserState(ts=[T + t for t, _, _ in events], types=[c for _, c, _ in events],
+                  ratings=[r for _, _, r in events], items=[1] * len(events))  # fmt: skip
+    now = T + now_offset
+    conf = replace(UserFraudConf(), velocity_window_ms=window, rating_window_ms=window, rating_min=1,
+                   unverified_min_ratings=1)  # fmt: skip
+    n = _velocity_reference(s, conf, now)
+    det = fraud.velocity(s, conf, now)
+    assert (det is None) if n == 0 else (det is not None and det.evidence["events_in_window"] == n)
+    vals = _ratings_reference(s, conf, now)
+    rdet = fraud.rating_anomaly(s, conf, now)
+    assert (rdet is None) if not vals else (rdet is not None and rdet.evidence["ratings"] == len(vals))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.integers(0, 50), st.sampled_from([0.0, -0.0, 0.5, 1.0, 1e-9, 3.25, 7.0]), max_size=30))
+def test_heaviest_first_is_the_keyed_sort(weights: dict[int, float]) -> None:
+    from operators.cf import heaviest_first
+
+    got = heaviest_first(weights)
+    want = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert got == want and [repr(w) for _, w in got] == [repr(w) for _, w in want]  # -0.0 stays -0.0
+
+
+def test_flatten_joins_lists_as_the_per_list_conversion_did() -> None:
+    from operators.recs import _flatten
+
+    rng = random.Random(5)
+    for _ in range(300):
+        ids = [[rng.randint(0, 10**6) for _ in range(rng.randint(0, 12))] for _ in range(rng.randint(1, 6))]
+        rel = [[rng.uniform(-5, 5) for _ in x] for x in ids]
+        lens, (a, b) = _flatten([ids, rel], [np.int64, np.float64])
+        assert lens == [len(x) for x in ids]
+        ref_a = np.concatenate([np.asarray(x, dtype=np.int64).reshape(-1) for x in ids])
+        ref_b = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in rel])
+        assert a.dtype == np.int64 and b.dtype == np.float64
+        assert np.array_equal(a, ref_a) and np.array_equal(b, ref_b)
+    # nested, ragged lists are not flat numbers: each list is converted alone, as before
+    lens, (a,) = _flatten([[[[1, 2]], [[3]]]], [np.int64])
+    assert lens == [1, 1] and a.tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="one relevance per candidate"):
+        _flatten([[[1, 2]], [[0.5]]], [np.int64, np.float64])
