@@ -35,7 +35,6 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import repeat
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
@@ -50,6 +49,7 @@ from operators.recs import intra_list_diversity_many, knn_candidates, mmr_many, 
 from operators.schema import EVENT_TYPES, Event, ItemMeta, Rejection, event_from_mapping, parse_event
 from operators.scorer import Scorer, ScoreRequest, ScoreResult
 from operators.state import (
+    _FIRST,
     StateError,
     UserState,
     decode,
@@ -68,8 +68,6 @@ if TYPE_CHECKING:
 
 SOURCE = "user_operator"
 _RATING_CODE = EVENT_TYPES.index("rating") + 1
-
-_FIRST = itemgetter(0)  # the event-id hash of a `UserState.dedup` entry
 
 
 @dataclass(frozen=True)
@@ -984,7 +982,7 @@ class UserOperator:
         the event."""
         s, reset = self._load(state, ev.ts)
         h = id_hash(ev.event_id)
-        if h in map(_FIRST, s.dedup):  # the event ids remembered (`_update`)
+        if h in map(_FIRST, s.dedup):  # the event-id hashes remembered (`_update`)
             return StepResult(state, duplicate=True)
         activated = s.last_ts == 0 or ev.ts - s.last_ts >= self.conf.alarm.window_ms
         engaged_feed = view.engagement_share >= self.conf.user_fraud.unverified_min_engagement_share

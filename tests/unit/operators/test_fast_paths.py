@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators import fraud, item, state
+from operators.cf import heaviest_first
 from operators.config import UserFraudConf
 from operators.item import ItemState
-from operators.recs import mmr, normalise_rows
+from operators.recs import _flatten, mmr, normalise_rows
 from operators.scorer import ScoreRequest
 from operators.state import UserState
 
@@ -494,16 +495,12 @@ def test_windowed_detectors_count_what_the_whole_history_walk_counted(
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.integers(0, 50), st.sampled_from([0.0, -0.0, 0.5, 1.0, 1e-9, 3.25, 7.0]), max_size=30))
 def test_heaviest_first_is_the_keyed_sort(weights: dict[int, float]) -> None:
-    from operators.cf import heaviest_first
-
     got = heaviest_first(weights)
     want = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
     assert got == want and [repr(w) for _, w in got] == [repr(w) for _, w in want]  # -0.0 stays -0.0
 
 
 def test_flatten_joins_lists_as_the_per_list_conversion_did() -> None:
-    from operators.recs import _flatten
-
     rng = random.Random(5)
     for _ in range(300):
         ids = [[rng.randint(0, 10**6) for _ in range(rng.randint(0, 12))] for _ in range(rng.randint(1, 6))]
