@@ -18,11 +18,12 @@ BASELINE ?= 0189e4d
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) operators/_native.c
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
 	@command -v java >/dev/null || { echo "need Java 17 (Debian: apt-get install -y openjdk-17-jdk-headless)"; exit 1; }
 	@command -v javac >/dev/null || [ -x "$$JAVA_HOME/bin/javac" ] || { echo "installing a JDK for javac (jobs/java)"; apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless; }
 	@command -v mvn >/dev/null || { echo "installing Maven (Debian package)"; apt-get update -qq && apt-get install -y -qq maven; }
+	@command -v cc >/dev/null || { echo "installing a C compiler for operators/_native.c (Debian package)"; apt-get update -qq && apt-get install -y -qq gcc; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 import sys
 from array import array
@@ -108,6 +109,10 @@ def encode(s: UserState) -> bytes:
     Pure-Python fast path for the states the operator builds (plain ints in range, finite ratings); anything
     unusual takes the reference numpy path `_encode_np`, so the bytes are the same either way.
     """
+    if NATIVE:
+        out = _native.encode(s)
+        if out is not None:
+            return out
     if _FAST:
         try:
             out = _encode_fast(s)
@@ -173,6 +178,10 @@ def decode(data: bytes) -> UserState:
 
     Pure-Python fast path; states whose times are near the int64 limits take the reference `_decode_np`
     (numpy wraps around there, and the result must not depend on the path)."""
+    if NATIVE:
+        st = _native.decode(UserState, data)
+        if st is not None:
+            return st
     if _FAST and isinstance(data, bytes):
         return _decode_fast(data)
     return _decode_np(data)
@@ -187,7 +196,7 @@ def settle(s: UserState) -> UserState | bytes:
     Pure-Python fast path for the states the operator builds (only their header and category weights change): `s`
     itself, brought in place to those values. Anything else goes through the bytes, so the result is the same
     either way."""
-    return settle_via(s, _settle_fast if _FAST else _never, encode, decode, StateError)
+    return settle_via(s, _settle_native if NATIVE else _settle_fast if _FAST else _never, encode, decode, StateError)
 
 
 _S = TypeVar("_S")
@@ -286,6 +295,14 @@ def _decode_np(data: bytes) -> UserState:
 # ---------------------------------------------------------------- fast paths (array/struct, no numpy per call)
 
 _FAST = sys.byteorder == "little" and array("I").itemsize == 4 and array("Q").itemsize == 8
+
+# The same fast paths in C (operators/_native.c, built by `pip install -e .`): each handles the usual states and
+# answers None for the rest, which then take the Python paths here. STREAMREC_NATIVE=0 keeps to Python.
+try:
+    from operators import _native  # type: ignore[attr-defined]
+except ImportError:  # not built: the Python paths alone
+    _native = None
+NATIVE = _FAST and _native is not None and os.environ.get("STREAMREC_NATIVE", "1") != "0"
 _SAFE_TS = 2**62  # |ts| and |last_ts| below this: last_ts - ts cannot overflow int64 in the numpy path
 _F16: dict[int, struct.Struct] = {}
 _BIG = 200  # sections longer than this are faster through numpy
@@ -458,6 +475,11 @@ def _settle_fast(s: UserState) -> bool:
 
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+def _settle_native(s: UserState) -> bool:
+    """`_settle_fast` in C (`operators/_native.c`) for the usual states; the Python one for the rest."""
+    return _native.settle(s) or _settle_fast(s)
 
 
 _TYPE_OF_CODE = bytes(c & 7 for c in range(256))

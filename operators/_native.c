@@ -1,0 +1,589 @@
+/* operators._native: the user state's codec and settle (operators/state.py) in C, for the usual states.
+
+   Each function handles the states the operator builds (exact ints in their fields' ranges, finite floats, ASCII
+   strings within their lengths) and answers None for anything else; the caller then takes the Python path, which
+   is the reference (operators/state.py: `encode`, `decode`, `settle` and their fast paths). So a value is never
+   coerced here: what C returns is what the Python fast path returns on the same input, or None.
+   The layout is the module docstring of operators/state.py (version 1, little-endian):
+
+     header  `<BBqqIqqqfH4q`  84 bytes
+     counts  `<HBHBHBB`       10 bytes
+     seq     u32 item hash[n_seq], u32 age[n_seq], u8 code[n_seq]
+     cats    u32 hash[n_cats], f16 weight[n_cats]
+     dedup   u64 hash[n_dedup], u32 age[n_dedup]
+     recs    u32 hash[n_recs]
+     strings pending event id, user key, key id (UTF-8)
+
+   Tested against the Python paths by tests/unit/operators/test_native.py. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if PY_BIG_ENDIAN
+#error "operators._native reads and writes the little-endian layout in place: little-endian hosts only"
+#endif
+
+#define VERSION 1
+#define HEADER_SIZE 84
+#define COUNTS_SIZE 10
+#define U32_MAX 4294967295LL
+#define SAFE_TS 4611686018427387904LL /* 2**62: `_SAFE_TS` */
+#define N_DET 4
+#define F16_MAX 65504.0
+
+enum { F_FIRST_TS, F_LAST_TS, F_N_EVENTS, F_ITEMS, F_TS, F_TYPES, F_RATINGS, F_CATS, F_DEDUP, F_FLAGGED_UNTIL,
+       F_FLAG_LAST, F_LAST_EMIT_TS, F_PENDING_TS, F_PENDING_EVENT_ID, F_SURPRISE, F_SURPRISE_N, F_LAST_RECS,
+       F_USER_KEY, F_KEY_ID, N_FIELDS };
+/* UserState's fields, in declaration order */
+static const char *FIELD_NAMES[N_FIELDS] = {
+    "first_ts", "last_ts", "n_events", "items", "ts", "types", "ratings", "cats", "dedup", "flagged_until",
+    "flag_last", "last_emit_ts", "pending_ts", "pending_event_id", "surprise", "surprise_n", "last_recs",
+    "user_key", "key_id"};
+static PyObject *FIELDS[N_FIELDS];
+static PyObject *OBJECT_NEW; /* object.__new__ */
+static PyObject *RATING[32]; /* (code >> 3) / 2 as floats: `_RATING_OF_CODE` */
+
+/* ------------------------------------------------------------------------------------------------ small helpers */
+
+/* An exact int in int64 into *out; 0 if it is not one (a subclass, another type, out of range). */
+static inline int exact_i64(PyObject *o, long long *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
+    *out = v;
+    return 1;
+}
+
+/* An exact int in 0..U32_MAX. */
+static inline int exact_u32(PyObject *o, uint32_t *out) {
+    long long v;
+    if (!exact_i64(o, &v) || v < 0 || v > U32_MAX) return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+/* An exact int in 0..2**64-1. */
+static inline int exact_u64(PyObject *o, uint64_t *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    *out = v;
+    return 1;
+}
+
+/* A non-negative exact int, clipped to `cap` (Python's `min(x, cap)` before packing). */
+static inline int exact_count(PyObject *o, long long cap, long long *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow > 0) { *out = cap; return 1; }
+    if (overflow < 0 || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return 0; }
+    if (v < 0) return 0;
+    *out = v < cap ? v : cap;
+    return 1;
+}
+
+static inline void put_u16(unsigned char *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void put_i64(unsigned char *p, long long v) { int64_t x = v; memcpy(p, &x, 8); }
+static inline void put_u64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint16_t get_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t get_u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline long long get_i64(const unsigned char *p) { int64_t v; memcpy(&v, p, 8); return (long long)v; }
+static inline uint64_t get_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* The state's fields, borrowed from its instance dict; 0 if one is missing. `*dict_out` is a new reference. */
+static int load_fields(PyObject *s, PyObject **dict_out, PyObject **f) {
+    PyObject *d = PyObject_GenericGetDict(s, NULL);
+    if (d == NULL) { PyErr_Clear(); return 0; }
+    for (int i = 0; i < N_FIELDS; i++) {
+        f[i] = PyDict_GetItemWithError(d, FIELDS[i]);
+        if (f[i] == NULL) { PyErr_Clear(); Py_DECREF(d); return 0; }
+    }
+    *dict_out = d;
+    return 1;
+}
+
+/* The header's values as `_HEADER.pack` takes them (counts clipped like the Python callers), checked. */
+typedef struct {
+    long long first_ts, last_ts, n_events, flagged_until, last_emit_ts, pending_ts, surprise_n;
+    double surprise;  /* the f32 value, widened */
+    float surprise32;
+    long long flag_last[N_DET];
+} Header;
+
+static int read_header(PyObject **f, Header *h) {
+    if (!exact_i64(f[F_LAST_TS], &h->last_ts) || h->last_ts < -SAFE_TS || h->last_ts > SAFE_TS) return 0;
+    if (!exact_i64(f[F_FIRST_TS], &h->first_ts) || !exact_i64(f[F_FLAGGED_UNTIL], &h->flagged_until) ||
+        !exact_i64(f[F_LAST_EMIT_TS], &h->last_emit_ts) || !exact_i64(f[F_PENDING_TS], &h->pending_ts))
+        return 0;
+    if (!exact_count(f[F_N_EVENTS], U32_MAX, &h->n_events) || !exact_count(f[F_SURPRISE_N], 65535, &h->surprise_n))
+        return 0;
+    PyObject *sp = f[F_SURPRISE];
+    if (!PyFloat_CheckExact(sp)) return 0;
+    double x = PyFloat_AS_DOUBLE(sp);
+    float y = (float)x; /* what struct's 'f' packs (PyFloat_Pack4: the C cast) */
+    if (!isfinite(x) || !isfinite(y)) return 0;
+    h->surprise32 = y;
+    h->surprise = (double)y;
+    PyObject *fl = f[F_FLAG_LAST];
+    if (!PyList_CheckExact(fl) || PyList_GET_SIZE(fl) != N_DET) return 0;
+    for (int i = 0; i < N_DET; i++)
+        if (!exact_i64(PyList_GET_ITEM(fl, i), &h->flag_last[i])) return 0;
+    return 1;
+}
+
+static void write_header(unsigned char *p, const Header *h) {
+    p[0] = VERSION;
+    p[1] = 0;
+    put_i64(p + 2, h->first_ts);
+    put_i64(p + 10, h->last_ts);
+    put_u32(p + 18, (uint32_t)h->n_events);
+    put_i64(p + 22, h->flagged_until);
+    put_i64(p + 30, h->last_emit_ts);
+    put_i64(p + 38, h->pending_ts);
+    memcpy(p + 46, &h->surprise32, 4);
+    put_u16(p + 50, (uint16_t)h->surprise_n);
+    for (int i = 0; i < N_DET; i++) put_i64(p + 52 + 8 * i, h->flag_last[i]);
+}
+
+/* An ASCII str of at most `cap` characters (its UTF-8 bytes are its characters). */
+static int ascii_str(PyObject *o, Py_ssize_t cap, const char **data, Py_ssize_t *n) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o)) return 0;
+    *n = PyUnicode_GET_LENGTH(o);
+    if (*n > cap) return 0;
+    *data = (const char *)PyUnicode_1BYTE_DATA(o);
+    return 1;
+}
+
+/* Categories heaviest first, ties in dict order (a stable sort, as Python's `sorted`): checked, sorted in `keys`,
+   `weights`, `hs`. At most 255 entries of exact u32 keys and exact finite floats within f16's range. */
+typedef struct { PyObject *key; uint32_t h; double w; } Cat;
+
+static int read_cats(PyObject *cats, Cat *out, Py_ssize_t *n_out) {
+    if (!PyDict_CheckExact(cats)) return 0;
+    Py_ssize_t n = PyDict_GET_SIZE(cats);
+    if (n > 255) return 0;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(cats, &pos, &k, &v)) {
+        if (!PyFloat_CheckExact(v)) return 0;
+        double w = PyFloat_AS_DOUBLE(v);
+        if (!(fabs(w) <= F16_MAX)) return 0; /* NaN fails too */
+        uint32_t h;
+        if (!exact_u32(k, &h)) return 0;
+        /* insertion: after every entry at least as heavy (stable, heaviest first) */
+        Py_ssize_t j = i;
+        while (j > 0 && out[j - 1].w < w) { out[j] = out[j - 1]; j--; }
+        out[j].key = k; out[j].h = h; out[j].w = w;
+        i++;
+    }
+    *n_out = i;
+    return 1;
+}
+
+static inline double f16_round(double w) {
+    unsigned char buf[2];
+    if (PyFloat_Pack2(w, (char *)buf, 1) < 0) { PyErr_Clear(); return NAN; }
+    return PyFloat_Unpack2((const char *)buf, 1);
+}
+
+/* --------------------------------------------------------------------------------------------------- encode */
+
+PyDoc_STRVAR(encode_doc, "encode(state) -> bytes | None: `operators.state.encode`'s bytes for a usual state, else None.");
+
+static PyObject *native_encode(PyObject *self, PyObject *s) {
+    PyObject *d, *f[N_FIELDS];
+    if (!load_fields(s, &d, f)) Py_RETURN_NONE;
+    PyObject *result = NULL;
+    Cat cats[255];
+    Header h;
+    Py_ssize_t n_cats = 0;
+    const char *sp[3];
+    Py_ssize_t sn[3];
+    static const Py_ssize_t caps[3] = {65535, 255, 255};
+    PyObject *items = f[F_ITEMS], *ts = f[F_TS], *types = f[F_TYPES], *ratings = f[F_RATINGS];
+    PyObject *dedup = f[F_DEDUP], *recs = f[F_LAST_RECS];
+    if (!read_header(f, &h)) goto defer;
+    if (!PyList_CheckExact(items) || !PyList_CheckExact(ts) || !PyList_CheckExact(types) ||
+        !PyList_CheckExact(ratings) || !PyList_CheckExact(dedup) || !PyList_CheckExact(recs))
+        goto defer;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (n > 65535 || PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(types) != n || PyList_GET_SIZE(ratings) != n)
+        goto defer;
+    Py_ssize_t n_dedup = PyList_GET_SIZE(dedup), n_recs = PyList_GET_SIZE(recs);
+    if (n_dedup > 65535 || n_recs > 255) goto defer;
+    if (!read_cats(f[F_CATS], cats, &n_cats)) goto defer;
+    PyObject *strs[3] = {f[F_PENDING_EVENT_ID], f[F_USER_KEY], f[F_KEY_ID]};
+    for (int i = 0; i < 3; i++)
+        if (!ascii_str(strs[i], caps[i], &sp[i], &sn[i])) goto defer;
+
+    Py_ssize_t size = HEADER_SIZE + COUNTS_SIZE + 9 * n + 6 * n_cats + 12 * n_dedup + 4 * n_recs + sn[0] + sn[1] + sn[2];
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) goto error;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(result);
+    write_header(p, &h);
+    put_u16(p + 84, (uint16_t)n);
+    p[86] = (unsigned char)n_cats;
+    put_u16(p + 87, (uint16_t)n_dedup);
+    p[89] = (unsigned char)n_recs;
+    put_u16(p + 90, (uint16_t)sn[0]);
+    p[92] = (unsigned char)sn[1];
+    p[93] = (unsigned char)sn[2];
+    unsigned char *q = p + HEADER_SIZE + COUNTS_SIZE;
+    long long last = h.last_ts;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t item;
+        long long t, type;
+        PyObject *r = PyList_GET_ITEM(ratings, i);
+        if (!exact_u32(PyList_GET_ITEM(items, i), &item) || !exact_i64(PyList_GET_ITEM(ts, i), &t) ||
+            t < -SAFE_TS || t > SAFE_TS || !exact_i64(PyList_GET_ITEM(types, i), &type) || type < 0 || type > 255 ||
+            !PyFloat_CheckExact(r))
+            goto defer_result;
+        double rv = PyFloat_AS_DOUBLE(r);
+        if (!(fabs(rv) <= 1e300)) goto defer_result; /* the Python path's finite sum */
+        double half = nearbyint(rv * 2.0);             /* round(): half to even, the default rounding mode */
+        long long bits = half < 0 ? 0 : half > 15 ? 15 : (long long)half;
+        long long age = last - t;
+        age = age < 0 ? 0 : age > U32_MAX ? U32_MAX : age;
+        put_u32(q + 4 * i, item);
+        put_u32(q + 4 * n + 4 * i, (uint32_t)age);
+        q[8 * n + i] = (unsigned char)(type | (bits << 3));
+    }
+    q += 9 * n;
+    for (Py_ssize_t i = 0; i < n_cats; i++) {
+        put_u32(q + 4 * i, cats[i].h);
+        if (PyFloat_Pack2(cats[i].w, (char *)(q + 4 * n_cats + 2 * i), 1) < 0) { PyErr_Clear(); goto defer_result; }
+    }
+    q += 6 * n_cats;
+    for (Py_ssize_t i = 0; i < n_dedup; i++) {
+        PyObject *e = PyList_GET_ITEM(dedup, i);
+        uint64_t eh;
+        long long t;
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2 || !exact_u64(PyTuple_GET_ITEM(e, 0), &eh) ||
+            !exact_i64(PyTuple_GET_ITEM(e, 1), &t) || t < -SAFE_TS || t > SAFE_TS)
+            goto defer_result;
+        long long age = last - t;
+        age = age < 0 ? 0 : age > U32_MAX ? U32_MAX : age;
+        put_u64(q + 8 * i, eh);
+        put_u32(q + 8 * n_dedup + 4 * i, (uint32_t)age);
+    }
+    q += 12 * n_dedup;
+    for (Py_ssize_t i = 0; i < n_recs; i++) {
+        uint32_t r;
+        if (!exact_u32(PyList_GET_ITEM(recs, i), &r)) goto defer_result;
+        put_u32(q + 4 * i, r);
+    }
+    q += 4 * n_recs;
+    for (int i = 0; i < 3; i++) { memcpy(q, sp[i], sn[i]); q += sn[i]; }
+    Py_DECREF(d);
+    return result;
+defer_result:
+    Py_DECREF(result);
+defer:
+    Py_DECREF(d);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(d);
+    return NULL;
+}
+
+/* --------------------------------------------------------------------------------------------------- decode */
+
+PyDoc_STRVAR(decode_doc, "decode(cls, data) -> state | None: `operators.state.decode(data)` as a `cls` for usual bytes, "
+             "else None (errors included: the Python path raises them).");
+
+static PyObject *int_list_u32(const unsigned char *p, Py_ssize_t n) {
+    PyObject *l = PyList_New(n);
+    if (l == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(get_u32(p + 4 * i));
+        if (v == NULL) { Py_DECREF(l); return NULL; }
+        PyList_SET_ITEM(l, i, v);
+    }
+    return l;
+}
+
+static PyObject *native_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "decode(cls, data)"); return NULL; }
+    PyObject *cls = args[0], *data = args[1];
+    if (!PyBytes_CheckExact(data)) Py_RETURN_NONE;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (len < HEADER_SIZE + COUNTS_SIZE || b[0] != VERSION) Py_RETURN_NONE;
+    Py_ssize_t n = get_u16(b + 84), n_cats = b[86], n_dedup = get_u16(b + 87), n_recs = b[89];
+    Py_ssize_t sn[3] = {get_u16(b + 90), b[92], b[93]};
+    if (len != HEADER_SIZE + COUNTS_SIZE + 9 * n + 6 * n_cats + 12 * n_dedup + 4 * n_recs + sn[0] + sn[1] + sn[2])
+        Py_RETURN_NONE;
+    float s32;
+    memcpy(&s32, b + 46, 4);
+    long long last = get_i64(b + 10);
+    if (!isfinite(s32) || last < -SAFE_TS || last > SAFE_TS) Py_RETURN_NONE;
+    const unsigned char *seq = b + HEADER_SIZE + COUNTS_SIZE, *codes = seq + 8 * n, *cat = seq + 9 * n;
+    const unsigned char *dd = cat + 6 * n_cats, *rc = dd + 12 * n_dedup, *str = rc + 4 * n_recs;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int t = codes[i] & 7;
+        if (t < 1 || t > 5) Py_RETURN_NONE;
+    }
+    double cw[255];
+    for (Py_ssize_t i = 0; i < n_cats; i++) {
+        cw[i] = PyFloat_Unpack2((const char *)(cat + 4 * n_cats + 2 * i), 1);
+        if (!isfinite(cw[i])) Py_RETURN_NONE;
+    }
+
+    PyObject *v[N_FIELDS] = {NULL};
+    PyObject *obj = NULL, *d = NULL;
+    /* the strings first: one that is not UTF-8 defers (the Python path raises its StateError) */
+    static const int str_fields[3] = {F_PENDING_EVENT_ID, F_USER_KEY, F_KEY_ID};
+    for (int i = 0, off = 0; i < 3; off += sn[i], i++) {
+        v[str_fields[i]] = PyUnicode_DecodeUTF8((const char *)str + off, sn[i], "strict");
+        if (v[str_fields[i]] == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) { PyErr_Clear(); goto defer; }
+            goto error;
+        }
+    }
+    v[F_FIRST_TS] = PyLong_FromLongLong(get_i64(b + 2));
+    v[F_LAST_TS] = PyLong_FromLongLong(last);
+    v[F_N_EVENTS] = PyLong_FromUnsignedLong(get_u32(b + 18));
+    v[F_ITEMS] = int_list_u32(seq, n);
+    v[F_TS] = PyList_New(n);
+    v[F_TYPES] = PyList_New(n);
+    v[F_RATINGS] = PyList_New(n);
+    v[F_CATS] = PyDict_New();
+    v[F_DEDUP] = PyList_New(n_dedup);
+    v[F_FLAGGED_UNTIL] = PyLong_FromLongLong(get_i64(b + 22));
+    v[F_FLAG_LAST] = PyList_New(N_DET);
+    v[F_LAST_EMIT_TS] = PyLong_FromLongLong(get_i64(b + 30));
+    v[F_PENDING_TS] = PyLong_FromLongLong(get_i64(b + 38));
+    v[F_SURPRISE] = PyFloat_FromDouble((double)s32);
+    v[F_SURPRISE_N] = PyLong_FromLong(get_u16(b + 50));
+    v[F_LAST_RECS] = int_list_u32(rc, n_recs);
+    for (int i = 0; i < N_FIELDS; i++)
+        if (v[i] == NULL) goto error;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyLong_FromLongLong(last - (long long)get_u32(seq + 4 * n + 4 * i));
+        if (t == NULL) goto error;
+        PyList_SET_ITEM(v[F_TS], i, t);
+        PyList_SET_ITEM(v[F_TYPES], i, PyLong_FromLong(codes[i] & 7)); /* small ints: cached, never NULL */
+        PyObject *r = RATING[codes[i] >> 3];
+        Py_INCREF(r);
+        PyList_SET_ITEM(v[F_RATINGS], i, r);
+    }
+    for (Py_ssize_t i = 0; i < n_cats; i++) {
+        PyObject *k = PyLong_FromUnsignedLong(get_u32(cat + 4 * i)), *w = PyFloat_FromDouble(cw[i]);
+        int bad = k == NULL || w == NULL || PyDict_SetItem(v[F_CATS], k, w) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(w);
+        if (bad) goto error;
+    }
+    for (Py_ssize_t i = 0; i < n_dedup; i++) {
+        PyObject *hh = PyLong_FromUnsignedLongLong(get_u64(dd + 8 * i));
+        PyObject *t = PyLong_FromLongLong(last - (long long)get_u32(dd + 8 * n_dedup + 4 * i));
+        PyObject *e = (hh && t) ? PyTuple_Pack(2, hh, t) : NULL;
+        Py_XDECREF(hh);
+        Py_XDECREF(t);
+        if (e == NULL) goto error;
+        PyList_SET_ITEM(v[F_DEDUP], i, e);
+    }
+    for (int i = 0; i < N_DET; i++) {
+        PyObject *t = PyLong_FromLongLong(get_i64(b + 52 + 8 * i));
+        if (t == NULL) goto error;
+        PyList_SET_ITEM(v[F_FLAG_LAST], i, t);
+    }
+    obj = PyObject_CallOneArg(OBJECT_NEW, cls);
+    if (obj == NULL) goto error;
+    d = PyObject_GenericGetDict(obj, NULL);
+    if (d == NULL) goto error;
+    for (int i = 0; i < N_FIELDS; i++)
+        if (PyDict_SetItem(d, FIELDS[i], v[i]) < 0) goto error;
+    Py_DECREF(d);
+    for (int i = 0; i < N_FIELDS; i++) Py_DECREF(v[i]);
+    return obj;
+defer:
+    for (int i = 0; i < N_FIELDS; i++) Py_XDECREF(v[i]);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(d);
+    Py_XDECREF(obj);
+    for (int i = 0; i < N_FIELDS; i++) Py_XDECREF(v[i]);
+    return NULL;
+}
+
+/* --------------------------------------------------------------------------------------------------- settle */
+
+PyDoc_STRVAR(settle_doc, "settle(state) -> True | None: `operators.state._settle_fast` for a usual state (True: brought "
+             "in place to `decode(encode(state))`'s values), else None with the state untouched.");
+
+static PyObject *native_settle(PyObject *self, PyObject *s) {
+    PyObject *d, *f[N_FIELDS];
+    if (!load_fields(s, &d, f)) Py_RETURN_NONE;
+    Header h;
+    Cat cats[255];
+    Py_ssize_t n_cats = 0;
+    PyObject *new_ts = NULL, *new_dedup = NULL, *new_cats = NULL, *new_flags = NULL;
+    PyObject *hv[6] = {NULL};
+    PyObject *items = f[F_ITEMS], *ts = f[F_TS], *types = f[F_TYPES], *ratings = f[F_RATINGS];
+    PyObject *dedup = f[F_DEDUP], *recs = f[F_LAST_RECS];
+    if (!read_header(f, &h)) goto defer;
+    if (!PyList_CheckExact(items) || !PyList_CheckExact(ts) || !PyList_CheckExact(types) ||
+        !PyList_CheckExact(ratings) || !PyList_CheckExact(dedup) || !PyList_CheckExact(recs))
+        goto defer;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (n > 65535 || PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(types) != n || PyList_GET_SIZE(ratings) != n)
+        goto defer;
+    long long last = h.last_ts, lo = last - U32_MAX;
+    long long t_lo = 0, t_hi = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long type, t;
+        uint32_t item;
+        PyObject *r = PyList_GET_ITEM(ratings, i);
+        if (!exact_i64(PyList_GET_ITEM(types, i), &type) || type < 1 || type > 5 || !PyFloat_CheckExact(r) ||
+            !exact_u32(PyList_GET_ITEM(items, i), &item) || !exact_i64(PyList_GET_ITEM(ts, i), &t))
+            goto defer;
+        double rv = PyFloat_AS_DOUBLE(r) * 2.0; /* a half step 0 .. 7.5 (-0.0 too, as the set's 0.0) */
+        if (!(rv >= 0.0 && rv <= 15.0 && rv == floor(rv))) goto defer;
+        if (i == 0 || t < t_lo) t_lo = t;
+        if (i == 0 || t > t_hi) t_hi = t;
+    }
+    if (n && (t_lo < lo || t_hi > last)) {
+        if (t_lo < -SAFE_TS || t_hi > SAFE_TS) goto defer;
+        new_ts = PyList_New(n);
+        if (new_ts == NULL) goto error;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            long long t;
+            exact_i64(PyList_GET_ITEM(ts, i), &t);
+            t = t < lo ? lo : t > last ? last : t;
+            PyObject *o = PyLong_FromLongLong(t);
+            if (o == NULL) goto error;
+            PyList_SET_ITEM(new_ts, i, o);
+        }
+    }
+    Py_ssize_t n_dedup = PyList_GET_SIZE(dedup);
+    if (n_dedup > 65535) goto defer;
+    int clip_dedup = 0;
+    for (Py_ssize_t i = 0; i < n_dedup; i++) {
+        PyObject *e = PyList_GET_ITEM(dedup, i);
+        uint64_t eh;
+        long long t;
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2 || !exact_u64(PyTuple_GET_ITEM(e, 0), &eh) ||
+            !exact_i64(PyTuple_GET_ITEM(e, 1), &t))
+            goto defer;
+        if (t < lo || t > last) {
+            if (t < -SAFE_TS || t > SAFE_TS) goto defer;
+            clip_dedup = 1;
+        }
+    }
+    if (clip_dedup) {
+        /* the Python path checks the extremes of all times before it clips: every time within +-2**62 here */
+        for (Py_ssize_t i = 0; i < n_dedup; i++) {
+            long long t;
+            exact_i64(PyTuple_GET_ITEM(PyList_GET_ITEM(dedup, i), 1), &t);
+            if (t < -SAFE_TS || t > SAFE_TS) goto defer;
+        }
+        new_dedup = PyList_New(n_dedup);
+        if (new_dedup == NULL) goto error;
+        for (Py_ssize_t i = 0; i < n_dedup; i++) {
+            PyObject *e = PyList_GET_ITEM(dedup, i);
+            long long t;
+            exact_i64(PyTuple_GET_ITEM(e, 1), &t);
+            t = t < lo ? lo : t > last ? last : t;
+            PyObject *o = PyLong_FromLongLong(t);
+            PyObject *c = o ? PyTuple_Pack(2, PyTuple_GET_ITEM(e, 0), o) : NULL;
+            Py_XDECREF(o);
+            if (c == NULL) goto error;
+            PyList_SET_ITEM(new_dedup, i, c);
+        }
+    }
+    Py_ssize_t n_recs = PyList_GET_SIZE(recs);
+    if (n_recs > 255) goto defer;
+    for (Py_ssize_t i = 0; i < n_recs; i++) {
+        uint32_t r;
+        if (!exact_u32(PyList_GET_ITEM(recs, i), &r)) goto defer;
+    }
+    static const Py_ssize_t caps[3] = {65535, 255, 255};
+    PyObject *strs[3] = {f[F_PENDING_EVENT_ID], f[F_USER_KEY], f[F_KEY_ID]};
+    for (int i = 0; i < 3; i++) {
+        const char *p;
+        Py_ssize_t sn;
+        if (!ascii_str(strs[i], caps[i], &p, &sn)) goto defer;
+    }
+    if (!read_cats(f[F_CATS], cats, &n_cats)) goto defer;
+    /* all checked: the decoded state's values */
+    new_cats = PyDict_New();
+    if (new_cats == NULL) goto error;
+    for (Py_ssize_t i = 0; i < n_cats; i++) {
+        PyObject *w = PyFloat_FromDouble(f16_round(cats[i].w));
+        int bad = w == NULL || PyDict_SetItem(new_cats, cats[i].key, w) < 0;
+        Py_XDECREF(w);
+        if (bad) goto error;
+    }
+    new_flags = PyList_New(N_DET);
+    if (new_flags == NULL) goto error;
+    for (int i = 0; i < N_DET; i++) {
+        PyObject *o = PyList_GET_ITEM(f[F_FLAG_LAST], i);
+        Py_INCREF(o);
+        PyList_SET_ITEM(new_flags, i, o);
+    }
+    /* the clipped counts and the f32 surprise (the other header fields are as they were) */
+    hv[0] = PyLong_FromLongLong(h.n_events);
+    hv[1] = PyLong_FromLongLong(h.surprise_n);
+    hv[2] = PyFloat_FromDouble(h.surprise);
+    if (hv[0] == NULL || hv[1] == NULL || hv[2] == NULL) goto error;
+    if (PyDict_SetItem(d, FIELDS[F_N_EVENTS], hv[0]) < 0 || PyDict_SetItem(d, FIELDS[F_SURPRISE_N], hv[1]) < 0 ||
+        PyDict_SetItem(d, FIELDS[F_SURPRISE], hv[2]) < 0 || PyDict_SetItem(d, FIELDS[F_FLAG_LAST], new_flags) < 0 ||
+        PyDict_SetItem(d, FIELDS[F_CATS], new_cats) < 0 ||
+        (new_ts && PyDict_SetItem(d, FIELDS[F_TS], new_ts) < 0) ||
+        (new_dedup && PyDict_SetItem(d, FIELDS[F_DEDUP], new_dedup) < 0))
+        goto error;
+    for (int i = 0; i < 3; i++) Py_DECREF(hv[i]);
+    Py_DECREF(new_flags);
+    Py_DECREF(new_cats);
+    Py_XDECREF(new_ts);
+    Py_XDECREF(new_dedup);
+    Py_DECREF(d);
+    Py_RETURN_TRUE;
+defer:
+    Py_XDECREF(new_ts);
+    Py_XDECREF(new_dedup);
+    Py_DECREF(d);
+    Py_RETURN_NONE;
+error:
+    for (int i = 0; i < 3; i++) Py_XDECREF(hv[i]);
+    Py_XDECREF(new_flags);
+    Py_XDECREF(new_cats);
+    Py_XDECREF(new_ts);
+    Py_XDECREF(new_dedup);
+    Py_DECREF(d);
+    return NULL;
+}
+
+/* --------------------------------------------------------------------------------------------------- module */
+
+static PyMethodDef methods[] = {
+    {"encode", (PyCFunction)native_encode, METH_O, encode_doc},
+    {"decode", (PyCFunction)(void (*)(void))native_decode, METH_FASTCALL, decode_doc},
+    {"settle", (PyCFunction)native_settle, METH_O, settle_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "operators._native",
+                                    "The user state's codec and settle in C (operators/state.py is the reference).",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    for (int i = 0; i < N_FIELDS; i++) {
+        FIELDS[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
+        if (FIELDS[i] == NULL) return NULL;
+    }
+    for (int i = 0; i < 32; i++) {
+        RATING[i] = PyFloat_FromDouble(i / 2.0);
+        if (RATING[i] == NULL) return NULL;
+    }
+    OBJECT_NEW = PyObject_GetAttrString((PyObject *)&PyBaseObject_Type, "__new__");
+    if (OBJECT_NEW == NULL) return NULL;
+    return PyModule_Create(&module);
+}

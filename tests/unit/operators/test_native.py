@@ -1,0 +1,125 @@
+"""`operators/_native.c` (the user state's codec and settle in C) returns what the Python fast paths return, or None
+(then the Python path decides), and handles the usual states itself."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators import state
+from operators.state import UserState
+from tests.unit.operators.test_fast_paths import T, _call, _operator_like, _random_state
+
+native = state._native
+
+
+def test_the_extension_is_built_and_used() -> None:
+    """`make setup` (`pip install -e .`) builds it; without it every state would take the slower Python paths."""
+    assert native is not None, "operators._native is not built: run `make setup` (needs a C compiler)"
+    assert state.NATIVE is (os.environ.get("STREAMREC_NATIVE", "1") != "0")
+
+
+needs_native = pytest.mark.skipif(native is None, reason="not built: test_the_extension_is_built_and_used fails")
+
+
+def _states(seed: int, n: int) -> list[UserState]:
+    """Random states (odd ones included) and operator-like successions of decoded states."""
+    rng = random.Random(seed)
+    out = [_random_state(rng) for _ in range(n)]
+    s = UserState(first_ts=T, last_ts=T)
+    for _ in range(n):
+        s = _operator_like(rng, s)
+        out.append(s.copy())
+        b = _call(state._encode_np, s)
+        d = _call(state._decode_np, b) if isinstance(b, bytes) else None
+        s = d if isinstance(d, UserState) else UserState(first_ts=T, last_ts=T)
+    return out
+
+
+@needs_native
+def test_encode_is_the_python_paths_bytes_or_none() -> None:
+    handled = 0
+    for s in _states(3, 1500):
+        got = native.encode(s)
+        if got is not None:
+            handled += 1
+            assert got == state._encode_fast(s) == state._encode_np(s)
+    assert handled > 1500  # the usual states (about half of the random ones are odd on purpose)
+
+
+@needs_native
+def test_decode_is_the_python_paths_state_or_none() -> None:
+    rng = random.Random(4)
+    handled = 0
+    for s in _states(5, 1500):
+        b = _call(state._encode_np, s)
+        if not isinstance(b, bytes):
+            continue
+        cases = [b]
+        for _ in range(2):
+            bad = bytearray(b)
+            bad[rng.randrange(len(bad))] = rng.randrange(256)
+            cases.append(bytes(bad))
+        for c in cases:
+            got = native.decode(UserState, c)
+            if got is not None:
+                handled += 1
+                ref = state._decode_fast(c)
+                assert type(got) is UserState and got == ref and repr(got) == repr(ref)
+            else:
+                assert _call(state._decode_np, c) is not None  # deferred: the Python path decides (often raises)
+    assert handled > 2000
+
+
+@needs_native
+def test_settle_is_the_python_fast_path_or_leaves_the_state_alone() -> None:
+    handled = 0
+    for s in _states(6, 1500):
+        a, b = s.copy(), s.copy()
+        got = native.settle(a)
+        if got is None:
+            assert repr(a) == repr(s)  # untouched
+            continue
+        handled += 1
+        assert got is True and state._settle_fast(b) is True
+        assert repr(a) == repr(b)
+        assert list(a.cats) == list(b.cats)  # the same order (heaviest first, ties in dict order)
+    assert handled > 1200
+
+
+_odd_value = st.sampled_from([True, 2**64, -1, 1.5, "x", None, 2**62 + 1])
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(state._CONTAINERS + ("first_ts", "last_ts", "n_events", "surprise", "surprise_n",
+                                                  "pending_event_id", "user_key", "key_id", "flagged_until")),
+       value=_odd_value, seed=st.integers(0, 50))  # fmt: skip
+def test_an_odd_field_defers_or_agrees(field: str, value: Any, seed: int) -> None:
+    """A value of another type or out of its field's range, anywhere: C answers None, or what Python answers."""
+    s = _states(seed, 3)[-1]
+    cur = getattr(s, field)
+    if isinstance(cur, list) and cur:
+        cur[random.Random(seed).randrange(len(cur))] = value
+    elif isinstance(cur, dict):
+        cur[value] = 1.0 if seed % 2 else value
+    else:
+        setattr(s, field, value)
+    enc = _call(native.encode, s)
+    if enc is not None:
+        assert enc == state._encode_fast(s)
+    a, b = s.copy(), s.copy()
+    if _call(native.settle, a) is True:
+        assert state._settle_fast(b) is True and repr(a) == repr(b)
+    else:
+        assert repr(a) == repr(s)
+    assert repr(_call(state.settle, s.copy())) == repr(_call(_reference_settle, s.copy()))
+
+
+def _reference_settle(s: UserState) -> Any:
+    return state.settle_via(s, state._settle_fast, state._encode_np, state._decode_np, state.StateError)
