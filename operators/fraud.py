@@ -56,20 +56,25 @@ def _codes(types: Any) -> frozenset[int]:
     return got
 
 
-def velocity(s: UserState, conf: UserFraudConf, now: int) -> Detection | None:
-    """Too many engagement events in a short window (ratings excluded: onboarding flows rate in bursts)."""
+def velocity(s: UserState, conf: UserFraudConf, now: int, floor: float = 0.0) -> Detection | None:
+    """Too many engagement events in a short window (ratings excluded: onboarding flows rate in bursts).
+
+    `floor` (every detector here): None instead of a detection scoring below it (the operator passes its flag
+    threshold: what it would drop anyway is not built)."""
     codes = _codes(conf.velocity_event_types)
     # events with lo < ts <= now (ts sorted): the slice between the two bisections
     lo, ts = now - conf.velocity_window_ms, s.ts
     n = sum(map(codes.__contains__, s.types[bisect_right(ts, lo) : bisect_right(ts, now)]))
     if n == 0:
         return None
-    r = n / max(conf.velocity_max_events, 1)
-    return Detection(VELOCITY, _score(r), {"events_in_window": n, "window_ms": conf.velocity_window_ms,
-                                           "max_events": conf.velocity_max_events})  # fmt: skip
+    score = _score(n / max(conf.velocity_max_events, 1))
+    if score < floor:
+        return None
+    return Detection(VELOCITY, score, {"events_in_window": n, "window_ms": conf.velocity_window_ms,
+                                       "max_events": conf.velocity_max_events})  # fmt: skip
 
 
-def regularity(s: UserState, conf: UserFraudConf) -> Detection | None:
+def regularity(s: UserState, conf: UserFraudConf, floor: float = 0.0) -> Detection | None:
     """Machine-regular inter-event gaps: a tiny coefficient of variation over the last gaps."""
     k = conf.regular_min_gaps
     if len(s.ts) < k + 1:
@@ -90,9 +95,11 @@ def regularity(s: UserState, conf: UserFraudConf) -> Detection | None:
         if not conf.regular_min_gap_ms <= med <= conf.regular_max_gap_ms:
             return None
     cv = _cv(gaps)
-    r = conf.regular_max_cv / max(cv, 1e-9)
-    return Detection(REGULARITY, _score(r), {"gaps": k, "median_gap_ms": med, "cv": round(cv, 5),
-                                             "max_cv": conf.regular_max_cv})  # fmt: skip
+    score = _score(conf.regular_max_cv / max(cv, 1e-9))
+    if score < floor:
+        return None
+    return Detection(REGULARITY, score, {"gaps": k, "median_gap_ms": med, "cv": round(cv, 5),
+                                         "max_cv": conf.regular_max_cv})  # fmt: skip
 
 
 def _cv(gaps: np.ndarray) -> float:
@@ -139,7 +146,8 @@ def surprise(logprobs: np.ndarray, n_items: int, conf: UserFraudConf) -> Detecti
     return None if stats is None else surprise_detection(stats, conf.surprise_factor, n_items)
 
 
-def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bool = True) -> Detection | None:
+def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bool = True,
+                   floor: float = 0.0) -> Detection | None:  # fmt: skip
     """A burst of ratings that no genuine account produces. Two rules, the stronger one reports:
 
     - extreme: many ratings in a short window, nearly all extreme (the crude shill: every rating a 1 or a 5);
@@ -151,6 +159,10 @@ def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bo
     `rating_min` 0 turns the extreme rule off.
     """
     rc = _RATING_CODE
+    k = conf.unverified_min_ratings
+    unverified = engaged_feed and k > 0 and s.types.count(rc) == len(s.types)  # a history of ratings alone
+    if conf.rating_min <= 0 and not unverified:
+        return None  # neither rule can report: nothing to count
     i = bisect_right(s.ts, now - conf.rating_window_ms)  # the events after the window's start (ts sorted)
     vals = [r for c, r in zip(s.types[i:], s.ratings[i:], strict=True) if c == rc and r > 0]
     if not vals:
@@ -162,13 +174,12 @@ def rating_anomaly(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bo
         r = share / max(conf.rating_extreme_share, 1e-9)
         best = Detection(RATING, _score(r), {"rule": "extreme", "ratings": len(vals), "extreme": ext,
                                              "share": round(share, 3), "window_ms": conf.rating_window_ms})  # fmt: skip
-    k = conf.unverified_min_ratings
-    if engaged_feed and k > 0 and len(vals) >= k and all(c == rc for c in s.types):
+    if unverified and len(vals) >= k:
         r = len(vals) / k
         if best is None or _score(r) > best.score:
             best = Detection(RATING, _score(r), {"rule": "unverified", "ratings": len(vals), "engagement_events": 0,
                                                  "min_ratings": k, "window_ms": conf.rating_window_ms})  # fmt: skip
-    return best
+    return None if best is not None and best.score < floor else best
 
 
 def flag_id(subject_kind: str, subject: str, detector: str, event_id: str) -> str:

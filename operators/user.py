@@ -1284,8 +1284,9 @@ class UserOperator:
         if not fc.enabled:
             return []
         out: list[dict[str, Any]] = []
-        for det in (fraud.velocity(s, fc, ev.ts), fraud.regularity(s, fc),
-                    fraud.rating_anomaly(s, fc, ev.ts, engaged_feed)):  # fmt: skip
+        floor = fc.flag_threshold  # `_raise` drops a detection below it: none is built
+        for det in (fraud.velocity(s, fc, ev.ts, floor), fraud.regularity(s, fc, floor),
+                    fraud.rating_anomaly(s, fc, ev.ts, engaged_feed, floor)):  # fmt: skip
             if det is not None:
                 out += self._raise(s, det, ev.event_id, ev.ts, user_key)
         return out

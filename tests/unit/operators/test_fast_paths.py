@@ -516,3 +516,51 @@ def test_flatten_joins_lists_as_the_per_list_conversion_did() -> None:
     assert lens == [1, 1] and a.tolist() == [1, 2, 3]
     with pytest.raises(ValueError, match="one relevance per candidate"):
         _flatten([[[1, 2]], [[0.5]]], [np.int64, np.float64])
+
+
+def _rating_anomaly_reference(s: UserState, conf: UserFraudConf, now: int, engaged_feed: bool) -> Any:
+    """`fraud.rating_anomaly` as it was before it returned early (the definition of the expected detection)."""
+    rc = fraud._RATING_CODE
+    vals = [r for t, c, r in zip(s.ts, s.types, s.ratings, strict=True) if c == rc and r > 0
+            and t > now - conf.rating_window_ms]  # fmt: skip
+    if not vals:
+        return None
+    best = None
+    if conf.rating_min > 0 and len(vals) >= conf.rating_min:
+        ext = sum(1 for v in vals if v <= conf.rating_low or v >= conf.rating_high)
+        r = (ext / len(vals)) / max(conf.rating_extreme_share, 1e-9)
+        best = fraud.Detection(fraud.RATING, fraud._score(r), {"rule": "extreme", "ratings": len(vals), "extreme": ext,
+                                                               "share": round(ext / len(vals), 3),
+                                                               "window_ms": conf.rating_window_ms})  # fmt: skip
+    k = conf.unverified_min_ratings
+    if engaged_feed and k > 0 and len(vals) >= k and all(c == rc for c in s.types):
+        r = len(vals) / k
+        if best is None or fraud._score(r) > best.score:
+            best = fraud.Detection(fraud.RATING, fraud._score(r), {"rule": "unverified", "ratings": len(vals),
+                                                                   "engagement_events": 0, "min_ratings": k,
+                                                                   "window_ms": conf.rating_window_ms})  # fmt: skip
+    return best
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100_000), st.sampled_from([1, 2, 5, 5, 5]),
+                          st.sampled_from([0.0, 1.0, 2.5, 5.0])), min_size=1, max_size=40),
+       st.integers(0, 3), st.integers(0, 3), st.booleans(), st.sampled_from([0.0, 0.3, 0.5, 0.9]))  # fmt: skip
+def test_detectors_build_what_they_built_and_none_below_their_floor(
+    events: list[tuple[int, int, float]], rating_min: int, min_ratings: int, engaged: bool, floor: float
+) -> None:
+    """`rating_anomaly`'s early return (neither rule can report) gives what the full count gave; `floor` only
+    drops detections scoring below it (the operator's flag threshold: `_raise` dropped those)."""
+    events.sort(key=lambda e: e[0])
+    s = UserState(ts=[T + t for t, _, _ in events], types=[c for _, c, _ in events],
+                  ratings=[r for _, _, r in events], items=[1] * len(events))  # fmt: skip
+    now = T + events[-1][0]
+    conf = replace(UserFraudConf(), rating_min=rating_min, unverified_min_ratings=min_ratings, rating_window_ms=50_000,
+                   velocity_window_ms=30_000, velocity_max_events=3, regular_min_gaps=3, regular_min_gap_ms=1,
+                   regular_max_cv=0.5)  # fmt: skip
+    want = _rating_anomaly_reference(s, conf, now, engaged)
+    assert fraud.rating_anomaly(s, conf, now, engaged) == want
+    for got, full in ((fraud.rating_anomaly(s, conf, now, engaged, floor), want),
+                      (fraud.velocity(s, conf, now, floor), fraud.velocity(s, conf, now)),
+                      (fraud.regularity(s, conf, floor), fraud.regularity(s, conf))):  # fmt: skip
+        assert got == (full if full is not None and full.score >= floor else None)
