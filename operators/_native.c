@@ -1,4 +1,5 @@
-/* operators._native: the user state's codec and settle (operators/state.py) in C, for the usual states.
+/* operators._native: the user state's codec and settle (operators/state.py) and the streaming CF's state codec and
+   weight sorting (operators/cf.py) in C, for the usual values.
 
    Each function handles the states the operator builds (exact ints in their fields' ranges, finite floats, ASCII
    strings within their lengths) and answers None for anything else; the caller then takes the Python path, which
@@ -561,12 +562,169 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------- streaming CF (operators/cf.py) */
+
+typedef struct { PyObject *key, *w; long long h; double v; } Pair;
+
+static int heavier(const void *pa, const void *pb) {
+    const Pair *a = pa, *b = pb;
+    if (a->v > b->v) return -1;
+    if (a->v < b->v) return 1;
+    return (a->h > b->h) - (a->h < b->h);
+}
+
+PyDoc_STRVAR(heaviest_first_doc, "heaviest_first(weights) -> list | None: `operators.cf.heaviest_first(weights)` "
+             "for exact int keys (int64) and non-NaN float weights, else None.");
+
+static PyObject *native_heaviest_first(PyObject *self, PyObject *weights) {
+    if (!PyDict_CheckExact(weights)) Py_RETURN_NONE;
+    Py_ssize_t n = PyDict_GET_SIZE(weights), pos = 0, i = 0;
+    Pair stack[64], *pairs = n <= 64 ? stack : PyMem_Malloc(n * sizeof(Pair));
+    if (pairs == NULL) return PyErr_NoMemory();
+    PyObject *k, *v, *out = NULL;
+    while (PyDict_Next(weights, &pos, &k, &v)) {
+        if (!PyFloat_CheckExact(v) || isnan(PyFloat_AS_DOUBLE(v)) || !exact_i64(k, &pairs[i].h)) goto defer;
+        pairs[i].key = k; pairs[i].w = v; pairs[i].v = PyFloat_AS_DOUBLE(v);
+        i++;
+    }
+    /* (weight descending, key ascending): a total order (keys are distinct), so any sort gives Python's list */
+    qsort(pairs, n, sizeof(Pair), heavier);
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *t = PyTuple_Pack(2, pairs[i].key, pairs[i].w);
+        if (t == NULL) { Py_CLEAR(out); goto done; }
+        PyList_SET_ITEM(out, i, t);
+    }
+    goto done;
+defer:
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    if (pairs != stack) PyMem_Free(pairs);
+    return out;
+}
+
+PyDoc_STRVAR(cf_accumulate_doc, "cf_accumulate(add, succ, w): `for j, x in succ.items(): add[j] = add.get(j, 0.0) + "
+             "w * x` (floats in C, anything else through Python's operators).");
+
+static PyObject *native_cf_accumulate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyDict_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "cf_accumulate(add: dict, succ: dict, w)");
+        return NULL;
+    }
+    PyObject *add = args[0], *succ = args[1], *w = args[2], *j, *x;
+    Py_ssize_t pos = 0;
+    static PyObject *zero = NULL;
+    if (zero == NULL && (zero = PyFloat_FromDouble(0.0)) == NULL) return NULL;
+    while (PyDict_Next(succ, &pos, &j, &x)) {
+        PyObject *old = PyDict_GetItemWithError(add, j), *val;
+        if (old == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            old = zero;
+        }
+        if (PyFloat_CheckExact(old) && PyFloat_CheckExact(w) && PyFloat_CheckExact(x)) {
+            val = PyFloat_FromDouble(PyFloat_AS_DOUBLE(old) + PyFloat_AS_DOUBLE(w) * PyFloat_AS_DOUBLE(x));
+        } else {
+            PyObject *prod = PyNumber_Multiply(w, x);
+            val = prod ? PyNumber_Add(old, prod) : NULL;
+            Py_XDECREF(prod);
+        }
+        if (val == NULL) return NULL;
+        int rc = PyDict_SetItem(add, j, val);
+        Py_DECREF(val);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+#define CF_HEAD 19 /* `<BqqH`: version, last_ts, published_ts, n */
+#define CF_PRED 8  /* `<If`: item hash, weight */
+
+PyDoc_STRVAR(encode_cf_doc, "encode_cf(last_ts, published, preds) -> bytes | None: `operators.cf.encode_cf`'s bytes "
+             "for exact u32 keys and finite float weights within f32, else None.");
+
+typedef struct { uint32_t h; float w; } CfPred;
+
+static int by_hash(const void *pa, const void *pb) {
+    const CfPred *a = pa, *b = pb;
+    return (a->h > b->h) - (a->h < b->h);
+}
+
+static PyObject *native_encode_cf(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "encode_cf(last_ts, published, preds)"); return NULL; }
+    long long last, pub;
+    PyObject *preds = args[2];
+    if (!exact_i64(args[0], &last) || !exact_i64(args[1], &pub) || !PyDict_CheckExact(preds)) Py_RETURN_NONE;
+    Py_ssize_t n = PyDict_GET_SIZE(preds), pos = 0, i = 0;
+    if (n > 65535) Py_RETURN_NONE;
+    CfPred stack[64], *ps = n <= 64 ? stack : PyMem_Malloc(n * sizeof(CfPred));
+    if (ps == NULL) return PyErr_NoMemory();
+    PyObject *k, *v, *out = NULL;
+    while (PyDict_Next(preds, &pos, &k, &v)) {
+        if (!PyFloat_CheckExact(v) || !exact_u32(k, &ps[i].h)) goto defer;
+        double x = PyFloat_AS_DOUBLE(v);
+        ps[i].w = (float)x; /* struct's 'f' (PyFloat_Pack4: the C cast; it raises where the cast overflows) */
+        if (!isfinite(x) || !isfinite(ps[i].w)) goto defer;
+        i++;
+    }
+    qsort(ps, n, sizeof(CfPred), by_hash); /* sorted(items()): by hash (keys are distinct) */
+    out = PyBytes_FromStringAndSize(NULL, CF_HEAD + CF_PRED * n);
+    if (out == NULL) goto done;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    p[0] = 1;
+    put_i64(p + 1, last);
+    put_i64(p + 9, pub);
+    put_u16(p + 17, (uint16_t)n);
+    for (i = 0; i < n; i++) {
+        put_u32(p + CF_HEAD + CF_PRED * i, ps[i].h);
+        memcpy(p + CF_HEAD + CF_PRED * i + 4, &ps[i].w, 4);
+    }
+    goto done;
+defer:
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    if (ps != stack) PyMem_Free(ps);
+    return out;
+}
+
+PyDoc_STRVAR(decode_cf_doc, "decode_cf(data) -> (last_ts, published, preds) | None: what `operators.cf.decode_cf` "
+             "reads from well-formed bytes, else None.");
+
+static PyObject *native_decode_cf(PyObject *self, PyObject *data) {
+    if (!PyBytes_CheckExact(data)) Py_RETURN_NONE;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (len < CF_HEAD || b[0] != 1) Py_RETURN_NONE;
+    Py_ssize_t n = get_u16(b + 17);
+    if (len != CF_HEAD + CF_PRED * n) Py_RETURN_NONE;
+    PyObject *preds = PyDict_New();
+    if (preds == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const unsigned char *q = b + CF_HEAD + CF_PRED * i;
+        float w;
+        memcpy(&w, q + 4, 4);
+        PyObject *k = PyLong_FromUnsignedLong(get_u32(q)), *v = PyFloat_FromDouble((double)w);
+        int bad = k == NULL || v == NULL || PyDict_SetItem(preds, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (bad) { Py_DECREF(preds); return NULL; }
+    }
+    PyObject *out = Py_BuildValue("(LLN)", get_i64(b + 1), get_i64(b + 9), preds);
+    return out;
+}
+
 /* --------------------------------------------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
     {"encode", (PyCFunction)native_encode, METH_O, encode_doc},
     {"decode", (PyCFunction)(void (*)(void))native_decode, METH_FASTCALL, decode_doc},
     {"settle", (PyCFunction)native_settle, METH_O, settle_doc},
+    {"heaviest_first", (PyCFunction)native_heaviest_first, METH_O, heaviest_first_doc},
+    {"cf_accumulate", (PyCFunction)(void (*)(void))native_cf_accumulate, METH_FASTCALL, cf_accumulate_doc},
+    {"encode_cf", (PyCFunction)(void (*)(void))native_encode_cf, METH_FASTCALL, encode_cf_doc},
+    {"decode_cf", (PyCFunction)native_decode_cf, METH_O, decode_cf_doc},
     {NULL, NULL, 0, NULL},
 };
 

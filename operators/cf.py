@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operators.config import CfConf
+from operators.state import NATIVE_MODULE as _native
 from operators.state import item_hash
 
 VERSION = 1
@@ -45,12 +46,21 @@ class CfState:
 def encode_cf(s: CfState) -> bytes:
     # `dirty` travels as published_ts = -1 - published_ts (negative: a publication is owed)
     pub = -1 - s.published_ts if s.dirty else s.published_ts
+    if _native is not None:  # the same bytes in C (operators/_native.c) for the usual values
+        b: bytes | None = _native.encode_cf(s.last_ts, pub, s.preds)
+        if b is not None:
+            return b
     out = [_HEAD.pack(VERSION, s.last_ts, pub, len(s.preds))]
     out += [_PRED.pack(h, w) for h, w in sorted(s.preds.items())]
     return b"".join(out)
 
 
 def decode_cf(b: bytes) -> CfState:
+    if _native is not None:  # the same values in C for well-formed bytes (None: the checks below raise)
+        got = _native.decode_cf(b)
+        if got is not None:
+            last, pub, preds = got
+            return CfState(last, -1 - pub if pub < 0 else pub, preds, pub < 0)
     if len(b) < _HEAD.size or b[0] != VERSION:
         raise CfStateError("not a cf state of this version")
     _, last, pub, n = _HEAD.unpack_from(b, 0)
@@ -108,7 +118,12 @@ def parse_records(records: list[bytes], source: str) -> tuple[tuple[CfUpdate, ..
 
 def heaviest_first(weights: dict[int, float]) -> list[tuple[int, float]]:
     """`sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))` (heaviest first, ties by the smaller key) for finite
-    weights, faster: (-weight, key) pairs compare as tuples without a key function, and negating is exact."""
+    weights, faster: (-weight, key) pairs compare as tuples without a key function, and negating is exact. In C
+    (operators/_native.c) for int keys and non-NaN float weights."""
+    if _native is not None:
+        got: list[tuple[int, float]] | None = _native.heaviest_first(weights)
+        if got is not None:
+            return got
     return [(h, -w) for w, h in sorted([(-w, h) for h, w in weights.items()])]
 
 

@@ -59,6 +59,7 @@ from operators.state import (
     settle,
     type_code,
 )
+from operators.state import NATIVE_MODULE as _native
 
 if TYPE_CHECKING:
     from model_export.artifact import ModelArtifact
@@ -1202,6 +1203,9 @@ class UserOperator:
                 continue
             top = max(self.cf_succ[h].values()) or 1.0
             w = cf.weight * decay**age / top
+            if _native is not None:  # the loop below, in C (operators/_native.c)
+                _native.cf_accumulate(add, succ, w)
+                continue
             for j, x in succ.items():
                 add[j] = add.get(j, 0.0) + w * x
         if add:

@@ -123,3 +123,71 @@ def test_an_odd_field_defers_or_agrees(field: str, value: Any, seed: int) -> Non
 
 def _reference_settle(s: UserState) -> Any:
     return state.settle_via(s, state._settle_fast, state._encode_np, state._decode_np, state.StateError)
+
+
+# ------------------------------------------------------------------ streaming CF (operators/cf.py)
+
+_weights = st.dictionaries(st.integers(0, 2**32 - 1) | st.integers(0, 40),
+                           st.sampled_from([0.0, -0.0, 0.5, 1.0, 1e-9, 3.25, 7.0, 1e39]) | st.floats(0, 10),
+                           max_size=90)  # fmt: skip
+
+
+def _python(f: Any, *args: Any) -> Any:
+    """`f` with the C paths of operators/cf.py off (the reference)."""
+    from operators import cf
+
+    saved, cf._native = cf._native, None
+    try:
+        return _call(f, *args)
+    finally:
+        cf._native = saved
+
+
+@needs_native
+@settings(max_examples=400, deadline=None)
+@given(weights=_weights)
+def test_heaviest_first_is_the_python_sort(weights: dict[int, float]) -> None:
+    from operators.cf import heaviest_first
+
+    got = native.heaviest_first(weights)
+    want = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert got == want and [repr(w) for _, w in got] == [repr(w) for _, w in want]  # -0.0 stays -0.0
+    assert heaviest_first(weights) == want
+
+
+@needs_native
+def test_heaviest_first_defers_what_it_does_not_order() -> None:
+    assert native.heaviest_first({1: float("nan"), 2: 1.0}) is None
+    assert native.heaviest_first({1: 1, 2: 1.0}) is None  # an int weight
+    assert native.heaviest_first({2**70: 1.0}) is None
+    assert native.heaviest_first({}) == []
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(add=_weights, succ=_weights, w=st.sampled_from([1.0, 0.8, 0.64 / 3, -0.0, 2]))
+def test_cf_accumulate_is_the_python_loop(add: dict[int, float], succ: dict[int, float], w: float) -> None:
+    want = dict(add)
+    for j, x in succ.items():
+        want[j] = want.get(j, 0.0) + w * x
+    got = dict(add)
+    native.cf_accumulate(got, succ, w)
+    assert list(got.items()) == list(want.items()) and repr(got) == repr(want)  # same order, same bits
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(preds=_weights, last=st.integers(-(2**63), 2**63 - 1), pub=st.integers(-(2**63), 2**63 - 1),
+       dirty=st.booleans())  # fmt: skip
+def test_cf_codec_is_the_python_codec(preds: dict[int, float], last: int, pub: int, dirty: bool) -> None:
+    from operators import cf
+
+    s = cf.CfState(last, pub if not dirty else max(pub, 0), preds, dirty)
+    want = _python(cf.encode_cf, s)
+    got = native.encode_cf(s.last_ts, -1 - s.published_ts if dirty else s.published_ts, s.preds)
+    assert got is None or got == want
+    assert _call(cf.encode_cf, s) == want
+    if isinstance(want, bytes):
+        assert native.decode_cf(want) is not None
+        for b in (want, want[:-1], want + b"x", b"\x02" + want[1:]):
+            assert repr(_call(cf.decode_cf, b)) == repr(_python(cf.decode_cf, b))
