@@ -146,18 +146,40 @@ class Scorer:
         types = np.zeros((b, width), dtype=np.int64)
         ts = np.zeros((b, width), dtype=np.int64)
         exclude = np.zeros((b, self.n_items), dtype=bool)
+        # every row's history at once: the rows' last n entries, concatenated in row order, fill the positions
+        # `width - n ..` of their rows (a row-major boolean mask takes them in that order)
+        flat_items: list[int] = []
+        flat_types: list[int] = []
+        flat_ts: list[int] = []
+        flat_ex: list[int] = []
+        ex_rows: list[int] = []
+        shared_extra = batch[0].extra_exclude
         for r, (req, n) in enumerate(zip(batch, lens, strict=True)):
             if n:
-                it = np.asarray(req.items[-n:], dtype=np.int64)
-                it[(it < 0) | (it > self.unk)] = self.unk
-                items[r, width - n :] = it
-                types[r, width - n :] = np.asarray(req.types[-n:], dtype=np.int64)
-                ts[r, width - n :] = np.asarray(req.ts[-n:], dtype=np.int64)
-            if req.extra_exclude is not None:
-                exclude[r] |= req.extra_exclude
-            ex = np.asarray(req.exclude, dtype=np.int64)
-            ex = ex[(ex >= 0) & (ex < self.n_items)]
-            exclude[r, ex] = True
+                flat_items += req.items[-n:]
+                flat_types += req.types[-n:]
+                flat_ts += req.ts[-n:]
+            if req.extra_exclude is not shared_extra:
+                shared_extra = None
+            flat_ex += req.exclude
+            ex_rows += [r] * len(req.exclude)
+        if flat_items:
+            mask = np.arange(width) >= (width - np.asarray(lens))[:, None]
+            it = np.asarray(flat_items, dtype=np.int64)
+            it[(it < 0) | (it > self.unk)] = self.unk
+            items[mask] = it
+            types[mask] = np.asarray(flat_types, dtype=np.int64)
+            ts[mask] = np.asarray(flat_ts, dtype=np.int64)
+        if shared_extra is not None:  # the same row for every request (the operator's static exclusions)
+            exclude |= shared_extra
+        else:
+            for r, req in enumerate(batch):
+                if req.extra_exclude is not None:
+                    exclude[r] |= req.extra_exclude
+        if flat_ex:
+            ex = np.asarray(flat_ex, dtype=np.int64)
+            keep = (ex >= 0) & (ex < self.n_items)
+            exclude[np.asarray(ex_rows)[keep], ex[keep]] = True
         feeds = {"item_idx": items, "event_type": types, "ts_ms": ts, "exclude": exclude}
         session, want = self._graph(need_logprob)
         out: dict[str, Any] = dict(zip(want, session.run(want, feeds), strict=True))

@@ -564,3 +564,59 @@ def test_detectors_build_what_they_built_and_none_below_their_floor(
                       (fraud.velocity(s, conf, now, floor), fraud.velocity(s, conf, now)),
                       (fraud.regularity(s, conf, floor), fraud.regularity(s, conf))):  # fmt: skip
         assert got == (full if full is not None and full.score >= floor else None)
+
+
+def _feeds_reference(scorer: Any, batch: list[ScoreRequest], width: int) -> dict[str, np.ndarray]:
+    """The graph inputs of a batch as `Scorer._call_batch` built them row by row before (the definition)."""
+    b = len(batch)
+    items = np.full((b, width), scorer.pad, dtype=np.int64)
+    types = np.zeros((b, width), dtype=np.int64)
+    ts = np.zeros((b, width), dtype=np.int64)
+    exclude = np.zeros((b, scorer.n_items), dtype=bool)
+    for r, req in enumerate(batch):
+        n = min(len(req.items), scorer.max_len)
+        if n:
+            it = np.asarray(req.items[-n:], dtype=np.int64)
+            it[(it < 0) | (it > scorer.unk)] = scorer.unk
+            items[r, width - n :] = it
+            types[r, width - n :] = np.asarray(req.types[-n:], dtype=np.int64)
+            ts[r, width - n :] = np.asarray(req.ts[-n:], dtype=np.int64)
+        if req.extra_exclude is not None:
+            exclude[r] |= req.extra_exclude
+        ex = np.asarray(req.exclude, dtype=np.int64)
+        exclude[r, ex[(ex >= 0) & (ex < scorer.n_items)]] = True
+    return {"item_idx": items, "event_type": types, "ts_ms": ts, "exclude": exclude}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_batchs_graph_inputs_are_its_rows_inputs(scorer: Any, artifact: Any, monkeypatch: pytest.MonkeyPatch,
+                                                   shared: bool) -> None:  # fmt: skip
+    """`_call_batch` fills every row's history at once: the very arrays the row-by-row loop built, for rows of any
+    length (none, longer than the model's input), exclusions out of range, shared or per-row extra exclusions."""
+    real, fed = scorer._graph, []
+
+    def graph(need_logprob: bool) -> Any:
+        session, want = real(need_logprob)
+
+        class Spy:
+            def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+                fed.append(feeds)
+                return session.run(names, feeds)
+
+        return Spy(), want
+
+    monkeypatch.setattr(scorer, "_graph", graph)
+    rng = np.random.default_rng(1)
+    masks = [np.zeros(artifact.n_items, dtype=bool) for _ in range(2)]
+    masks[0][:3], masks[1][5:9] = True, True
+    batch = []
+    for r, n in enumerate((0, 1, 5, 17, artifact.max_len + 7, 3)):
+        items = rng.integers(-2, artifact.n_items + 3, size=n).tolist()
+        extra = masks[0] if shared else [None, masks[0], masks[1]][r % 3]
+        batch.append(ScoreRequest(items, [1 + i % 5 for i in range(n)], [T + 1000 * i for i in range(n)],
+                                  exclude=items[:4] + [-1, 10**6, r], extra_exclude=extra))  # fmt: skip
+    out = scorer._call_batch(batch)
+    assert len(out) == len(batch) and len(fed) == 1
+    want = _feeds_reference(scorer, batch, fed[0]["item_idx"].shape[1])
+    for k, v in want.items():
+        assert fed[0][k].dtype == v.dtype and np.array_equal(fed[0][k], v), k
