@@ -562,6 +562,180 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------- one event into a user state (operators/user.py) */
+
+#define EXACT_DBL (1LL << 53) /* ints below this convert to double exactly (Python's int / int is then the C one) */
+
+/* Stable sort of `n` categories heaviest first (Python's `sorted(..., key=lambda kv: -kv[1])`), cut to `top`, as a
+   new dict; NULL with an exception on failure. Weights are exact non-NaN floats (checked by the caller). */
+static PyObject *top_cats(PyObject *cats, Py_ssize_t top) {
+    Py_ssize_t n = PyDict_GET_SIZE(cats), pos = 0, i = 0;
+    Cat stack[64], *cs = n <= 64 ? stack : PyMem_Malloc(n * sizeof(Cat));
+    if (cs == NULL) return PyErr_NoMemory();
+    PyObject *k, *v;
+    while (PyDict_Next(cats, &pos, &k, &v)) {
+        double w = PyFloat_AS_DOUBLE(v);
+        Py_ssize_t j = i;
+        while (j > 0 && cs[j - 1].w < w) { cs[j] = cs[j - 1]; j--; }
+        cs[j].key = k; cs[j].w = w; cs[j].h = 0;
+        i++;
+    }
+    PyObject *out = PyDict_New();
+    for (i = 0; out != NULL && i < n && i < top; i++) {
+        PyObject *w = PyDict_GetItemWithError(cats, cs[i].key); /* the very float object */
+        if (w == NULL || PyDict_SetItem(out, cs[i].key, w) < 0) Py_CLEAR(out);
+    }
+    if (cs != stack) PyMem_Free(cs);
+    return out;
+}
+
+PyDoc_STRVAR(update_doc,
+    "update(state, ts, item_hash, code, rating, id_hash, item_cats, event_weight, half_life_ms, history_len, "
+    "dedup_window_ms, dedup_max_ids, top_categories) -> True | None: `UserOperator._update` for a usual state "
+    "(`item_cats`: the item's category hashes, None for an item outside the model's vocabulary; `half_life_ms` "
+    "already at least 1), else None with the state untouched.");
+
+static PyObject *native_update(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 13) { PyErr_SetString(PyExc_TypeError, "update() takes 13 arguments"); return NULL; }
+    PyObject *s = args[0], *ih = args[2], *code = args[3], *rating = args[4], *hid = args[5], *icats = args[6];
+    PyObject *ew = args[7];
+    long long ts, hl, hist, dwin, dmax, top, first, last, n_events, t;
+    if (!exact_i64(args[1], &ts) || !exact_i64(args[8], &hl) || !exact_i64(args[9], &hist) ||
+        !exact_i64(args[10], &dwin) || !exact_i64(args[11], &dmax) || !exact_i64(args[12], &top) ||
+        !PyFloat_CheckExact(rating) || !PyFloat_CheckExact(ew) || !PyLong_CheckExact(ih) || !PyLong_CheckExact(code))
+        Py_RETURN_NONE;
+    if (hl < 1 || hl >= EXACT_DBL || hist < 1 || dmax < 0 || top < 0 || (icats != Py_None && !PyList_CheckExact(icats)
+        && !PyTuple_CheckExact(icats)))
+        Py_RETURN_NONE;
+    PyObject *d, *f[N_FIELDS];
+    if (!load_fields(s, &d, f)) Py_RETURN_NONE;
+    PyObject *cats = f[F_CATS], *items = f[F_ITEMS], *tsl = f[F_TS], *types = f[F_TYPES], *ratings = f[F_RATINGS];
+    PyObject *dedup = f[F_DEDUP];
+    PyObject *new_cats = NULL, *new_dedup = NULL, *o = NULL;
+    if (!exact_i64(f[F_FIRST_TS], &first) || !exact_i64(f[F_LAST_TS], &last) ||
+        !exact_i64(f[F_N_EVENTS], &n_events) || n_events >= (1LL << 62) || !PyDict_CheckExact(cats) ||
+        !PyList_CheckExact(items) || !PyList_CheckExact(tsl) || !PyList_CheckExact(types) ||
+        !PyList_CheckExact(ratings) || !PyList_CheckExact(dedup))
+        goto defer;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (PyList_GET_SIZE(tsl) != n || PyList_GET_SIZE(types) != n || PyList_GET_SIZE(ratings) != n) goto defer;
+    long long new_last = last > ts ? last : ts, gap_last, gap_ts, lo;
+    if (__builtin_sub_overflow(new_last, last, &gap_last) || __builtin_sub_overflow(new_last, ts, &gap_ts) ||
+        __builtin_sub_overflow(new_last, dwin, &lo) || gap_last >= EXACT_DBL || gap_ts >= EXACT_DBL)
+        goto defer;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(cats, &pos, &k, &v))
+            if (!PyFloat_CheckExact(v) || isnan(PyFloat_AS_DOUBLE(v))) goto defer;
+    }
+    /* where the event goes: after every entry at or before its time (Python's scan from the end) */
+    Py_ssize_t at = n;
+    while (at > 0) {
+        if (!exact_i64(PyList_GET_ITEM(tsl, at - 1), &t)) goto defer;
+        if (t <= ts) break;
+        at--;
+    }
+    Py_ssize_t n_dedup = PyList_GET_SIZE(dedup);
+    for (Py_ssize_t i = 0; i < n_dedup; i++) {
+        PyObject *e = PyList_GET_ITEM(dedup, i);
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2 || !exact_i64(PyTuple_GET_ITEM(e, 1), &t)) goto defer;
+    }
+    if (icats != Py_None) {
+        Py_ssize_t nc = PySequence_Fast_GET_SIZE(icats);
+        for (Py_ssize_t i = 0; i < nc; i++)
+            if (!PyLong_CheckExact(PySequence_Fast_GET_ITEM(icats, i))) goto defer;
+    }
+
+    /* checked: the event's changes, as `_update` makes them */
+    PyObject *cur = cats; /* borrowed; new_cats owns a replacement */
+    if (PyDict_GET_SIZE(cats) && new_last > last) {
+        double fct = pow(0.5, (double)gap_last / (double)hl);
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        new_cats = PyDict_New();
+        if (new_cats == NULL) goto error;
+        while (PyDict_Next(cats, &pos, &k, &v)) {
+            PyObject *x = PyFloat_FromDouble(PyFloat_AS_DOUBLE(v) * fct);
+            int bad = x == NULL || PyDict_SetItem(new_cats, k, x) < 0;
+            Py_XDECREF(x);
+            if (bad) goto error;
+        }
+        cur = new_cats;
+    }
+    if (icats != Py_None) {
+        double w = PyFloat_AS_DOUBLE(ew) * pow(0.5, (double)gap_ts / (double)hl);
+        Py_ssize_t nc = PySequence_Fast_GET_SIZE(icats);
+        for (Py_ssize_t i = 0; i < nc; i++) {
+            PyObject *ch = PySequence_Fast_GET_ITEM(icats, i);
+            PyObject *old = PyDict_GetItemWithError(cur, ch);
+            if (old == NULL && PyErr_Occurred()) goto error;
+            /* `s.cats.get(ch, 0.0) + w`: every weight in `cur` is an exact float (checked, or made here) */
+            PyObject *x = PyFloat_FromDouble((old ? PyFloat_AS_DOUBLE(old) : 0.0) + w);
+            int bad = x == NULL || PyDict_SetItem(cur, ch, x) < 0;
+            Py_XDECREF(x);
+            if (bad) goto error;
+        }
+        if (PyDict_GET_SIZE(cur) > top) {
+            PyObject *cut = top_cats(cur, top);
+            if (cut == NULL) goto error;
+            Py_XDECREF(new_cats);
+            new_cats = cut;
+        }
+    }
+    if (new_cats && PyDict_SetItem(d, FIELDS[F_CATS], new_cats) < 0) goto error;
+    if (first == 0 && PyDict_SetItem(d, FIELDS[F_FIRST_TS], args[1]) < 0) goto error;
+    if ((o = PyLong_FromLongLong(new_last)) == NULL || PyDict_SetItem(d, FIELDS[F_LAST_TS], o) < 0) goto error;
+    Py_CLEAR(o);
+    if ((o = PyLong_FromLongLong(n_events + 1)) == NULL || PyDict_SetItem(d, FIELDS[F_N_EVENTS], o) < 0) goto error;
+    Py_CLEAR(o);
+    if (PyList_Insert(items, at, ih) < 0 || PyList_Insert(tsl, at, args[1]) < 0 || PyList_Insert(types, at, code) < 0
+        || PyList_Insert(ratings, at, rating) < 0)
+        goto error;
+    if (n + 1 > hist) {
+        Py_ssize_t cut = n + 1 - hist;
+        if (PyList_SetSlice(items, 0, cut, NULL) < 0 || PyList_SetSlice(tsl, 0, cut, NULL) < 0 ||
+            PyList_SetSlice(types, 0, cut, NULL) < 0 || PyList_SetSlice(ratings, 0, cut, NULL) < 0)
+            goto error;
+    }
+    if ((o = PyTuple_Pack(2, hid, args[1])) == NULL || PyList_Append(dedup, o) < 0) goto error;
+    Py_CLEAR(o);
+    /* `[d for d in s.dedup if d[1] >= lo][-dedup_max_ids:]` (0 keeps them all, as Python's [-0:] does) */
+    n_dedup = PyList_GET_SIZE(dedup);
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < n_dedup; i++) {
+        exact_i64(PyTuple_GET_ITEM(PyList_GET_ITEM(dedup, i), 1), &t);
+        kept += t >= lo;
+    }
+    Py_ssize_t skip = dmax > 0 && kept > dmax ? kept - dmax : 0;
+    Py_ssize_t size = kept - skip;
+    new_dedup = PyList_New(size);
+    if (new_dedup == NULL) goto error;
+    for (Py_ssize_t i = 0, j = 0; i < n_dedup; i++) {
+        PyObject *e = PyList_GET_ITEM(dedup, i);
+        exact_i64(PyTuple_GET_ITEM(e, 1), &t);
+        if (!(t >= lo)) continue; /* the counting loop's test */
+        if (skip) { skip--; continue; }
+        if (j >= size) break;      /* never past the list (the two loops agree) */
+        Py_INCREF(e);
+        PyList_SET_ITEM(new_dedup, j++, e);
+    }
+    if (PyDict_SetItem(d, FIELDS[F_DEDUP], new_dedup) < 0) goto error;
+    Py_DECREF(new_dedup);
+    Py_XDECREF(new_cats);
+    Py_DECREF(d);
+    Py_RETURN_TRUE;
+defer:
+    Py_DECREF(d);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(o);
+    Py_XDECREF(new_cats);
+    Py_XDECREF(new_dedup);
+    Py_DECREF(d);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------------- streaming CF (operators/cf.py) */
 
 typedef struct { PyObject *key, *w; long long h; double v; } Pair;
@@ -636,6 +810,131 @@ static PyObject *native_cf_accumulate(PyObject *self, PyObject *const *args, Py_
         if (rc < 0) return NULL;
     }
     Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(cf_apply_doc,
+    "cf_apply(cf_succ, cf_new, cf_in, j, preds, cap, n_items): the successor bookkeeping of "
+    "`UserOperator.apply_cf` for item index `j` and its published predecessors `preds` ((hash, weight) pairs), with "
+    "Python's own comparisons and dict operations.");
+
+/* `d.get(key)` as a borrowed dict, or NULL (no error) when absent; -1 on error */
+static int get_dict(PyObject *d, PyObject *key, PyObject **out) {
+    *out = PyDict_GetItemWithError(d, key);
+    if (*out == NULL) return PyErr_Occurred() ? -1 : 0;
+    return 0;
+}
+
+/* `d.pop(key, None)` for a dict `d`: 0, or -1 on error */
+static int pop_quiet(PyObject *d, PyObject *key) {
+    if (!PyDict_Check(d)) { PyErr_SetString(PyExc_TypeError, "CF successors must be dicts"); return -1; }
+    int has = PyDict_Contains(d, key);
+    return has <= 0 ? has : PyDict_DelItem(d, key);
+}
+
+static PyObject *native_cf_apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyDict_Check(args[0]) || !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "cf_apply(cf_succ: dict, cf_new: dict, cf_in: dict, j, preds, cap, n_items)");
+        return NULL;
+    }
+    PyObject *succ_all = args[0], *new_all = args[1], *cf_in = args[2], *j = args[3], *preds = args[4];
+    Py_ssize_t cap = PyLong_AsSsize_t(args[5]);
+    if (cap == -1 && PyErr_Occurred()) return NULL;
+    int is_new = PyObject_RichCompareBool(j, args[6], Py_GE); /* j >= n_items */
+    if (is_new < 0) return NULL;
+    PyObject *seq = PySequence_Fast(preds, "preds must be a sequence");
+    if (seq == NULL) return NULL;
+    PyObject *old_in = NULL, *hs = NULL, *x, *y, *out = NULL;
+    /* `for h in self.cf_in.pop(j, []): self.cf_succ.get(h, {}).pop(j, None); self.cf_new.get(h, {}).pop(j, None)` */
+    old_in = PyDict_GetItemWithError(cf_in, j);
+    if (old_in == NULL && PyErr_Occurred()) goto done;
+    if (old_in != NULL) {
+        Py_INCREF(old_in);
+        if (PyDict_DelItem(cf_in, j) < 0) goto done;
+        PyObject *it = PyObject_GetIter(old_in), *h;
+        if (it == NULL) goto done;
+        while ((h = PyIter_Next(it)) != NULL) {
+            int bad = get_dict(succ_all, h, &x) < 0 || get_dict(new_all, h, &y) < 0;
+            if (!bad && x != NULL) { Py_INCREF(x); bad = pop_quiet(x, j) < 0; Py_DECREF(x); }
+            if (!bad && y != NULL) { Py_INCREF(y); bad = pop_quiet(y, j) < 0; Py_DECREF(y); }
+            Py_DECREF(h);
+            if (bad) { Py_DECREF(it); goto done; }
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred()) goto done;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    hs = PyList_New(n);
+    if (hs == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i), *h, *w;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a predecessor must be a (hash, weight) pair");
+            goto done;
+        }
+        h = PyTuple_GET_ITEM(pair, 0);
+        w = PyTuple_GET_ITEM(pair, 1);
+        Py_INCREF(h);
+        PyList_SET_ITEM(hs, i, h);
+        /* succ = self.cf_succ.setdefault(h, {}); succ[j] = w */
+        PyObject *fresh = PyDict_New();
+        if (fresh == NULL) goto done;
+        PyObject *succ = PyDict_SetDefault(succ_all, h, fresh); /* borrowed */
+        Py_DECREF(fresh);
+        if (succ != NULL && !PyDict_Check(succ)) PyErr_SetString(PyExc_TypeError, "CF successors must be dicts");
+        if (succ == NULL || !PyDict_Check(succ) || PyDict_SetItem(succ, j, w) < 0) goto done;
+        if (PyDict_GET_SIZE(succ) > cap) {
+            /* the lightest goes: m = min(succ.values()); of equal weights, the highest key */
+            Py_ssize_t pos = 0;
+            PyObject *k, *v, *m = NULL, *gone = NULL;
+            while (PyDict_Next(succ, &pos, &k, &v)) {
+                int lt = m == NULL ? 1 : PyObject_RichCompareBool(v, m, Py_LT);
+                if (lt < 0) goto done;
+                if (lt) m = v;
+            }
+            Py_XINCREF(m);
+            pos = 0;
+            while (PyDict_Next(succ, &pos, &k, &v)) {
+                PyObject *eq = PyObject_RichCompare(v, m, Py_EQ); /* `v == m`, no identity shortcut */
+                int is_eq = eq == NULL ? -1 : PyObject_IsTrue(eq);
+                Py_XDECREF(eq);
+                if (is_eq < 0) { Py_XDECREF(m); goto done; }
+                if (!is_eq) continue;
+                int gt = gone == NULL ? 1 : PyObject_RichCompareBool(k, gone, Py_GT);
+                if (gt < 0) { Py_XDECREF(m); goto done; }
+                if (gt) gone = k;
+            }
+            Py_XDECREF(m);
+            if (gone == NULL) {
+                PyErr_SetString(PyExc_ValueError, "max() arg is an empty sequence");
+                goto done;
+            }
+            Py_INCREF(gone);
+            int bad = PyDict_DelItem(succ, gone) < 0 || get_dict(new_all, h, &y) < 0;
+            if (!bad && y != NULL) { Py_INCREF(y); bad = pop_quiet(y, gone) < 0; Py_DECREF(y); }
+            Py_DECREF(gone);
+            if (bad) goto done;
+        }
+        if (is_new) {
+            int has = PyDict_Contains(succ, j);
+            if (has < 0) goto done;
+            if (has) {
+                fresh = PyDict_New();
+                if (fresh == NULL) goto done;
+                PyObject *nw = PyDict_SetDefault(new_all, h, fresh);
+                Py_DECREF(fresh);
+                if (nw != NULL && !PyDict_Check(nw)) PyErr_SetString(PyExc_TypeError, "CF successors must be dicts");
+                if (nw == NULL || !PyDict_Check(nw) || PyDict_SetItem(nw, j, w) < 0) goto done;
+            }
+        }
+    }
+    if (PyDict_SetItem(cf_in, j, hs) < 0) goto done;
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    Py_XDECREF(old_in);
+    Py_XDECREF(hs);
+    Py_DECREF(seq);
+    return out;
 }
 
 #define CF_HEAD 19 /* `<BqqH`: version, last_ts, published_ts, n */
@@ -721,7 +1020,9 @@ static PyMethodDef methods[] = {
     {"encode", (PyCFunction)native_encode, METH_O, encode_doc},
     {"decode", (PyCFunction)(void (*)(void))native_decode, METH_FASTCALL, decode_doc},
     {"settle", (PyCFunction)native_settle, METH_O, settle_doc},
+    {"update", (PyCFunction)(void (*)(void))native_update, METH_FASTCALL, update_doc},
     {"heaviest_first", (PyCFunction)native_heaviest_first, METH_O, heaviest_first_doc},
+    {"cf_apply", (PyCFunction)(void (*)(void))native_cf_apply, METH_FASTCALL, cf_apply_doc},
     {"cf_accumulate", (PyCFunction)(void (*)(void))native_cf_accumulate, METH_FASTCALL, cf_accumulate_doc},
     {"encode_cf", (PyCFunction)(void (*)(void))native_encode_cf, METH_FASTCALL, encode_cf_doc},
     {"decode_cf", (PyCFunction)native_decode_cf, METH_O, decode_cf_doc},

@@ -513,10 +513,13 @@ class UserOperator:
                 return False
             d = self.unit_emb.shape[1]
             j = self._append_item(update.item_id, np.zeros(d, np.float32), -np.inf, np.zeros(d, np.float32))
+        cap = self.conf.cf.max_neighbours
+        if _native is not None:  # the code below in C (operators/_native.c), the same dict operations
+            _native.cf_apply(self.cf_succ, self.cf_new, self.cf_in, j, update.preds, cap, self.n_items)
+            return True
         for h in self.cf_in.pop(j, []):
             self.cf_succ.get(h, {}).pop(j, None)
             self.cf_new.get(h, {}).pop(j, None)
-        cap = self.conf.cf.max_neighbours
         for h, w in update.preds:
             succ = self.cf_succ.setdefault(h, {})
             succ[j] = w
@@ -1058,6 +1061,15 @@ class UserOperator:
 
     def _update(self, s: UserState, ev: Event, h: int) -> None:
         c = self.conf.state
+        if _native is not None:  # the code below in C (operators/_native.c) for the usual states
+            ih = item_hash(ev.item_id)
+            idx = self.hash_to_index.get(ih, self.unk)
+            code = type_code(ev.event_type)
+            if _native.update(s, ev.ts, ih, code, float(ev.rating) if ev.rating is not None else 0.0, h,
+                              self.item_cats[idx] if 0 <= idx < self.n_items else None,
+                              self.event_weight.get(code, 1.0), max(c.interest_half_life_ms, 1), c.history_len,
+                              c.dedup_window_ms, c.dedup_max_ids, c.top_categories):  # fmt: skip
+                return
         if s.first_ts == 0:
             s.first_ts = ev.ts
         new_last = max(s.last_ts, ev.ts)

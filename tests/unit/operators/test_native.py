@@ -191,3 +191,86 @@ def test_cf_codec_is_the_python_codec(preds: dict[int, float], last: int, pub: i
         assert native.decode_cf(want) is not None
         for b in (want, want[:-1], want + b"x", b"\x02" + want[1:]):
             assert repr(_call(cf.decode_cf, b)) == repr(_python(cf.decode_cf, b))
+
+
+# ------------------------------------------------------------------ one event into a user state (UserOperator._update)
+
+
+@needs_native
+@pytest.mark.parametrize("sections", [{}, {"state": {"history_len": 5, "dedup_max_ids": 3, "top_categories": 2,
+                                                      "dedup_window_ms": 50_000, "interest_half_life_ms": 7_000}},
+                                      {"state": {"dedup_max_ids": 0, "top_categories": 0}}])  # fmt: skip
+def test_update_is_the_python_update(make_op: Any, artifact: Any, sections: dict[str, Any]) -> None:
+    """Events in order, late, at equal times, on known and unknown items, ratings, repeated ids, long quiet gaps:
+    the C update leaves every state as the Python code does (same values, same dict order, same float bits)."""
+    from operators import user
+    from operators.schema import Event
+
+    op = make_op(**sections)
+    rng = random.Random(9)
+    known = [artifact.item_id(i) for i in range(min(artifact.n_items, 40))]
+    handled = 0
+    for _run in range(60):
+        b = UserState()
+        t = T
+        for _i in range(rng.randint(1, 40)):
+            t += rng.choice([0, 1, 1000, 60_000, 10**8, -5000])
+            etype = rng.choice(state.EVENT_TYPES)
+            item = rng.choice(known) if rng.random() < 0.8 else f"unknown-{rng.randint(0, 5)}"
+            e = Event(f"e{rng.randint(0, 30)}", "u", item, etype, t,
+                      rating=rng.choice([1.0, 4.5, 3]) if etype == "rating" else None)  # fmt: skip
+            h = state.id_hash(e.event_id)
+            a = b.copy()
+            a_cats, b_cats = a.cats, b.cats
+            handled += native.update(a.copy(), e.ts, state.item_hash(e.item_id), state.type_code(etype), 0.0, h,
+                                     None, 1.0, 1, 50, 1, 1, 1) is True  # usual values: C takes them
+            op._update(a, e, h)  # in C (user._native is the module)
+            saved, user._native = user._native, None
+            try:
+                op._update(b, e, h)
+            finally:
+                user._native = saved
+            assert repr(a) == repr(b) and list(a.cats) == list(b.cats)
+            assert (a.cats is a_cats) == (b.cats is b_cats)  # replaced, or changed in place, alike
+    assert handled > 500
+
+
+@needs_native
+def test_update_defers_an_unusual_state_untouched() -> None:
+    from operators.schema import Event
+
+    e = Event("e1", "u", "i1", "view", T)
+    for odd in ({"cats": {1: 1}}, {"ts": [T + 5], "items": [1], "types": [1], "ratings": [0.0], "n_events": True},
+                {"dedup": [[1, T]]}, {"last_ts": 2**70}, {"cats": {1: float("nan")}}):  # fmt: skip
+        s = UserState(**{"first_ts": T, "last_ts": T, **odd})  # type: ignore[arg-type]
+        before = repr(s)
+        assert native.update(s, e.ts, 1, 1, 0.0, 7, (1, 2), 1.0, 10, 50, 1000, 1000, 8) is None
+        assert repr(s) == before
+
+
+@needs_native
+@pytest.mark.parametrize("cap", [1, 3, 20])
+def test_apply_cf_keeps_the_successors_the_python_code_keeps(make_op: Any, artifact: Any, cap: int) -> None:
+    """Published predecessor lists (repeated items, ties in weight, items outside the vocabulary, republished
+    lists replacing earlier ones): the same successors, new-item successors and inverse index, in the same order."""
+    from operators import user
+    from operators.cf import CfUpdate
+
+    a, b = make_op(cf={"max_neighbours": cap}), make_op(cf={"max_neighbours": cap})
+    rng = random.Random(cap)
+    ids = [artifact.item_id(i) for i in range(min(artifact.n_items, 12))] + [f"new-{k}" for k in range(4)]
+    for n in range(300):
+        preds = tuple((rng.randint(0, 15), rng.choice([1.0, 0.5, 0.25, rng.random()]))
+                      for _ in range(rng.randint(0, 6)))  # fmt: skip
+        upd = CfUpdate(rng.choice(ids), preds, T + n)
+        assert a.apply_cf(upd)
+        saved, user._native = user._native, None
+        try:
+            assert b.apply_cf(upd)
+        finally:
+            user._native = saved
+        for name in ("cf_succ", "cf_new", "cf_in"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert repr(x) == repr(y), name  # values and (nested) order
+    most = max(len(v) for v in a.cf_succ.values())
+    assert a.cf_new and (most == cap if cap <= 3 else most <= cap)  # evictions happened (small caps)
