@@ -736,6 +736,79 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------ fraud features (operators/fraud.py) */
+
+static int cmp_double(const void *pa, const void *pb) {
+    double a = *(const double *)pa, b = *(const double *)pb;
+    return (a > b) - (a < b);
+}
+
+PyDoc_STRVAR(gap_stats_doc,
+    "gap_stats(ts, k) -> (median, cv) | None: of the last k gaps between the times `ts` (ints): their median exactly "
+    "as `fraud.regularity` computes it, and their coefficient of variation (std / max(mean, 1e-9)) summed in plain "
+    "order, which can differ from numpy's in the last bits; None for fewer than k + 1 times or k < 1.");
+
+static PyObject *native_gap_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_CheckExact(args[0])) Py_RETURN_NONE;
+    long long k;
+    if (!exact_i64(args[1], &k) || k < 1 || k > 4096) Py_RETURN_NONE;
+    PyObject *ts = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(ts);
+    if (n < k + 1) Py_RETURN_NONE;
+    double g[4096], srt[4096], prev = 0.0;
+    for (Py_ssize_t i = 0; i <= k; i++) {
+        long long t;
+        if (!exact_i64(PyList_GET_ITEM(ts, n - k - 1 + i), &t)) Py_RETURN_NONE;
+        double x = (double)t; /* float(t): round to nearest, as the C conversion */
+        if (i) g[i - 1] = x - prev;
+        prev = x;
+    }
+    memcpy(srt, g, k * sizeof(double));
+    qsort(srt, k, sizeof(double), cmp_double);
+    double med = k % 2 ? srt[k / 2] : (srt[k / 2 - 1] + srt[k / 2]) / 2;
+    double sum = 0.0, sq = 0.0;
+    for (long long i = 0; i < k; i++) sum += g[i];
+    double mean = sum / (double)k;
+    for (long long i = 0; i < k; i++) sq += (g[i] - mean) * (g[i] - mean);
+    double cv = sqrt(sq / (double)k) / (mean > 1e-9 ? mean : 1e-9);
+    return Py_BuildValue("(dd)", med, cv);
+}
+
+PyDoc_STRVAR(prev_items_doc, "prev_items(items, ts, event_ts, item, window, max_gap_ms) -> list | None: "
+             "`operators.cf.prev_items` for exact ints, else None.");
+
+static PyObject *native_prev_items(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1])) Py_RETURN_NONE;
+    PyObject *items = args[0], *ts = args[1];
+    long long now, item, window, gap;
+    if (!exact_i64(args[2], &now) || !exact_i64(args[3], &item) || !exact_i64(args[4], &window) ||
+        !exact_i64(args[5], &gap) || window > 64)
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (PyList_GET_SIZE(ts) != n) Py_RETURN_NONE;
+    long long got[64];
+    PyObject *objs[64];
+    Py_ssize_t m = 0;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        long long h, t, age;
+        if (!exact_i64(PyList_GET_ITEM(items, i), &h) || !exact_i64(PyList_GET_ITEM(ts, i), &t) ||
+            __builtin_sub_overflow(now, t, &age))
+            Py_RETURN_NONE;
+        if (m >= window || age > gap) break;
+        if (t > now || h == item) continue;
+        int seen = 0;
+        for (Py_ssize_t j = 0; j < m && !seen; j++) seen = got[j] == h;
+        if (!seen) { got[m] = h; objs[m] = PyList_GET_ITEM(items, i); m++; }
+    }
+    PyObject *out = PyList_New(m);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        Py_INCREF(objs[j]);
+        PyList_SET_ITEM(out, j, objs[j]);
+    }
+    return out;
+}
+
 /* ------------------------------------------------------------------------------------- streaming CF (operators/cf.py) */
 
 typedef struct { PyObject *key, *w; long long h; double v; } Pair;
@@ -887,19 +960,30 @@ static PyObject *native_cf_apply(PyObject *self, PyObject *const *args, Py_ssize
             Py_ssize_t pos = 0;
             PyObject *k, *v, *m = NULL, *gone = NULL;
             while (PyDict_Next(succ, &pos, &k, &v)) {
-                int lt = m == NULL ? 1 : PyObject_RichCompareBool(v, m, Py_LT);
+                int lt = m == NULL ? 1
+                         : PyFloat_CheckExact(v) && PyFloat_CheckExact(m)  /* float < float: the doubles' < */
+                             ? PyFloat_AS_DOUBLE(v) < PyFloat_AS_DOUBLE(m)
+                             : PyObject_RichCompareBool(v, m, Py_LT);
                 if (lt < 0) goto done;
                 if (lt) m = v;
             }
             Py_XINCREF(m);
             pos = 0;
             while (PyDict_Next(succ, &pos, &k, &v)) {
-                PyObject *eq = PyObject_RichCompare(v, m, Py_EQ); /* `v == m`, no identity shortcut */
-                int is_eq = eq == NULL ? -1 : PyObject_IsTrue(eq);
-                Py_XDECREF(eq);
+                int is_eq;
+                if (PyFloat_CheckExact(v) && PyFloat_CheckExact(m)) {
+                    is_eq = PyFloat_AS_DOUBLE(v) == PyFloat_AS_DOUBLE(m);
+                } else {
+                    PyObject *eq = PyObject_RichCompare(v, m, Py_EQ); /* `v == m`, no identity shortcut */
+                    is_eq = eq == NULL ? -1 : PyObject_IsTrue(eq);
+                    Py_XDECREF(eq);
+                }
                 if (is_eq < 0) { Py_XDECREF(m); goto done; }
                 if (!is_eq) continue;
-                int gt = gone == NULL ? 1 : PyObject_RichCompareBool(k, gone, Py_GT);
+                long long ki, gi;
+                int gt = gone == NULL ? 1
+                         : exact_i64(k, &ki) && exact_i64(gone, &gi) ? ki > gi
+                                                                      : PyObject_RichCompareBool(k, gone, Py_GT);
                 if (gt < 0) { Py_XDECREF(m); goto done; }
                 if (gt) gone = k;
             }
@@ -1021,6 +1105,8 @@ static PyMethodDef methods[] = {
     {"decode", (PyCFunction)(void (*)(void))native_decode, METH_FASTCALL, decode_doc},
     {"settle", (PyCFunction)native_settle, METH_O, settle_doc},
     {"update", (PyCFunction)(void (*)(void))native_update, METH_FASTCALL, update_doc},
+    {"gap_stats", (PyCFunction)(void (*)(void))native_gap_stats, METH_FASTCALL, gap_stats_doc},
+    {"prev_items", (PyCFunction)(void (*)(void))native_prev_items, METH_FASTCALL, prev_items_doc},
     {"heaviest_first", (PyCFunction)native_heaviest_first, METH_O, heaviest_first_doc},
     {"cf_apply", (PyCFunction)(void (*)(void))native_cf_apply, METH_FASTCALL, cf_apply_doc},
     {"cf_accumulate", (PyCFunction)(void (*)(void))native_cf_accumulate, METH_FASTCALL, cf_accumulate_doc},

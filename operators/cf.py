@@ -131,6 +131,10 @@ def prev_items(items: list[int], ts: list[int], event_ts: int, item: int, conf: 
     """The `prev` of an event: up to `conf.window` distinct item hashes of the user's history (oldest first, with
     their times) consumed at or before `event_ts` and at most `conf.max_gap_ms` before it, most recent first,
     without the event's own item."""
+    if _native is not None:  # the loop below in C (operators/_native.c) for int hashes and times
+        got: list[int] | None = _native.prev_items(items, ts, event_ts, item, conf.window, conf.max_gap_ms)
+        if got is not None:
+            return got
     out: list[int] = []
     for h, t in zip(reversed(items), reversed(ts), strict=True):
         if len(out) >= conf.window or event_ts - t > conf.max_gap_ms:

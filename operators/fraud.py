@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from operators.config import UserFraudConf
-from operators.state import EVENT_TYPES, UserState
+from operators.state import EVENT_TYPES, NATIVE_MODULE, UserState
+
+_native = NATIVE_MODULE
 
 # Detector names double as reason codes; their index is the slot in `UserState.flag_last`.
 VELOCITY = "velocity_burst"
@@ -79,6 +81,17 @@ def regularity(s: UserState, conf: UserFraudConf, floor: float = 0.0) -> Detecti
     k = conf.regular_min_gaps
     if len(s.ts) < k + 1:
         return None
+    if _native is not None and 0.0 < floor < 1.0 and k >= 1:
+        # the usual answer, at once: gaps far from machine-regular (C: the exact median, a plain-order cv). Only a
+        # ratio clearly below the floor's returns here (cv summed in another order differs from numpy's in the last
+        # bits: a margin of 1e-6, and cv above 1e-6, where those bits are far smaller); the rest takes the path below
+        got = _native.gap_stats(s.ts, k)
+        if got is not None:
+            med, cv = got
+            if not conf.regular_min_gap_ms <= med <= conf.regular_max_gap_ms:
+                return None
+            if cv > 1e-6 and conf.regular_max_cv / cv < floor / (1.0 - floor) * (1.0 - 1e-6):
+                return None
     if k >= 1:
         # plain-Python gaps and median: the same float64 values as np.diff / np.median (the median of k values
         # is the middle one, or the mean of the two middle ones), without numpy's per-call overhead

@@ -274,3 +274,53 @@ def test_apply_cf_keeps_the_successors_the_python_code_keeps(make_op: Any, artif
             assert repr(x) == repr(y), name  # values and (nested) order
     most = max(len(v) for v in a.cf_succ.values())
     assert a.cf_new and (most == cap if cap <= 3 else most <= cap)  # evictions happened (small caps)
+
+
+# ------------------------------------------------------------------ fraud features, CF's previous items
+
+
+@needs_native
+@settings(max_examples=400, deadline=None)
+@given(gaps=st.lists(st.integers(0, 3000) | st.sampled_from([1000, 1000, 1001]), min_size=1, max_size=30),
+       k=st.integers(1, 20), max_cv=st.sampled_from([0.05, 0.2, 0.5, 1e-9]), floor=st.sampled_from([0.3, 0.5, 0.9]))
+def test_regularity_with_its_floor_is_the_numpy_detection(gaps: list[int], k: int, max_cv: float, floor: float) -> None:
+    """C's quick answer (median exact, cv in plain order) only ever returns None where the exact path does, near
+    the threshold too (regular gaps with one off by a little put the cv around max_cv)."""
+    from dataclasses import replace
+
+    from operators import fraud
+    from operators.config import UserFraudConf
+
+    ts = [T]
+    for g in gaps:
+        ts.append(ts[-1] + g)
+    s = UserState(ts=ts)
+    conf = replace(UserFraudConf(), regular_min_gaps=k, regular_max_cv=max_cv, regular_min_gap_ms=1,
+                   regular_max_gap_ms=2500)  # fmt: skip
+    full = fraud.regularity(s, conf)
+    want = full if full is not None and full.score >= floor else None
+    assert fraud.regularity(s, conf, floor) == want
+    got = native.gap_stats(ts, k)
+    if len(ts) < k + 1:
+        assert got is None
+    else:
+        tf = [float(t) for t in ts[-(k + 1) :]]
+        srt = sorted(b - a for a, b in zip(tf, tf[1:], strict=False))
+        assert got[0] == (srt[k // 2] if k % 2 else (srt[k // 2 - 1] + srt[k // 2]) / 2)
+
+
+@needs_native
+@settings(max_examples=400, deadline=None)
+@given(hist=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 400)), max_size=30), now=st.integers(0, 450),
+       item=st.integers(0, 6), window=st.integers(0, 5), gap=st.integers(0, 300))  # fmt: skip
+def test_prev_items_is_the_python_loop(hist: list[tuple[int, int]], now: int, item: int, window: int,
+                                       gap: int) -> None:  # fmt: skip
+    from operators import cf
+    from operators.config import CfConf
+
+    hist.sort(key=lambda e: e[1])
+    items, ts = [h for h, _ in hist], [T + t for _, t in hist]
+    conf = CfConf(window=window, max_gap_ms=gap)
+    got = cf.prev_items(items, ts, T + now, item, conf)
+    assert _python(cf.prev_items, items, ts, T + now, item, conf) == got
+    assert native.prev_items(items, ts, T + now, item, window, gap) == got
