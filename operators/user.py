@@ -32,7 +32,7 @@ import math
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -71,7 +71,7 @@ SOURCE = "user_operator"
 _RATING_CODE = EVENT_TYPES.index("rating") + 1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
 class StepResult:
     """What one event (timer, erasure) did for its user. `state` is its new state, bytes (None: clear it).
 
@@ -268,7 +268,7 @@ class _Pipe:
         s, req = o.s, o.req
         o.s = _ListView(s.items.copy(), s.cats.copy(), s.key_id, s.last_recs)
         if req is not None:  # its types and times are the state's own lists
-            o.req = replace(req, types=list(req.types), ts=list(req.ts))
+            o.req = ScoreRequest(req.items, list(req.types), list(req.ts), req.exclude, req.extra_exclude)
         o.fill = _Built({}, [], None)  # logprob None: a deferred order asked for none (its event never reads it)
         self.deferred.append(o)
         q.expect = o.fill.hashes

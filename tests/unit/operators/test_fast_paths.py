@@ -620,3 +620,23 @@ def test_a_batchs_graph_inputs_are_its_rows_inputs(scorer: Any, artifact: Any, m
     want = _feeds_reference(scorer, batch, fed[0]["item_idx"].shape[1])
     for k, v in want.items():
         assert fed[0][k].dtype == v.dtype and np.array_equal(fed[0][k], v), k
+
+
+def test_a_deferred_order_copies_its_request_whole() -> None:
+    """`_Pipe.defer` builds the request's copy field by field (not `dataclasses.replace`): every field, the history's
+    lists new."""
+    from dataclasses import fields
+
+    from operators.user import _ListOrder, _Pipe, _Queue
+
+    mask = np.zeros(4, dtype=bool)
+    req = ScoreRequest([1, 2], [1, 3], [T, T + 1], [2], extra_exclude=mask)
+    s = UserState(items=[7, 8], ts=[T, T + 1], types=[1, 3], ratings=[0.0, 0.0])
+    o = _ListOrder.__new__(_ListOrder)
+    o.s, o.req = s, req
+    _Pipe().defer(_Queue.__new__(_Queue), o)
+    assert [f.name for f in fields(o.req)] == [f.name for f in fields(req)]
+    for f in fields(req):
+        got, want = getattr(o.req, f.name), getattr(req, f.name)
+        assert got is mask if f.name == "extra_exclude" else got == want
+    assert o.req.types is not req.types and o.req.ts is not req.ts
