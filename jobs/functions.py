@@ -33,11 +33,11 @@ from jobs.embedded import on_python_thread, preload_native_modules, subtask_inde
 
 preload_native_modules()  # thread mode: before anything imports them on a task thread (jobs/embedded.py)
 
-from operators.batch import Outputs, to_json  # noqa: E402
+from operators.batch import Outputs, item_chunk, to_json  # noqa: E402
 
 # Keyed records, as PyFlink's keyed Python operators read them: Row(shard key, value), keyed in the JVM by field 0.
 USER_BATCH = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])  # (user shard key, frame)
-ITEM_BATCH = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])  # (item shard key, [item events])
+ITEM_BATCH = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])  # (item shard key, batch.item_chunk(events))
 ITEM_META = Types.ROW([Types.INT(), Types.PICKLED_BYTE_ARRAY()])  # (item shard key, ItemMeta), to the encoder
 # Side outputs (output kind → one joined string per batch, except ITEM_EVENTS: ITEM_BATCH records).
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
@@ -121,7 +121,7 @@ def _emit(out: Outputs, item_keys: Sequence[int]) -> Iterator[Any]:
         for e in out.item_events:
             by_shard.setdefault(batching.shard_key(str(e.get("item_id")), item_keys), []).append(e)
         for key, evs in by_shard.items():
-            yield ITEM_EVENTS, Row(key, evs)
+            yield ITEM_EVENTS, Row(key, item_chunk(evs))
 
 
 def _worker_setup(patches: bool) -> None:
@@ -511,7 +511,7 @@ class ItemFunction(KeyedProcessFunction):
     def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         from operators import batch
 
-        chunk, timer = batch.wait_chunk(self.first.value(), events)
+        chunk, timer = batch.wait_chunk_of(self.first.value(), events)
         if chunk is not None:
             self.waiting.add(chunk)
         if timer is not None:

@@ -196,7 +196,7 @@ def test_the_item_wait_buffer_releases_what_event_time_order_would() -> None:
     what is left is one chunk, due at its earliest time."""
     import pickle
 
-    from operators.batch import buffer_take, event_time_order, legacy_chunks, wait_chunk
+    from operators.batch import buffer_take, event_time_order, item_chunk, legacy_chunks, wait_chunk, wait_chunk_of
 
     rnd = random.Random(5)
     arrivals = [[{"item_id": f"i{rnd.randrange(3)}", "ts": rnd.randrange(1000), "event_id": f"e{k}-{j}"}
@@ -206,6 +206,8 @@ def test_the_item_wait_buffer_releases_what_event_time_order_would() -> None:
     for c in arrivals:
         chunk, t = wait_chunk(first, c)
         assert (chunk is None) == (not c)
+        # what the user operator sends (its events pickled once) is stored as the same chunk, with the same timer
+        assert wait_chunk_of(first, item_chunk(c) if c else c) == (chunk, t) == wait_chunk_of(first, list(c))
         if chunk is not None:
             chunks.append(chunk)  # what the function appends: only this chunk is written at the bundle end
         flat += c
