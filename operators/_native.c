@@ -161,8 +161,8 @@ static int ascii_str(PyObject *o, Py_ssize_t cap, const char **data, Py_ssize_t 
     return 1;
 }
 
-/* Categories heaviest first, ties in dict order (a stable sort, as Python's `sorted`): checked, sorted in `keys`,
-   `weights`, `hs`. At most 255 entries of exact u32 keys and exact finite floats within f16's range. */
+/* Categories heaviest first, ties in dict order (a stable sort, as Python's `sorted`), checked and sorted into
+   `out`: at most 255 entries of exact u32 keys and exact finite floats within f16's range, else 0. */
 typedef struct { PyObject *key; uint32_t h; double w; } Cat;
 
 static int read_cats(PyObject *cats, Cat *out, Py_ssize_t *n_out) {
@@ -751,11 +751,11 @@ PyDoc_STRVAR(gap_stats_doc,
 static PyObject *native_gap_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyList_CheckExact(args[0])) Py_RETURN_NONE;
     long long k;
-    if (!exact_i64(args[1], &k) || k < 1 || k > 4096) Py_RETURN_NONE;
+    if (!exact_i64(args[1], &k) || k < 1 || k > 256) Py_RETURN_NONE; /* on the stack: small (a JVM thread's, too) */
     PyObject *ts = args[0];
     Py_ssize_t n = PyList_GET_SIZE(ts);
     if (n < k + 1) Py_RETURN_NONE;
-    double g[4096], srt[4096], prev = 0.0;
+    double g[256], srt[256], prev = 0.0;
     for (Py_ssize_t i = 0; i <= k; i++) {
         long long t;
         if (!exact_i64(PyList_GET_ITEM(ts, n - k - 1 + i), &t)) Py_RETURN_NONE;
