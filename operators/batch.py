@@ -284,13 +284,7 @@ def _order_ts(ev: Any) -> int:
 def wait_chunk(first: int | None, events: Sequence[Any]) -> tuple[bytes | None, int | None]:
     """`events` as one chunk to append to the wait list (None: no events), and the event time a timer is needed at
     when they hold a new earliest event, earlier than `first` (the list's earliest so far, None: empty), else None."""
-    import pickle
-
-    if not events:
-        return None, None
-    new_first = min(map(_order_ts, events))
-    timer = new_first if first is None or new_first < first else None
-    return pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL), timer
+    return wait_chunk_of(first, item_chunk(events)) if events else (None, None)
 
 
 def item_chunk(events: Sequence[Any]) -> tuple[int, bytes]:
@@ -306,10 +300,10 @@ def item_chunk(events: Sequence[Any]) -> tuple[int, bytes]:
 def wait_chunk_of(first: int | None, sent: Any) -> tuple[bytes | None, int | None]:
     """`wait_chunk` for what the item operator receives: an `item_chunk` pair, or (jobs before 2026-12-06) a list
     of events."""
-    if isinstance(sent, tuple):
-        new_first, chunk = sent
-        return chunk, (new_first if first is None or new_first < first else None)
-    return wait_chunk(first, sent)
+    if not isinstance(sent, tuple):
+        return wait_chunk(first, sent)
+    new_first, chunk = sent
+    return chunk, (new_first if first is None or new_first < first else None)
 
 
 def buffer_take(chunks: Sequence[bytes], upto: int) -> tuple[list[Any], bytes | None, int | None]:

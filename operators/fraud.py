@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from operators.config import UserFraudConf
-from operators.state import EVENT_TYPES, NATIVE_MODULE, UserState
-
-_native = NATIVE_MODULE
+from operators.state import EVENT_TYPES, UserState
+from operators.state import NATIVE_MODULE as _native
 
 # Detector names double as reason codes; their index is the slot in `UserState.flag_last`.
 VELOCITY = "velocity_burst"

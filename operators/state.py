@@ -303,7 +303,7 @@ try:
 except ImportError:  # not built: the Python paths alone
     _native = None
 NATIVE = _FAST and _native is not None and os.environ.get("STREAMREC_NATIVE", "1") != "0"
-NATIVE_MODULE = _native if NATIVE else None  # for the other operators' modules (operators/cf.py)
+NATIVE_MODULE = _native if NATIVE else None  # for the other operators' modules (cf, fraud, user)
 _SAFE_TS = 2**62  # |ts| and |last_ts| below this: last_ts - ts cannot overflow int64 in the numpy path
 _F16: dict[int, struct.Struct] = {}
 _BIG = 200  # sections longer than this are faster through numpy

@@ -1061,15 +1061,16 @@ class UserOperator:
 
     def _update(self, s: UserState, ev: Event, h: int) -> None:
         c = self.conf.state
-        if _native is not None:  # the code below in C (operators/_native.c) for the usual states
-            ih = item_hash(ev.item_id)
-            idx = self.hash_to_index.get(ih, self.unk)
-            code = type_code(ev.event_type)
-            if _native.update(s, ev.ts, ih, code, float(ev.rating) if ev.rating is not None else 0.0, h,
-                              self.item_cats[idx] if 0 <= idx < self.n_items else None,
-                              self.event_weight.get(code, 1.0), max(c.interest_half_life_ms, 1), c.history_len,
-                              c.dedup_window_ms, c.dedup_max_ids, c.top_categories):  # fmt: skip
-                return
+        ih = item_hash(ev.item_id)
+        idx = self.hash_to_index.get(ih, self.unk)
+        code = type_code(ev.event_type)
+        # the code below in C (operators/_native.c) for the usual states
+        if _native is not None and _native.update(
+                s, ev.ts, ih, code, float(ev.rating) if ev.rating is not None else 0.0, h,
+                self.item_cats[idx] if 0 <= idx < self.n_items else None, self.event_weight.get(code, 1.0),
+                max(c.interest_half_life_ms, 1), c.history_len, c.dedup_window_ms, c.dedup_max_ids,
+                c.top_categories):  # fmt: skip
+            return
         if s.first_ts == 0:
             s.first_ts = ev.ts
         new_last = max(s.last_ts, ev.ts)
@@ -1077,9 +1078,6 @@ class UserOperator:
         if s.cats and new_last > s.last_ts:
             f = 0.5 ** ((new_last - s.last_ts) / max(c.interest_half_life_ms, 1))
             s.cats = {k: v * f for k, v in s.cats.items()}
-        ih = item_hash(ev.item_id)
-        idx = self.hash_to_index.get(ih, self.unk)
-        code = type_code(ev.event_type)
         if 0 <= idx < self.n_items:
             w = self.event_weight.get(code, 1.0) * 0.5 ** ((new_last - ev.ts) / max(c.interest_half_life_ms, 1))
             for ch in self.item_cats[idx]:
