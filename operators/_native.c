@@ -1,5 +1,6 @@
-/* operators._native: the user state's codec and settle (operators/state.py) and the streaming CF's state codec and
-   weight sorting (operators/cf.py) in C, for the usual values.
+/* operators._native: the user state's codec and settle (operators/state.py), the streaming CF's state codec and
+   weight sorting (operators/cf.py), the ids' hashes (operators/state.py `item_hash`, `id_hash`) and parts of the user
+   operator's per-event and per-list code (operators/user.py) in C, for the usual values.
 
    Each function handles the states the operator builds (exact ints in their fields' ranges, finite floats, ASCII
    strings within their lengths) and answers None for anything else; the caller then takes the Python path, which
@@ -852,39 +853,6 @@ done:
     return out;
 }
 
-PyDoc_STRVAR(cf_accumulate_doc, "cf_accumulate(add, succ, w): `for j, x in succ.items(): add[j] = add.get(j, 0.0) + "
-             "w * x` (floats in C, anything else through Python's operators).");
-
-static PyObject *native_cf_accumulate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyDict_Check(args[0]) || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "cf_accumulate(add: dict, succ: dict, w)");
-        return NULL;
-    }
-    PyObject *add = args[0], *succ = args[1], *w = args[2], *j, *x;
-    Py_ssize_t pos = 0;
-    static PyObject *zero = NULL;
-    if (zero == NULL && (zero = PyFloat_FromDouble(0.0)) == NULL) return NULL;
-    while (PyDict_Next(succ, &pos, &j, &x)) {
-        PyObject *old = PyDict_GetItemWithError(add, j), *val;
-        if (old == NULL) {
-            if (PyErr_Occurred()) return NULL;
-            old = zero;
-        }
-        if (PyFloat_CheckExact(old) && PyFloat_CheckExact(w) && PyFloat_CheckExact(x)) {
-            val = PyFloat_FromDouble(PyFloat_AS_DOUBLE(old) + PyFloat_AS_DOUBLE(w) * PyFloat_AS_DOUBLE(x));
-        } else {
-            PyObject *prod = PyNumber_Multiply(w, x);
-            val = prod ? PyNumber_Add(old, prod) : NULL;
-            Py_XDECREF(prod);
-        }
-        if (val == NULL) return NULL;
-        int rc = PyDict_SetItem(add, j, val);
-        Py_DECREF(val);
-        if (rc < 0) return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 PyDoc_STRVAR(cf_apply_doc,
     "cf_apply(cf_succ, cf_new, cf_in, j, preds, cap, n_items): the successor bookkeeping of "
     "`UserOperator.apply_cf` for item index `j` and its published predecessors `preds` ((hash, weight) pairs), with "
@@ -1098,6 +1066,268 @@ static PyObject *native_decode_cf(PyObject *self, PyObject *data) {
     return out;
 }
 
+/* ------------------------------------------------------------------------------- ids' hashes (BLAKE2b, RFC 7693) */
+
+static const uint64_t B2B_IV[8] = {0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL,
+                                   0xA54FF53A5F1D36F1ULL, 0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL,
+                                   0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL};
+static const uint8_t B2B_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4}, {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13}, {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11}, {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5}, {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+
+#define ROTR64(x, y) (((x) >> (y)) ^ ((x) << (64 - (y))))
+#define B2B_G(a, b, c, d, x, y)                                                                                      \
+    do {                                                                                                             \
+        v[a] = v[a] + v[b] + (x); v[d] = ROTR64(v[d] ^ v[a], 32); v[c] = v[c] + v[d]; v[b] = ROTR64(v[b] ^ v[c], 24); \
+        v[a] = v[a] + v[b] + (y); v[d] = ROTR64(v[d] ^ v[a], 16); v[c] = v[c] + v[d]; v[b] = ROTR64(v[b] ^ v[c], 63); \
+    } while (0)
+
+/* F, the compression function, on one 128-byte block; t the bytes hashed so far (< 2**64 here), last: final block */
+static void b2b_compress(uint64_t h[8], const unsigned char *block, uint64_t t, int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) { v[i] = h[i]; v[i + 8] = B2B_IV[i]; }
+    v[12] ^= t;
+    if (last) v[14] = ~v[14];
+    for (int i = 0; i < 16; i++) memcpy(&m[i], block + 8 * i, 8); /* little-endian host (checked above) */
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = B2B_SIGMA[r];
+        B2B_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        B2B_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        B2B_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        B2B_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        B2B_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        B2B_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        B2B_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        B2B_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The first 8 bytes of BLAKE2b (no key, digest size `outlen`) of data, as a little-endian integer */
+static uint64_t b2b_head(const unsigned char *data, Py_ssize_t len, int outlen) {
+    uint64_t h[8];
+    unsigned char block[128];
+    memcpy(h, B2B_IV, sizeof h);
+    h[0] ^= 0x01010000ULL ^ (uint64_t)outlen;
+    Py_ssize_t done = 0;
+    while (len - done > 128) {
+        b2b_compress(h, data + done, (uint64_t)(done + 128), 0);
+        done += 128;
+    }
+    memset(block, 0, sizeof block);
+    memcpy(block, data + done, (size_t)(len - done));
+    b2b_compress(h, block, (uint64_t)len, 1);
+    return h[0];
+}
+
+PyDoc_STRVAR(id_hash_doc, "id_hash(text, size) -> int | None: `int.from_bytes(hashlib.blake2b(text.encode(), "
+             "digest_size=size).digest(), 'little')` for an ASCII str and size 4 or 8, else None.");
+
+static PyObject *native_id_hash(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyUnicode_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) Py_RETURN_NONE;
+    PyObject *text = args[0];
+    long size = PyLong_AsLong(args[1]);
+    if ((size != 4 && size != 8) || !PyUnicode_IS_ASCII(text)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    uint64_t h = b2b_head((const unsigned char *)PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), (int)size);
+    return PyLong_FromUnsignedLongLong(size == 4 ? (h & 0xFFFFFFFFULL) : h);
+}
+
+/* ------------------------------------------------------------------------------------- the per-list phase */
+
+PyDoc_STRVAR(cf_scores_doc,
+    "cf_scores(items, pool, cf_succ, weight, decay, recent, index_hash) -> dict | None: `UserOperator._cf_scores`'s "
+    "scores before its sort (item index -> score, the user's items left out) for the usual inputs (exact ints, "
+    "exact floats), else None.");
+
+static PyObject *native_cf_scores(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])
+        || !PyList_CheckExact(args[6]))
+        Py_RETURN_NONE;
+    PyObject *items = args[0], *pool = args[1], *all = args[2], *index_hash = args[6];
+    double weight, decay;
+    if (PyFloat_CheckExact(args[3])) weight = PyFloat_AS_DOUBLE(args[3]);
+    else Py_RETURN_NONE;
+    if (PyFloat_CheckExact(args[4])) decay = PyFloat_AS_DOUBLE(args[4]);
+    else Py_RETURN_NONE;
+    long long want;
+    if (!exact_i64(args[5], &want)) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *recent_stack[64], **recent = recent_stack;
+    long long recent_v[64];
+    Py_ssize_t nr = 0;
+    /* the user's distinct items, newest first, up to `recent` (the check after the append, as in Python) */
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        PyObject *h = PyList_GET_ITEM(items, i);
+        long long hv;
+        if (!exact_i64(h, &hv)) Py_RETURN_NONE;
+        int seen = 0;
+        for (Py_ssize_t k = 0; k < nr; k++) if (recent_v[k] == hv) { seen = 1; break; }
+        if (!seen) {
+            if (nr == 64) Py_RETURN_NONE;
+            recent[nr] = h;
+            recent_v[nr++] = hv;
+        }
+        if (nr >= want) break;
+    }
+    PyObject *add = PyDict_New(), *out = NULL, *seen_set = NULL;
+    if (add == NULL) return NULL;
+    for (Py_ssize_t age = 0; age < nr; age++) {
+        PyObject *succ = PyDict_GetItemWithError(pool, recent[age]);
+        if (succ == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        if (!PyDict_CheckExact(succ)) goto defer;
+        if (PyDict_GET_SIZE(succ) == 0) continue;
+        PyObject *mine = PyDict_GetItemWithError(all, recent[age]), *k, *x;
+        if (mine == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            goto defer; /* Python raises KeyError */
+        }
+        if (!PyDict_CheckExact(mine) || PyDict_GET_SIZE(mine) == 0) goto defer;
+        Py_ssize_t pos = 0;
+        double top = 0.0;
+        int first = 1;
+        while (PyDict_Next(mine, &pos, &k, &x)) { /* max(values): a later value replaces only if greater */
+            if (!PyFloat_CheckExact(x)) goto defer;
+            double xv = PyFloat_AS_DOUBLE(x);
+            if (first || xv > top) top = xv;
+            first = 0;
+        }
+        if (top == 0.0) top = 1.0; /* `or 1.0` (0.0 and -0.0 are false) */
+        double p = pow(decay, (double)age);
+        if (isinf(p) && isfinite(decay)) goto defer; /* Python raises OverflowError */
+        double w = weight * p / top;
+        pos = 0;
+        while (PyDict_Next(succ, &pos, &k, &x)) {
+            if (!PyFloat_CheckExact(x) || !PyLong_CheckExact(k)) goto defer;
+            PyObject *old = PyDict_GetItemWithError(add, k);
+            if (old == NULL && PyErr_Occurred()) goto fail;
+            double base = old == NULL ? 0.0 : PyFloat_AS_DOUBLE(old);
+            PyObject *val = PyFloat_FromDouble(base + w * PyFloat_AS_DOUBLE(x));
+            if (val == NULL) goto fail;
+            int rc = PyDict_SetItem(add, k, val);
+            Py_DECREF(val);
+            if (rc < 0) goto fail;
+        }
+    }
+    if (PyDict_GET_SIZE(add) == 0) return add;
+    seen_set = PySet_New(items);
+    out = PyDict_New();
+    if (seen_set == NULL || out == NULL) goto fail;
+    Py_ssize_t pos = 0, len = PyList_GET_SIZE(index_hash);
+    PyObject *j, *x;
+    while (PyDict_Next(add, &pos, &j, &x)) {
+        long long jv;
+        if (!exact_i64(j, &jv) || jv < 0 || jv >= len) goto defer;
+        int in = PySet_Contains(seen_set, PyList_GET_ITEM(index_hash, jv));
+        if (in < 0) goto fail;
+        if (!in && PyDict_SetItem(out, j, x) < 0) goto fail;
+    }
+    Py_DECREF(add);
+    Py_DECREF(seen_set);
+    return out;
+defer:
+    Py_DECREF(add);
+    Py_XDECREF(seen_set);
+    Py_XDECREF(out);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(add);
+    Py_XDECREF(seen_set);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* round(x, 6) as Python computes it (the double nearest to x's exact value rounded half-even to 6 decimals), in
+   *out; 0 where this cannot tell cheaply (not finite, |x| * 1e6 >= 2**52), for Python's own round. x * 1e6 = y + e
+   exactly (fma), and 1e6 is exact: y's rounding to an integer is x's unless y is a tie (.5), which e decides
+   (e = 0: a true tie, half-even). r / 1e6 is then the double nearest to r * 10**-6, as Python's strtod gives. */
+static int round6(double x, double *out) {
+    if (!isfinite(x)) return 0;
+    double y = x * 1e6;
+    if (!(fabs(y) < 4503599627370496.0)) return 0;
+    double e = fma(x, 1e6, -y), r = nearbyint(y), f = y - floor(y);
+    if (f == 0.5 && e != 0.0) r = e > 0.0 ? floor(y) + 1.0 : floor(y);
+    *out = r / 1e6;
+    if (*out == 0.0) *out = copysign(0.0, x); /* Python keeps the sign of a value rounded to zero */
+    return 1;
+}
+
+PyDoc_STRVAR(list_fields_doc,
+    "list_fields(chosen, cand, rel, src, item_ids, index_hash, round) -> (ids, hashes, scores, sources) | None: a "
+    "list record's per-item fields as `UserOperator._list_fields` builds them, for chosen indices within item_ids "
+    "and index_hash and exact float relevances; else None.");
+
+static PyObject *native_list_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])
+        || !PyDict_CheckExact(args[3]) || !PyList_CheckExact(args[4]) || !PyList_CheckExact(args[5]))
+        Py_RETURN_NONE;
+    PyObject *chosen = args[0], *cand = args[1], *rel = args[2], *src = args[3], *ids_all = args[4];
+    PyObject *hash_all = args[5], *round_fn = args[6];
+    Py_ssize_t m = PyList_GET_SIZE(chosen), nc = PyList_GET_SIZE(cand);
+    if (PyList_GET_SIZE(rel) != nc) Py_RETURN_NONE; /* zip(strict=True) raises */
+    static PyObject *six = NULL;
+    if (six == NULL && (six = PyLong_FromLong(6)) == NULL) return NULL;
+    PyObject *ids = PyList_New(m), *hashes = PyList_New(m), *scores = PyList_New(m), *sources = PyList_New(m);
+    if (ids == NULL || hashes == NULL || scores == NULL || sources == NULL) goto fail;
+    for (Py_ssize_t t = 0; t < m; t++) {
+        PyObject *i = PyList_GET_ITEM(chosen, t);
+        long long iv;
+        if (!exact_i64(i, &iv) || iv < 0 || iv >= PyList_GET_SIZE(ids_all) || iv >= PyList_GET_SIZE(hash_all))
+            goto defer;
+        PyObject *id = PyList_GET_ITEM(ids_all, iv), *h = PyList_GET_ITEM(hash_all, iv);
+        Py_INCREF(id);
+        PyList_SET_ITEM(ids, t, id);
+        Py_INCREF(h);
+        PyList_SET_ITEM(hashes, t, h);
+        PyObject *r = NULL; /* dict(zip(cand, rel))[i]: the last candidate equal to i */
+        for (Py_ssize_t c = nc - 1; c >= 0; c--) {
+            long long cv;
+            if (!exact_i64(PyList_GET_ITEM(cand, c), &cv)) goto defer;
+            if (cv == iv) { r = PyList_GET_ITEM(rel, c); break; }
+        }
+        if (r == NULL || !PyFloat_CheckExact(r)) goto defer;
+        double rv;
+        PyObject *rounded;
+        if (round6(PyFloat_AS_DOUBLE(r), &rv)) {
+            rounded = PyFloat_FromDouble(rv);
+        } else {
+            PyObject *call[2] = {r, six};
+            rounded = PyObject_Vectorcall(round_fn, call, 2, NULL);
+        }
+        if (rounded == NULL) goto fail;
+        PyList_SET_ITEM(scores, t, rounded);
+        PyObject *s = PyDict_GetItemWithError(src, i);
+        if (s == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            goto defer;
+        }
+        Py_INCREF(s);
+        PyList_SET_ITEM(sources, t, s);
+    }
+    return Py_BuildValue("(NNNN)", ids, hashes, scores, sources);
+defer:
+    Py_XDECREF(ids);
+    Py_XDECREF(hashes);
+    Py_XDECREF(scores);
+    Py_XDECREF(sources);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(ids);
+    Py_XDECREF(hashes);
+    Py_XDECREF(scores);
+    Py_XDECREF(sources);
+    return NULL;
+}
+
 /* --------------------------------------------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -1109,9 +1339,11 @@ static PyMethodDef methods[] = {
     {"prev_items", (PyCFunction)(void (*)(void))native_prev_items, METH_FASTCALL, prev_items_doc},
     {"heaviest_first", (PyCFunction)native_heaviest_first, METH_O, heaviest_first_doc},
     {"cf_apply", (PyCFunction)(void (*)(void))native_cf_apply, METH_FASTCALL, cf_apply_doc},
-    {"cf_accumulate", (PyCFunction)(void (*)(void))native_cf_accumulate, METH_FASTCALL, cf_accumulate_doc},
     {"encode_cf", (PyCFunction)(void (*)(void))native_encode_cf, METH_FASTCALL, encode_cf_doc},
     {"decode_cf", (PyCFunction)native_decode_cf, METH_O, decode_cf_doc},
+    {"id_hash", (PyCFunction)(void (*)(void))native_id_hash, METH_FASTCALL, id_hash_doc},
+    {"cf_scores", (PyCFunction)(void (*)(void))native_cf_scores, METH_FASTCALL, cf_scores_doc},
+    {"list_fields", (PyCFunction)(void (*)(void))native_list_fields, METH_FASTCALL, list_fields_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -47,12 +47,25 @@ class StateError(ValueError):
 
 def item_hash(item_id: str) -> int:
     """Stable 32-bit hash of an item id (stable across processes, unlike `hash`)."""
-    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "little")
+    if NATIVE_MODULE is not None:  # the same BLAKE2b in C for an ASCII id (operators/_native.c), else None
+        h: int | None = NATIVE_MODULE.id_hash(item_id, 4)
+        if h is not None:
+            return h
+    return blake2b_int(item_id, 4)
 
 
 def id_hash(event_id: str) -> int:
     """Stable 64-bit hash of an event id, for the dedup window."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    if NATIVE_MODULE is not None:
+        h: int | None = NATIVE_MODULE.id_hash(event_id, 8)
+        if h is not None:
+            return h
+    return blake2b_int(event_id, 8)
+
+
+def blake2b_int(text: str, size: int) -> int:
+    """The reference of `item_hash` (size 4) and `id_hash` (size 8): BLAKE2b of the UTF-8 text, little-endian."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).digest(), "little")
 
 
 def type_code(event_type: str) -> int:

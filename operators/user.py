@@ -904,32 +904,30 @@ class UserOperator:
         if cf_new:
             chosen = [_reserve(ch, [c for c in cand if c in cf_new], self.conf.cf.slots, cf_new, srcs[j])
                       for j, (ch, cand) in enumerate(zip(chosen, cands, strict=True))]  # fmt: skip
-        n = len(self.item_ids)  # the model's items, then the content items
-        # index -> external id, and its hash (the latter raises for an index the artefact does not know)
-        ids = [[self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in ch] for ch in chosen]
-        hashes = [[self.index_hash[i] for i in ch] for ch in chosen]
+        # every list's fields before any record is built (a deferred order's record is filled in place below)
+        fields = [self._list_fields(*args) for args in zip(chosen, cands, rels, srcs, strict=True)]
         # the lists after and before the re-rank, in one call (per list the same value as alone)
         ild = intra_list_diversity_many([*chosen, *(c[: r.k] for c in cands)], self.unit_emb)
         diversity, diversity_before = ild[: len(chosen)], ild[len(chosen) :]
         out = []
         for j, o in enumerate(orders):
-            score_of = dict(zip(cands[j], rels[j], strict=True))
+            ids, hashes, scores, sources = fields[j]
             rec = {
                 "kind": "recommendation",
                 "rec_id": _digest("rec", o.user_key, o.event_id),
                 "user_key": o.user_key,
                 "key_id": o.s.key_id or self.pseud.key_id,
-                "items": ids[j],
-                "scores": [round(float(score_of[i]), 6) for i in chosen[j]],
+                "items": ids,
+                "scores": scores,
                 "source": "cold_start" if scored[j] is None else "model",
-                "sources": [srcs[j][i] for i in chosen[j]],
+                "sources": sources,
                 "model_version": self.version,
                 "catalog_version": self.catalog_version,
                 "event_id": o.event_id,
                 "event_ts": o.event_ts,
                 "emitted_ts": o.now,
                 "debounced": o.debounced,
-                "changed": hashes[j] != o.s.last_recs,
+                "changed": hashes != o.s.last_recs,
                 "intra_list_diversity": round(diversity[j], 6),
                 "intra_list_diversity_before_rerank": round(diversity_before[j], 6),
                 "mmr_lambda": r.mmr_lambda,
@@ -937,11 +935,26 @@ class UserOperator:
             res = scored[j]
             if o.fill is not None:  # deferred: its event holds these objects (later orders read the hashes)
                 o.fill.rec.update(rec)
-                o.fill.hashes[:] = hashes[j]
+                o.fill.hashes[:] = hashes
                 out.append(o.fill)
             else:
-                out.append(_Built(rec, hashes[j], None if res is None else res.next_item_logprob))
+                out.append(_Built(rec, hashes, None if res is None else res.next_item_logprob))
         return out
+
+    def _list_fields(self, chosen: list[int], cand: list[int], rel: list[float], src: dict[int, str]
+                     ) -> tuple[list[str], list[int], list[float], list[str]]:  # fmt: skip
+        """A list record's per-item fields: external ids, their hashes (raises for an index the artefact does not
+        know), the candidates' relevances rounded, their sources."""
+        if _native is not None:  # the code below in C (operators/_native.c) for the usual lists, else None
+            got = _native.list_fields(chosen, cand, rel, src, self.item_ids, self.index_hash, round)
+            if got is not None:
+                return cast(tuple[list[str], list[int], list[float], list[str]], got)
+        n = len(self.item_ids)  # the model's items, then the content items
+        score_of = dict(zip(cand, rel, strict=True))
+        return ([self.item_ids[i] if 0 <= i < n else self.art.item_id(i) for i in chosen],
+                [self.index_hash[i] for i in chosen],
+                [round(float(score_of[i]), 6) for i in chosen],
+                [src[i] for i in chosen])  # fmt: skip
 
     # ---------------------------------------------------------------- the per-event phase
 
@@ -1199,13 +1212,18 @@ class UserOperator:
         each history item's successors scaled to its heaviest, times `cf.weight` and decay^age; none the user has
         consumed. `new_only`: only those outside the model's vocabulary."""
         cf = self.conf.cf
+        pool = self.cf_new if new_only else self.cf_succ
+        if _native is not None:  # the code below up to the sort, in C (operators/_native.c), for the usual inputs
+            got = _native.cf_scores(s.items, pool, self.cf_succ, cf.weight, decay, self.conf.recs.knn_recent,
+                                    self.index_hash)  # fmt: skip
+            if got is not None:
+                return heaviest_first(got)
         recent: list[int] = []
         for h in reversed(s.items):
             if h not in recent:
                 recent.append(h)
             if len(recent) >= self.conf.recs.knn_recent:
                 break
-        pool = self.cf_new if new_only else self.cf_succ
         add: dict[int, float] = {}
         for age, h in enumerate(recent):
             succ = pool.get(h)
@@ -1213,9 +1231,6 @@ class UserOperator:
                 continue
             top = max(self.cf_succ[h].values()) or 1.0
             w = cf.weight * decay**age / top
-            if _native is not None:  # the loop below, in C (operators/_native.c)
-                _native.cf_accumulate(add, succ, w)
-                continue
             for j, x in succ.items():
                 add[j] = add.get(j, 0.0) + w * x
         if add:

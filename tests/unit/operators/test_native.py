@@ -165,18 +165,6 @@ def test_heaviest_first_defers_what_it_does_not_order() -> None:
 
 @needs_native
 @settings(max_examples=300, deadline=None)
-@given(add=_weights, succ=_weights, w=st.sampled_from([1.0, 0.8, 0.64 / 3, -0.0, 2]))
-def test_cf_accumulate_is_the_python_loop(add: dict[int, float], succ: dict[int, float], w: float) -> None:
-    want = dict(add)
-    for j, x in succ.items():
-        want[j] = want.get(j, 0.0) + w * x
-    got = dict(add)
-    native.cf_accumulate(got, succ, w)
-    assert list(got.items()) == list(want.items()) and repr(got) == repr(want)  # same order, same bits
-
-
-@needs_native
-@settings(max_examples=300, deadline=None)
 @given(preds=_weights, last=st.integers(-(2**63), 2**63 - 1), pub=st.integers(-(2**63), 2**63 - 1),
        dirty=st.booleans())  # fmt: skip
 def test_cf_codec_is_the_python_codec(preds: dict[int, float], last: int, pub: int, dirty: bool) -> None:
@@ -324,3 +312,137 @@ def test_prev_items_is_the_python_loop(hist: list[tuple[int, int]], now: int, it
     got = cf.prev_items(items, ts, T + now, item, conf)
     assert _python(cf.prev_items, items, ts, T + now, item, conf) == got
     assert native.prev_items(items, ts, T + now, item, window, gap) == got
+
+
+# ------------------------------------------------------------------ ids' hashes, the per-list phase
+
+
+@needs_native
+def test_id_hash_is_blake2b_of_the_id() -> None:
+    """Every length around the 128-byte blocks, both digest sizes; what C does not take (non-ASCII, another size,
+    not a str) is None, and `item_hash` / `id_hash` then give Python's value."""
+    import hashlib
+    import string
+
+    rng = random.Random(11)
+    for n in [*range(0, 300), 1000, 4099]:
+        text = "".join(rng.choice(string.printable) for _ in range(n))
+        for size in (4, 8):
+            want = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size).digest(), "little")
+            assert native.id_hash(text, size) == want == state.blake2b_int(text, size)
+    for odd in ("é", "a\udc80", "日本"):
+        assert native.id_hash(odd, 4) is None and native.id_hash(odd, 8) is None
+        assert state.item_hash(odd) == state.blake2b_int(odd, 4) and state.id_hash(odd) == state.blake2b_int(odd, 8)
+    assert native.id_hash("a", 5) is None and native.id_hash(b"a", 4) is None and native.id_hash("a", True) is None
+    assert state.item_hash("item-1") == state.blake2b_int("item-1", 4)
+
+
+@needs_native
+@pytest.mark.parametrize("cap", [2, 20])
+def test_cf_scores_are_the_python_scores(make_op: Any, artifact: Any, cap: int) -> None:
+    """The stream CF successors of random histories (repeated items, items with and without successors, items the
+    lists would exclude) after random publications: the same pairs, order and float bits from C and Python, for
+    both pools and several decays."""
+    from operators import user
+    from operators.cf import CfUpdate
+
+    op = make_op(cf={"max_neighbours": cap}, recs={"knn_recent": 4})
+    rng = random.Random(cap)
+    ids = [artifact.item_id(i) for i in range(min(artifact.n_items, 30))] + [f"new-{k}" for k in range(6)]
+    for n in range(200):
+        preds = tuple((rng.randint(0, 15), rng.choice([1.0, 0.5, 0.25, 0.0, rng.random()]))
+                      for _ in range(rng.randint(0, 6)))  # fmt: skip
+        op.apply_cf(CfUpdate(rng.choice(ids), preds, T + n))
+    pool_hashes = list(range(16)) + op.index_hash[:40] + [2**32 - 1]
+    handled = 0
+    for _ in range(400):
+        items = [rng.choice(pool_hashes) for _ in range(rng.randint(0, 30))]
+        s = UserState(items=items)
+        for new_only in (False, True):
+            for decay in (0.8, 0.5, 1.0):
+                got = op._cf_scores(s, decay, new_only)
+                saved, user._native = user._native, None
+                try:
+                    want = op._cf_scores(s, decay, new_only)
+                finally:
+                    user._native = saved
+                assert repr(got) == repr(want)
+                handled += bool(want)
+                c = native.cf_scores(items, op.cf_new if new_only else op.cf_succ, op.cf_succ, op.conf.cf.weight,
+                                     decay, 4, op.index_hash)  # fmt: skip
+                assert c is not None  # the usual inputs: C decides
+    assert handled > 300
+
+
+@needs_native
+def test_cf_scores_defers_what_it_does_not_take() -> None:
+    succ = {1: {5: 1.0, 6: 0.5}}
+    assert native.cf_scores([1], succ, succ, 1.0, 0.8, 3, list(range(10))) == {5: 1.0, 6: 0.5}
+    assert native.cf_scores([1], succ, succ, 1.0, 0.8, 3, list(range(6))) is None  # index 6 outside index_hash
+    assert native.cf_scores([1.0], succ, succ, 1.0, 0.8, 3, list(range(10))) is None  # a float item
+    assert native.cf_scores([1], {1: {5: 1}}, {1: {5: 1}}, 1.0, 0.8, 3, list(range(10))) is None  # an int weight
+    assert native.cf_scores([1], {1: {5: 1.0}}, {}, 1.0, 0.8, 3, list(range(10))) is None  # Python: KeyError
+    assert native.cf_scores([1], succ, succ, 1, 0.8, 3, list(range(10))) is None  # an int cf.weight
+    assert native.cf_scores([1], succ, succ, 1.0, 0.8, 3, [0, 0, 0, 0, 0, 1, 2]) == {6: 0.5}  # 5's hash is 1
+    zero = {1: {5: 0.0, 6: -0.0}}  # the heaviest weighs 0: `or 1.0` scales by 1
+    assert repr(native.cf_scores([1], zero, zero, 1.0, 0.8, 3, list(range(10)))) == repr({5: 0.0, 6: 0.0})
+
+
+def _round_cases(rng: random.Random) -> list[float]:
+    import struct
+
+    xs = [0.0, -0.0, 1e-9, -1e-9, 5e-7, -5e-7, 2.5e-6, 1.5e-6, 1e300, -1e300, 4503599627.370496, 4503599627.370497,
+          float("inf"), float("-inf"), float("nan"), 5e-324, 123456.7890125]  # fmt: skip
+    xs += [k / 128 for k in range(-3000, 3000)]  # exact ties at the 7th decimal (odd k)
+    xs += [k / 2**20 for k in range(-3000, 3000)]
+    for _ in range(30_000):
+        m = rng.choice([1e-8, 1e-4, 1.0, 10.0, 1000.0, 1e6, 1e9])
+        xs.append(rng.uniform(-m, m))
+        xs.append(round(rng.uniform(-m, m), 7) + rng.choice([0.0, 5e-7, -5e-7]))  # near ties
+        xs.append(struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0])  # any bits
+    return xs
+
+
+@needs_native
+def test_list_fields_are_the_python_fields(make_op: Any) -> None:
+    """Ids, hashes, rounded scores (every float's bits: round(x, 6) is computed in C where it can be told without
+    Python, exact ties at the 7th decimal and any bit pattern included) and sources, as `_list_fields` in Python."""
+    import struct
+
+    from operators import user
+
+    op = make_op()
+    rng = random.Random(12)
+    xs = _round_cases(rng)
+    n = len(op.item_ids)
+    for start in range(0, len(xs), 50):
+        rel = xs[start : start + 50]
+        cand = [rng.randrange(n) for _ in rel]  # repeats: the last one's relevance counts
+        chosen = rng.sample(cand, min(10, len(cand)))
+        src = {c: rng.choice(["model", "cf", "content", "popular"]) for c in cand}
+        got = native.list_fields(chosen, cand, rel, src, op.item_ids, op.index_hash, round)
+        assert got is not None
+        saved, user._native = user._native, None
+        try:
+            want = op._list_fields(chosen, cand, rel, src)
+        finally:
+            user._native = saved
+        assert got[0] == want[0] and got[1] == want[1] and got[3] == want[3]
+        assert [struct.pack("<d", x) for x in got[2]] == [struct.pack("<d", x) for x in want[2]] or all(
+            a == b or (a != a and b != b) for a, b in zip(got[2], want[2], strict=True))  # fmt: skip
+        assert [repr(x) for x in got[2]] == [repr(x) for x in want[2]]
+
+
+@needs_native
+def test_list_fields_defers_what_it_does_not_take(make_op: Any) -> None:
+    import numpy as np
+
+    op = make_op()
+    ids, hs = op.item_ids, op.index_hash
+    assert native.list_fields([0], [0], [0.5], {0: "model"}, ids, hs, round) == ([ids[0]], [hs[0]], [0.5], ["model"])
+    for chosen, cand, rel, src in (([len(ids)], [len(ids)], [0.5], {len(ids): "cf"}),  # outside item_ids
+                                   ([0], [0], [np.float64(0.5)], {0: "model"}),  # not an exact float
+                                   ([0], [1], [0.5], {0: "model"}),  # Python: KeyError
+                                   ([0], [0], [0.5], {}),  # no source: KeyError
+                                   ([0], [0, 1], [0.5], {0: "model"})):  # zip(strict=True) raises
+        assert native.list_fields(chosen, cand, rel, src, ids, hs, round) is None
