@@ -483,6 +483,16 @@ class Baseline:
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
         env = {**os.environ, "STREAMREC_STATE_DIR": str(tree / ".state")}
         env.pop("STREAMREC_JOB_MODEL_DIR", None)
+        if (tree / "operators" / "_native.c").exists() and not list((tree / "operators").glob("_native.*.so")):
+            # its C extension, as its `make setup` builds it (setuptools' build_ext, in place): without it the
+            # commit's operators would take their slower Python paths
+            say(f"  baseline {commit[:12]}: building its C extension ...")
+            build = "from setuptools import Distribution, Extension; d = Distribution({'ext_modules': " \
+                    "[Extension('operators._native', ['operators/_native.c'])]}); " \
+                    "c = d.get_command_obj('build_ext'); c.inplace = 1; d.run_command('build_ext')"
+            got = subprocess.run([sys.executable, "-c", build], cwd=tree, env=env, capture_output=True, text=True)
+            if got.returncode != 0:
+                raise RuntimeError(f"baseline {commit[:12]}: its C extension did not build: {got.stderr[-2000:]}")
         model = tree / "artifacts" / "model"
         if not (model / "model.onnx").exists():
             say(f"  baseline {commit[:12]}: training its model with its own code on {train_events} ...")
