@@ -1066,6 +1066,161 @@ static PyObject *native_decode_cf(PyObject *self, PyObject *data) {
     return out;
 }
 
+/* ------------------------------------------------------------------------------- one CF step (operators/cf.py) */
+
+typedef struct { uint32_t h; double w; int fresh; } CfW;
+
+static int cf_heavier(const void *pa, const void *pb) { /* heaviest_first: weight descending, hash ascending */
+    const CfW *a = pa, *b = pb;
+    if (a->w > b->w) return -1;
+    if (a->w < b->w) return 1;
+    return (a->h > b->h) - (a->h < b->h);
+}
+
+static int cf_by_hash(const void *pa, const void *pb) {
+    const CfW *a = pa, *b = pb;
+    return (a->h > b->h) - (a->h < b->h);
+}
+
+#define EXACT_53 9007199254740992LL /* 2**53: ints below it convert to double exactly */
+
+PyDoc_STRVAR(cf_step_doc,
+    "cf_step(state, ts, prev, own, window, cap, half_life, interval) -> (bytes, best | None, last_ts) | None: "
+    "`CfOperator.step` after its checks, for the usual values: the state's new bytes, the heaviest-first "
+    "predecessors to publish (None: no publication) and the event time they are decayed to; None for anything "
+    "else (the Python code then decides).");
+
+static PyObject *native_cf_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long ts, own, window, cap, hl, interval, last = 0, pub = 0;
+    if (nargs != 8 || !PyList_CheckExact(args[2]) || !exact_i64(args[1], &ts) || !exact_i64(args[3], &own)
+        || !exact_i64(args[4], &window) || !exact_i64(args[5], &cap) || !exact_i64(args[6], &hl)
+        || !exact_i64(args[7], &interval) || window < 0 || cap < 0 || hl < 1 || hl >= EXACT_53
+        || ts <= -SAFE_TS || ts >= SAFE_TS)
+        Py_RETURN_NONE;
+    PyObject *state = args[0], *prev = args[2];
+    Py_ssize_t n = 0, np_ = PyList_GET_SIZE(prev);
+    if (window < np_) np_ = (Py_ssize_t)window;
+    const unsigned char *b = NULL;
+    int dirty = 0;
+    if (state != Py_None) {
+        if (!PyBytes_CheckExact(state)) Py_RETURN_NONE;
+        b = (const unsigned char *)PyBytes_AS_STRING(state);
+        Py_ssize_t len = PyBytes_GET_SIZE(state);
+        if (len < CF_HEAD || b[0] != 1 || len != CF_HEAD + CF_PRED * (Py_ssize_t)get_u16(b + 17)) {
+            b = NULL; /* decode_cf raises CfStateError: the step starts afresh */
+        } else {
+            n = get_u16(b + 17);
+            last = get_i64(b + 1);
+            long long p = get_i64(b + 9);
+            if (p < 0) { dirty = 1; pub = -1 - p; } else pub = p;
+            if (last <= -SAFE_TS || last >= SAFE_TS || pub >= SAFE_TS) Py_RETURN_NONE;
+        }
+    }
+    CfW stack[128], *e = (n + np_) <= 128 ? stack : PyMem_Malloc((size_t)(n + np_) * sizeof(CfW));
+    if (e == NULL) return PyErr_NoMemory();
+    PyObject *out = NULL, *best = NULL, *bytes = NULL;
+    Py_ssize_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const unsigned char *q = b + CF_HEAD + CF_PRED * i;
+        float w;
+        memcpy(&w, q + 4, 4);
+        e[i].h = get_u32(q);
+        e[i].w = (double)w;
+        e[i].fresh = 0;
+        /* distinct hashes in order (what encode writes) and finite weights; else Python's dict decides */
+        if (!isfinite(e[i].w) || (i > 0 && e[i].h <= e[i - 1].h)) goto defer;
+    }
+    m = n;
+    if (ts > last) {
+        if (last) {
+            long long d = ts - last;
+            if (d >= EXACT_53) goto defer;
+            double f = pow(0.5, (double)d / (double)hl);
+            for (Py_ssize_t i = 0; i < m; i++) e[i].w = e[i].w * f;
+        }
+        last = ts;
+    }
+    if (last - ts >= EXACT_53) goto defer;
+    double late = pow(0.5, (double)(last - ts) / (double)hl);
+    for (Py_ssize_t k = 0; k < np_; k++) {
+        PyObject *h = PyList_GET_ITEM(prev, k);
+        if (!PyLong_CheckExact(h)) {
+            if (PyLong_Check(h)) goto defer; /* a bool or an int subclass */
+            continue;                        /* not an int: skipped */
+        }
+        long long hv;
+        if (!exact_i64(h, &hv) || hv < 0 || hv > U32_MAX) goto defer;
+        if (hv == own) continue;
+        Py_ssize_t at = -1;
+        for (Py_ssize_t i = 0; i < m; i++) if (e[i].h == (uint32_t)hv) { at = i; break; }
+        double add = late / (double)(k + 1);
+        if (at < 0) {
+            e[m].h = (uint32_t)hv; e[m].w = 0.0 + add; e[m].fresh = 1;
+            m++;
+        } else {
+            e[at].w = e[at].w + add;
+        }
+    }
+    for (Py_ssize_t i = 0; i < m; i++) if (isnan(e[i].w)) goto defer;
+    int sorted_heavy = 0;
+    if (m > cap) { /* the lightest go: heaviest_first, then the first cap */
+        qsort(e, (size_t)m, sizeof(CfW), cf_heavier);
+        sorted_heavy = 1;
+        m = (Py_ssize_t)cap;
+    }
+    Py_ssize_t kept_old = 0;
+    int changed = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (e[i].fresh) changed = 1;
+        else kept_old++;
+    }
+    if (kept_old < n) changed = 1;
+    dirty = dirty || changed;
+    if (dirty && (pub == 0 || last - pub >= interval)) {
+        if (!sorted_heavy) qsort(e, (size_t)m, sizeof(CfW), cf_heavier);
+        best = PyList_New(m);
+        if (best == NULL) goto fail;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            PyObject *t = Py_BuildValue("(kd)", (unsigned long)e[i].h, e[i].w);
+            if (t == NULL) goto fail;
+            PyList_SET_ITEM(best, i, t);
+        }
+        pub = last;
+        dirty = 0;
+    }
+    if (m > 65535) goto defer;
+    qsort(e, (size_t)m, sizeof(CfW), cf_by_hash);
+    bytes = PyBytes_FromStringAndSize(NULL, CF_HEAD + CF_PRED * m);
+    if (bytes == NULL) goto fail;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(bytes);
+    p[0] = 1;
+    put_i64(p + 1, last);
+    put_i64(p + 9, dirty ? -1 - pub : pub);
+    put_u16(p + 17, (uint16_t)m);
+    for (Py_ssize_t i = 0; i < m; i++) {
+        float w = (float)e[i].w; /* struct's 'f': raises where the cast overflows (then Python raises too) */
+        if (!isfinite(w)) goto defer;
+        put_u32(p + CF_HEAD + CF_PRED * i, e[i].h);
+        memcpy(p + CF_HEAD + CF_PRED * i + 4, &w, 4);
+    }
+    out = Py_BuildValue("(NOL)", bytes, best ? best : Py_None, last);
+    bytes = NULL;
+    Py_XDECREF(best);
+    best = NULL;
+    goto done;
+defer:
+    out = Py_None;
+    Py_INCREF(out);
+    goto done;
+fail:
+    out = NULL;
+done:
+    Py_XDECREF(best);
+    Py_XDECREF(bytes);
+    if (e != stack) PyMem_Free(e);
+    return out;
+}
+
 /* ------------------------------------------------------------------------------- ids' hashes (BLAKE2b, RFC 7693) */
 
 static const uint64_t B2B_IV[8] = {0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL,
@@ -1342,6 +1497,7 @@ static PyMethodDef methods[] = {
     {"encode_cf", (PyCFunction)(void (*)(void))native_encode_cf, METH_FASTCALL, encode_cf_doc},
     {"decode_cf", (PyCFunction)native_decode_cf, METH_O, decode_cf_doc},
     {"id_hash", (PyCFunction)(void (*)(void))native_id_hash, METH_FASTCALL, id_hash_doc},
+    {"cf_step", (PyCFunction)(void (*)(void))native_cf_step, METH_FASTCALL, cf_step_doc},
     {"cf_scores", (PyCFunction)(void (*)(void))native_cf_scores, METH_FASTCALL, cf_scores_doc},
     {"list_fields", (PyCFunction)(void (*)(void))native_list_fields, METH_FASTCALL, list_fields_doc},
     {NULL, NULL, 0, NULL},

@@ -155,11 +155,17 @@ class CfOperator:
         ts = ev.get("ts")
         if not prev or not isinstance(ts, int) or ev.get("quarantined") is True:
             return state, None
+        c = self.conf
+        if _native is not None:  # the code below in C (operators/_native.c) for the usual values, else None
+            got = _native.cf_step(state, ts, prev, item_hash(str(ev.get("item_id"))), c.window, c.max_neighbours,
+                                  max(c.half_life_ms, 1), c.publish_interval_ms)  # fmt: skip
+            if got is not None:
+                b, best, last_ts = got
+                return b, None if best is None else CfUpdate(str(ev["item_id"]), tuple(best), last_ts)
         try:
             s = decode_cf(state) if state is not None else CfState()
         except CfStateError:
             s = CfState()
-        c = self.conf
         hl = max(c.half_life_ms, 1)
         if ts > s.last_ts:
             if s.last_ts:

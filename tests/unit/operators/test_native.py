@@ -446,3 +446,61 @@ def test_list_fields_defers_what_it_does_not_take(make_op: Any) -> None:
                                    ([0], [0], [0.5], {}),  # no source: KeyError
                                    ([0], [0, 1], [0.5], {0: "model"})):  # zip(strict=True) raises
         assert native.list_fields(chosen, cand, rel, src, ids, hs, round) is None
+
+
+def _outcome(f: Any, *args: Any) -> Any:
+    try:
+        return f(*args)
+    except Exception as e:  # noqa: BLE001 - compared, not hidden
+        return "raised", type(e), str(e)
+
+
+@needs_native
+@pytest.mark.parametrize("conf", [{},
+                                  {"max_neighbours": 3, "window": 2, "half_life_ms": 1000, "publish_interval_ms": 0},
+                                  {"max_neighbours": 1, "window": 5, "half_life_ms": 1, "publish_interval_ms": 50},
+                                  {"max_neighbours": 0, "window": 0},
+                                  {"max_neighbours": 200, "window": 3}])  # fmt: skip
+def test_cf_step_is_the_python_step(conf: dict[str, Any]) -> None:
+    """Events of a few items in and out of time order (late, equal times, gaps of every size), prev lists with
+    repeats, the item itself, non-ints, bools and hashes outside 32 bits, states cut short or of another version:
+    each step's bytes and publication are Python's, and the usual steps are C's."""
+    from dataclasses import replace
+
+    from operators import cf
+    from operators.config import CfConf
+
+    op = cf.CfOperator(replace(CfConf(), **conf))
+    wide = cf.CfOperator(replace(CfConf(), max_neighbours=40, window=8))  # states a bigger max_neighbours left
+    rng = random.Random(len(conf) * 7 + conf.get("window", 3))
+    states: dict[str, bytes | None] = {}
+    handled = 0
+    t = 0  # event times at 0 too (a state's last_ts 0 means "never decayed")
+    for i in range(3000):
+        item = f"i{rng.randint(0, 6)}"
+        t = T if i == 1500 else t + rng.choice([0, 0, 1, 500, 10_000, 10**7, -3000, -(10**6)])
+        if rng.random() < 0.03:
+            many = {"item_id": item, "ts": t, "prev": [rng.randint(0, 60) for _ in range(8)]}
+            states[item] = wide.step(states.get(item), many)[0]
+        hashes = [1, 2, 3, 4, 5, 2**32 - 1, state.item_hash(item)]
+        prev: list[Any] = [rng.choice(hashes) for _ in range(rng.randint(0, 6))]
+        if rng.random() < 0.05:
+            prev.insert(rng.randrange(len(prev) + 1), rng.choice(["7", 3.0, None, True, -1, 2**32, 2**70]))
+        ev = {"item_id": item, "ts": t, "prev": prev}
+        st = states.get(item)
+        if rng.random() < 0.02:
+            st = rng.choice([b"", b"\x02" + bytes(18), (st or bytes(19))[:-1], bytearray(st or b"")])
+        got, want = _outcome(op.step, st, ev), None
+        saved, cf._native = cf._native, None
+        try:
+            want = _outcome(op.step, st, ev)
+        finally:
+            cf._native = saved
+        assert got == want, i  # a value or the same exception (a hash outside 32 bits cannot be stored)
+        if got[0] == "raised":
+            continue
+        c = op.conf
+        handled += native.cf_step(st, t, prev, state.item_hash(item), c.window, c.max_neighbours,
+                                  max(c.half_life_ms, 1), c.publish_interval_ms) is not None  # fmt: skip
+        states[item] = got[0] if isinstance(got[0], bytes) else None
+    assert handled > 2500
