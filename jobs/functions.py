@@ -532,12 +532,12 @@ class ItemFunction(KeyedProcessFunction):
         due, rest, first = batch.buffer_take(chunks, max(timestamp, ctx.timer_service().current_watermark()))
         if not due and old is None:
             return
-        self.waiting.clear()
-        if rest is not None and first is not None:
-            self.waiting.add(rest)
+        if rest and first is not None:
+            self.waiting.update(rest)  # the chunks left as they were, then the rest of the others re-cut
             self.first.update(first)
             ctx.timer_service().register_event_time_timer(first)
         else:
+            self.waiting.clear()
             self.first.clear()
         out = batch.item_events(self.op, self.items, due, self.rates, self.cf, self.cf_states)
         if out.fraud_flags:

@@ -193,15 +193,24 @@ def test_batch_functions_equal_step_one_by_one(make_op: Any, sim_dir: Path) -> N
 def test_the_item_wait_buffer_releases_what_event_time_order_would() -> None:
     """The item function's wait list (appended chunks + earliest time): the events a watermark releases, and their
     order, are `event_time_order`'s over everything buffered in arrival order; timers at each new earliest time;
-    what is left is one chunk, due at its earliest time."""
+    what is left are chunks due at their earliest times, and a chunk the watermark has not reached is left as it
+    is (the same object: not unpickled)."""
     import pickle
 
-    from operators.batch import buffer_take, event_time_order, item_chunk, legacy_chunks, wait_chunk, wait_chunk_of
+    from operators.batch import (
+        buffer_take,
+        event_time_order,
+        item_chunk,
+        item_order_key,
+        legacy_chunks,
+        wait_chunk,
+        wait_chunk_of,
+    )
 
     rnd = random.Random(5)
     arrivals = [[{"item_id": f"i{rnd.randrange(3)}", "ts": rnd.randrange(1000), "event_id": f"e{k}-{j}"}
                  for j in range(rnd.randrange(0, 6))] for k in range(30)]  # fmt: skip
-    chunks: list[bytes] = []
+    chunks: list[Any] = []
     first, timers, flat = None, [], []
     for c in arrivals:
         chunk, t = wait_chunk(first, c)
@@ -221,14 +230,66 @@ def test_the_item_wait_buffer_releases_what_event_time_order_would() -> None:
     assert len(chunks) == sum(1 for c in arrivals if c)
     due, rest, nxt = buffer_take(chunks, 500)
     want_due, want_rest = event_time_order(flat, 500)
-    assert due == want_due and rest is not None and nxt == min(e["ts"] for e in want_rest)
-    assert pickle.loads(rest) == want_rest
-    due2, rest2, nxt2 = buffer_take([rest], 10**9)
-    assert due2 == event_time_order(want_rest, 10**9)[0] and rest2 is None and nxt2 is None
-    # state written in the layouts before (one value: (earliest, chunks); before that a plain list of events)
-    assert buffer_take(legacy_chunks((timers[-1], chunks)), 500)[0] == want_due
+    assert due == want_due and rest and nxt == min(e["ts"] for e in want_rest)
+    left = [ev for _, b in rest for ev in pickle.loads(b)]
+    assert sorted(left, key=item_order_key) == sorted(want_rest, key=item_order_key)
+    assert all(c in rest and any(r is c for r in rest) for c in chunks if c[0] > 500)  # untouched, not re-pickled
+    due2, rest2, nxt2 = buffer_take(rest, 10**9)
+    assert due2 == event_time_order(want_rest, 10**9)[0] and rest2 == [] and nxt2 is None
+    # state written in the layouts before (one value: (earliest, chunks); before that a plain list of events; and
+    # before 2026-12-06 chunks as bytes, without their earliest time)
+    old = [b for _, b in chunks]
+    assert buffer_take(legacy_chunks((timers[-1], old)), 500)[0] == want_due
     assert buffer_take(legacy_chunks(list(flat)), 500)[0] == want_due
+    assert buffer_take(old, 500)[0] == want_due
     assert legacy_chunks(None) == [] and legacy_chunks([]) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_item_wait_buffer_over_many_timers_is_one_event_time_order(seed: int) -> None:
+    """Chunks arriving between watermark steps, each step's timer taking what is due (as `ItemFunction.on_timer`
+    does): every release is `event_time_order` over everything waiting then, the leftover chunks hold at most
+    `REST_SLICE` events each in event-time order, and most chunks are not unpickled at a step."""
+    import pickle
+
+    from operators import batch
+
+    rnd = random.Random(seed)
+    waiting: list[Any] = []  # the reference: every waiting event in arrival order
+    chunks: list[Any] = []
+    t, k, loads, visits = 0, 0, 0, 0
+    real = pickle.loads
+
+    def counting(b: bytes) -> Any:
+        nonlocal loads
+        loads += 1
+        return real(b)
+
+    for step in range(60):
+        for _ in range(rnd.randrange(1, 8)):
+            evs = [{"item_id": "i", "ts": t + rnd.randrange(-2000, 6000), "event_id": f"e{(k := k + 1)}"}
+                   for _ in range(rnd.randrange(1, 400))]  # fmt: skip
+            chunks.append(batch.wait_chunk(None, evs)[0])
+            waiting += evs
+        t += rnd.randrange(100, 3000)
+        upto = t - 5000
+        want_due, waiting = batch.event_time_order(waiting, upto)
+        before, reached = loads, sum(1 for c in chunks if c[0] <= upto)
+        visits += len(chunks)
+        pickle.loads, saved = counting, pickle.loads  # type: ignore[assignment]
+        try:
+            due, chunks, first = batch.buffer_take(chunks, upto)
+        finally:
+            pickle.loads = saved
+        assert due == want_due, step
+        assert first == (min(e["ts"] for e in waiting) if waiting else None)
+        got = [ev for _, b in chunks for ev in real(b)]
+        assert sorted(got, key=batch.item_order_key) == sorted(waiting, key=batch.item_order_key)
+        for c0, b in chunks:
+            evs = real(b)
+            assert c0 == min(e["ts"] for e in evs) > upto and len(evs) <= max(batch.REST_SLICE, 400)
+        assert loads - before == reached  # only the chunks the watermark has reached are unpickled
+    assert len(chunks) > 10 and loads < visits / 2
 
 
 class _ManyStore(_Store):
