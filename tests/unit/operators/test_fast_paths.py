@@ -640,3 +640,15 @@ def test_a_deferred_order_copies_its_request_whole() -> None:
         got, want = getattr(o.req, f.name), getattr(req, f.name)
         assert got is mask if f.name == "extra_exclude" else got == want
     assert o.req.types is not req.types and o.req.ts is not req.ts
+
+
+@settings(max_examples=500, deadline=None)
+@given(ts=st.lists(st.integers(0, 50), max_size=12), after=st.integers(-1, 51), most=st.integers(-3, 14))
+def test_item_window_filter_is_skipped_only_where_it_keeps_every_entry(ts: list[int], after: int, most: int) -> None:
+    """`ItemOperator._apply` filters an item's recent clicks and ratings only when `item._dropping` says the filter
+    would drop one: where it says no, the filter's list equals the entries."""
+    from operators.item import _dropping
+
+    entries = [[b"k", t, 0] for t in ts]
+    if not _dropping(entries, after, most):
+        assert [e for e in entries if e[1] > after][-most:] == entries
