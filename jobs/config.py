@@ -112,6 +112,7 @@ class JobConf:
     #   long after the last send (0: every record; -1: at 1 MB or the bundle's end, as released); jobs/java
     object_reuse: bool = True  # pipeline.object-reuse: JVM operators pass records without copying
     gc_freeze: bool = True  # jobs/heap.py: the Python heap at operator open() hidden from the cyclic collector
+    gc_young_threshold: int = 100_000  # jobs/heap.py: the collector's youngest-generation threshold (0: CPython's)
     buffer_timeout_ms: int = 100  # execution.buffer-timeout.interval: network buffers flushed at least this often
     model_dir: str = "artifacts/model"  # model artefact directory
     use_int8: bool = False  # score with the int8 model

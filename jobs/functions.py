@@ -339,7 +339,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rates
         if self.job.python_metrics:  # a miscalibrated detector (operators/baserates.py), beside its alarm record
             self.alarms = ctx.get_metrics_group().counter("detector_alarms")
-        heap.freeze(self.job.gc_freeze)
+        heap.freeze(self.job.gc_freeze, self.job.gc_young_threshold)
 
     def _operator(self, artifact: Any) -> Any:
         from operators.scorer import Scorer
@@ -506,7 +506,7 @@ class ItemFunction(KeyedProcessFunction):
         self.first = ctx.get_state(ValueStateDescriptor("waiting-first", Types.LONG()))
         self.legacy = ctx.get_state(ValueStateDescriptor("waiting", Types.PICKLED_BYTE_ARRAY()))
         self.rates = ctx.get_state(ValueStateDescriptor("rates", Types.PICKLED_BYTE_ARRAY()))  # the shard's base rate
-        heap.freeze(self.job.gc_freeze)
+        heap.freeze(self.job.gc_freeze, self.job.gc_young_threshold)
 
     def process_element(self, events: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         from operators import batch

@@ -718,7 +718,7 @@ def _notes_e2e(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
     out = ["## End to end: the Flink job vs a plain Python consumer", ""]
     jc = e.get("job_conf", {})
     knob_names = ("python_workers", "jvm_options", "bundle_size", "bundle_time_ms", "state_cache_size",
-                  "map_state_cache_size", "python_metrics", "object_reuse", "gc_freeze")
+                  "map_state_cache_size", "python_metrics", "object_reuse", "gc_freeze", "gc_young_threshold")
     knobs = ", ".join(f"{k} {jc[k]}" for k in knob_names if k in jc)
     out += [f"Model: {e.get('model_desc', '?')}. Job: `python -m jobs.recommend --conf {e.get('conf')}` on the Flink "
             f"minicluster, execution mode `{e.get('execution_mode')}`" + (f" ({knobs})" if knobs else "") +

@@ -51,3 +51,16 @@ def test_disabled_leaves_the_collector_as_cpython_has_it() -> None:
     heap.freeze(False)
     heap.refreeze(False)
     assert gc.get_freeze_count() == 0
+
+
+def test_young_threshold_sets_only_the_youngest_generation() -> None:
+    before = gc.get_threshold()
+    try:
+        heap.freeze(False, 100_000)
+        assert gc.get_threshold() == (100_000, *before[1:])
+        gc.set_threshold(*before)
+        heap.freeze(True, 0)  # 0: CPython's own
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+
