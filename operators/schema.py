@@ -264,11 +264,14 @@ class _Pairs(dict[str, Any]):
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> _Pairs:
-    d = _Pairs()
-    for k, v in pairs:
-        if k in d and d.dup is None:
-            d.dup = k
-        d[k] = v
+    d = _Pairs(pairs)  # as `d[k] = v` in order: a repeated key keeps its first place and its last value
+    if len(d) < len(pairs):  # a key came twice: the first one seen again
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                d.dup = k
+                break
+            seen.add(k)
     return d
 
 

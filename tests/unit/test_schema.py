@@ -288,3 +288,19 @@ def test_near_valid_events_never_raise_and_valid_ones_round_trip(d: dict[str, An
 def test_arbitrary_text_never_raises(s: str) -> None:
     _ok(parse_event(s))
     _ok(parse_item(s))
+
+
+@settings(max_examples=400, deadline=None)
+@given(pairs=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "ts", "item_id"]), st.integers()), max_size=8))
+def test_pairs_hook_is_the_key_by_key_loop(pairs: list[tuple[str, int]]) -> None:
+    """The JSON object hook: the values, key order and first repeated key of assigning the pairs one by one."""
+    from operators.schema import _pairs_hook
+
+    want: dict[str, int] = {}
+    dup = None
+    for k, v in pairs:
+        if k in want and dup is None:
+            dup = k
+        want[k] = v
+    got = _pairs_hook(pairs)
+    assert list(got.items()) == list(want.items()) and got.dup == dup
