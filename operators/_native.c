@@ -46,6 +46,7 @@ static const char *FIELD_NAMES[N_FIELDS] = {
     "user_key", "key_id"};
 static PyObject *FIELDS[N_FIELDS];
 static PyObject *OBJECT_NEW; /* object.__new__ */
+static PyObject *ROUND;      /* builtins.round */
 static PyObject *RATING[32]; /* (code >> 3) / 2 as floats: `_RATING_OF_CODE` */
 
 /* ------------------------------------------------------------------------------------------------ small helpers */
@@ -992,6 +993,21 @@ done:
 #define CF_HEAD 19 /* `<BqqH`: version, last_ts, published_ts, n */
 #define CF_PRED 8  /* `<If`: item hash, weight */
 
+/* A CF state's predecessor count, or -1 where the bytes are not one of this version (decode_cf raises then) */
+static Py_ssize_t cf_count(const unsigned char *b, Py_ssize_t len) {
+    if (len < CF_HEAD || b[0] != 1) return -1;
+    Py_ssize_t n = get_u16(b + 17);
+    return len == CF_HEAD + CF_PRED * n ? n : -1;
+}
+
+/* The header of a CF state: version, last_ts, published (negative: a publication owed), count */
+static void put_cf_head(unsigned char *p, long long last, long long pub, Py_ssize_t n) {
+    p[0] = 1;
+    put_i64(p + 1, last);
+    put_i64(p + 9, pub);
+    put_u16(p + 17, (uint16_t)n);
+}
+
 PyDoc_STRVAR(encode_cf_doc, "encode_cf(last_ts, published, preds) -> bytes | None: `operators.cf.encode_cf`'s bytes "
              "for exact u32 keys and finite float weights within f32, else None.");
 
@@ -1023,10 +1039,7 @@ static PyObject *native_encode_cf(PyObject *self, PyObject *const *args, Py_ssiz
     out = PyBytes_FromStringAndSize(NULL, CF_HEAD + CF_PRED * n);
     if (out == NULL) goto done;
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
-    p[0] = 1;
-    put_i64(p + 1, last);
-    put_i64(p + 9, pub);
-    put_u16(p + 17, (uint16_t)n);
+    put_cf_head(p, last, pub, n);
     for (i = 0; i < n; i++) {
         put_u32(p + CF_HEAD + CF_PRED * i, ps[i].h);
         memcpy(p + CF_HEAD + CF_PRED * i + 4, &ps[i].w, 4);
@@ -1047,9 +1060,8 @@ static PyObject *native_decode_cf(PyObject *self, PyObject *data) {
     if (!PyBytes_CheckExact(data)) Py_RETURN_NONE;
     const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data);
-    if (len < CF_HEAD || b[0] != 1) Py_RETURN_NONE;
-    Py_ssize_t n = get_u16(b + 17);
-    if (len != CF_HEAD + CF_PRED * n) Py_RETURN_NONE;
+    Py_ssize_t n = cf_count(b, len);
+    if (n < 0) Py_RETURN_NONE;
     PyObject *preds = PyDict_New();
     if (preds == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -1105,11 +1117,11 @@ static PyObject *native_cf_step(PyObject *self, PyObject *const *args, Py_ssize_
     if (state != Py_None) {
         if (!PyBytes_CheckExact(state)) Py_RETURN_NONE;
         b = (const unsigned char *)PyBytes_AS_STRING(state);
-        Py_ssize_t len = PyBytes_GET_SIZE(state);
-        if (len < CF_HEAD || b[0] != 1 || len != CF_HEAD + CF_PRED * (Py_ssize_t)get_u16(b + 17)) {
+        n = cf_count(b, PyBytes_GET_SIZE(state));
+        if (n < 0) {
             b = NULL; /* decode_cf raises CfStateError: the step starts afresh */
+            n = 0;
         } else {
-            n = get_u16(b + 17);
             last = get_i64(b + 1);
             long long p = get_i64(b + 9);
             if (p < 0) { dirty = 1; pub = -1 - p; } else pub = p;
@@ -1193,10 +1205,7 @@ static PyObject *native_cf_step(PyObject *self, PyObject *const *args, Py_ssize_
     bytes = PyBytes_FromStringAndSize(NULL, CF_HEAD + CF_PRED * m);
     if (bytes == NULL) goto fail;
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(bytes);
-    p[0] = 1;
-    put_i64(p + 1, last);
-    put_i64(p + 9, dirty ? -1 - pub : pub);
-    put_u16(p + 17, (uint16_t)m);
+    put_cf_head(p, last, dirty ? -1 - pub : pub, m);
     for (Py_ssize_t i = 0; i < m; i++) {
         float w = (float)e[i].w; /* struct's 'f': raises where the cast overflows (then Python raises too) */
         if (!isfinite(w)) goto defer;
@@ -1417,16 +1426,16 @@ static int round6(double x, double *out) {
 }
 
 PyDoc_STRVAR(list_fields_doc,
-    "list_fields(chosen, cand, rel, src, item_ids, index_hash, round) -> (ids, hashes, scores, sources) | None: a "
+    "list_fields(chosen, cand, rel, src, item_ids, index_hash) -> (ids, hashes, scores, sources) | None: a "
     "list record's per-item fields as `UserOperator._list_fields` builds them, for chosen indices within item_ids "
     "and index_hash and exact float relevances; else None.");
 
 static PyObject *native_list_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])
+    if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])
         || !PyDict_CheckExact(args[3]) || !PyList_CheckExact(args[4]) || !PyList_CheckExact(args[5]))
         Py_RETURN_NONE;
     PyObject *chosen = args[0], *cand = args[1], *rel = args[2], *src = args[3], *ids_all = args[4];
-    PyObject *hash_all = args[5], *round_fn = args[6];
+    PyObject *hash_all = args[5];
     Py_ssize_t m = PyList_GET_SIZE(chosen), nc = PyList_GET_SIZE(cand);
     if (PyList_GET_SIZE(rel) != nc) Py_RETURN_NONE; /* zip(strict=True) raises */
     static PyObject *six = NULL;
@@ -1456,7 +1465,7 @@ static PyObject *native_list_fields(PyObject *self, PyObject *const *args, Py_ss
             rounded = PyFloat_FromDouble(rv);
         } else {
             PyObject *call[2] = {r, six};
-            rounded = PyObject_Vectorcall(round_fn, call, 2, NULL);
+            rounded = PyObject_Vectorcall(ROUND, call, 2, NULL);
         }
         if (rounded == NULL) goto fail;
         PyList_SET_ITEM(scores, t, rounded);
@@ -1518,5 +1527,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     }
     OBJECT_NEW = PyObject_GetAttrString((PyObject *)&PyBaseObject_Type, "__new__");
     if (OBJECT_NEW == NULL) return NULL;
+    ROUND = PyDict_GetItemString(PyEval_GetBuiltins(), "round");
+    if (ROUND == NULL) return NULL;
+    Py_INCREF(ROUND);
     return PyModule_Create(&module);
 }

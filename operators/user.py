@@ -946,7 +946,7 @@ class UserOperator:
         """A list record's per-item fields: external ids, their hashes (raises for an index the artefact does not
         know), the candidates' relevances rounded, their sources."""
         if _native is not None:  # the code below in C (operators/_native.c) for the usual lists, else None
-            got = _native.list_fields(chosen, cand, rel, src, self.item_ids, self.index_hash, round)
+            got = _native.list_fields(chosen, cand, rel, src, self.item_ids, self.index_hash)
             if got is not None:
                 return cast(tuple[list[str], list[int], list[float], list[str]], got)
         n = len(self.item_ids)  # the model's items, then the content items

@@ -484,12 +484,13 @@ class Baseline:
         env = {**os.environ, "STREAMREC_STATE_DIR": str(tree / ".state")}
         env.pop("STREAMREC_JOB_MODEL_DIR", None)
         if (tree / "operators" / "_native.c").exists() and not list((tree / "operators").glob("_native.*.so")):
-            # its C extension, as its `make setup` builds it (setuptools' build_ext, in place): without it the
-            # commit's operators would take their slower Python paths
+            # its C extensions as its pyproject.toml declares them and its `make setup` builds them (setuptools'
+            # build_ext, in place): without them the commit's operators would take their slower Python paths
             say(f"  baseline {commit[:12]}: building its C extension ...")
-            build = "from setuptools import Distribution, Extension; d = Distribution({'ext_modules': " \
-                    "[Extension('operators._native', ['operators/_native.c'])]}); " \
-                    "c = d.get_command_obj('build_ext'); c.inplace = 1; d.run_command('build_ext')"
+            build = "import tomllib; from setuptools import Distribution, Extension; " \
+                    "ext = tomllib.load(open('pyproject.toml', 'rb'))['tool']['setuptools']['ext-modules']; " \
+                    "d = Distribution({'ext_modules': [Extension(**{k.replace('-', '_'): v for k, v in e.items()}) " \
+                    "for e in ext]}); c = d.get_command_obj('build_ext'); c.inplace = 1; d.run_command('build_ext')"
             got = subprocess.run([sys.executable, "-c", build], cwd=tree, env=env, capture_output=True, text=True)
             if got.returncode != 0:
                 raise RuntimeError(f"baseline {commit[:12]}: its C extension did not build: {got.stderr[-2000:]}")
