@@ -177,6 +177,10 @@ def test_coalescing_sends_only_each_users_newest_list(cassandra_up: ServicesConf
     for k, r in enumerate(spread):  # each followed by 11 lists of other users
         records += [r, *(rec(f"f{i:02d}", 10_000 + i, [f"i{i}"], f"e-f{i}") for i in range(11 * k, 11 * k + 11))]
     kafka_form = [f"{r['user_key']}\n{dumps(r)}" for r in records]
+    # lists under a key that is not their user_key are never held (held lists are coalesced by key): both written
+    keyed = [rec("u-keyed", 6000, ["k2"], "e-keyed-2"), rec("u-keyed", 5000, ["k1"], "e-keyed-1")]
+    kafka_form = [f"another-key\n{dumps(keyed[0])}", *kafka_form, f"another-key\n{dumps(keyed[1])}"]
+    records += keyed
     for ks, coalesce_ms in ((on_ks, None), (off_ks, 0)):
         got = run_sink(kafka_form, ks, connector_jars, tmp_path, coalesce_ms)
         assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
@@ -203,3 +207,18 @@ def test_a_record_the_jvm_sink_cannot_write_fails_the_job_naming_it(cassandra_up
     assert got.returncode != 0
     out = got.stdout + got.stderr
     assert "malformed fraud_flag record for Cassandra (score is not a number)" in out and '"flag_id":"f-bad"' in out
+
+
+def test_a_held_list_the_jvm_sink_cannot_write_fails_the_job_naming_it(cassandra_up: ServicesConf,
+                                                                       keyspaces: tuple[str, str],
+                                                                       connector_jars: list[Path],
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    """A list is held as its text and bound when it is sent (coalescing on, conf/local.yaml): one that cannot be
+    bound still fails the job, naming it, when it leaves the hold (here at the end of input)."""
+    bad = rec("u-bad", 1000, [], "e-bad")
+    bad["items"] = [{"score": 0.5}]  # an item object without item_id
+    got = run_sink([f"u-ok\n{dumps(rec('u-ok', 1000, ['a'], 'e-ok'))}", f"u-bad\n{dumps(bad)}"], keyspaces[0],
+                   connector_jars, tmp_path)  # fmt: skip
+    assert got.returncode != 0
+    out = got.stdout + got.stderr
+    assert "malformed recommendation record for Cassandra (no item_id)" in out and '"event_id":"e-bad"' in out
