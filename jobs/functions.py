@@ -347,7 +347,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
         scorer = Scorer(artifact, int8=self.job.use_int8, threads=self.job.scorer_threads,
                         split_cost=self.operators_conf.scorer.split_cost,
-                        canonical=self.operators_conf.scorer.canonical_widths)
+                        canonical=self.operators_conf.scorer.canonical_widths,
+                        call_rows=self.operators_conf.scorer.call_rows)
         return UserOperator(artifact, self.operators_conf, self.pseudonymizer, scorer)
 
     # ------------------------------------------------------------------ broadcast side (control plane)

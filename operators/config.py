@@ -152,6 +152,7 @@ class ScorerConf:
     split_cost: int = 32  # without canonical widths: a call splits by history length when padding costs more (0: never)
     canonical_widths: bool = True  # each history padded to its length class's width, one class per call: a row's
     #   results do not depend on its batch (operators/scorer.py); false: pad to each call's longest, split_cost
+    call_rows: int = 16  # a graph call scores at most this many rows (more: calls of equal size); 0 = no cap
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,14 @@ class Scorer:
     every batch. `session` is the full graph's, `topk_session` the fast graph's (None: the artefact has none)."""
 
     def __init__(self, artifact: ModelArtifact, int8: bool = False, threads: int = 1,
-                 share_tables: bool = True, split_cost: int = 0, canonical: bool = True) -> None:  # fmt: skip
+                 share_tables: bool = True, split_cost: int = 0, canonical: bool = True,
+                 call_rows: int = 0) -> None:  # fmt: skip
         import onnxruntime as ort
 
         if split_cost < 0:
             raise ValueError(f"split_cost must be >= 0 (0: one graph call per batch), got {split_cost}")
+        if call_rows < 0:
+            raise ValueError(f"call_rows must be >= 0 (0: no cap on a graph call's rows), got {call_rows}")
         want = tuple(i["name"] for i in artifact.inputs)
         full = artifact.int8_path if int8 else artifact.model_path
         topk = artifact.topk_int8_path if int8 else artifact.topk_path
@@ -101,6 +104,7 @@ class Scorer:
         self.int8 = int8
         self.split_cost = int(split_cost)
         self.canonical = bool(canonical)
+        self.call_rows = int(call_rows)
         release_freed_heap()
 
     def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
@@ -182,7 +186,7 @@ class Scorer:
             exclude[np.asarray(ex_rows)[keep], ex[keep]] = True
         feeds = {"item_idx": items, "event_type": types, "ts_ms": ts, "exclude": exclude}
         session, want = self._graph(need_logprob)
-        out: dict[str, Any] = dict(zip(want, session.run(want, feeds), strict=True))
+        out: dict[str, Any] = dict(zip(want, self._run(session, want, feeds, b), strict=True))
         lp_all = out.get("next_item_logprob")
         res = []
         for r, n in enumerate(lens):
@@ -195,6 +199,19 @@ class Scorer:
                 )
             )
         return res
+
+    def _run(self, session: Any, want: list[str], feeds: dict[str, np.ndarray], b: int) -> list[np.ndarray]:
+        """The graph over a batch's `b` rows: one call, or with `call_rows` calls of at most that many rows (as
+        equal as can be), their outputs joined in row order. Per row, a call of 8-16 rows costs less than one of 64
+        or more (the (B, N) score arrays then outgrow the core's cache: measured below, `call_rows` in
+        conf/operators.yaml); a row's outputs are the same whatever its call's size (every input is per row)."""
+        cap = self.call_rows
+        if not cap or b <= cap:
+            return cast(list[np.ndarray], session.run(want, feeds))
+        calls = -(-b // cap)
+        size = -(-b // calls)
+        parts = [session.run(want, {k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, b, size)]
+        return [np.concatenate(col) for col in zip(*parts, strict=True)]
 
     def _score_one(self, req: ScoreRequest, need_logprob: bool = False) -> ScoreResult:
         """`score` for a batch of one (the per-event path): the same graph inputs, built with fewer numpy calls

@@ -456,6 +456,47 @@ def test_canonical_widths_make_a_rows_results_independent_of_its_batch(artifact:
     assert width_classes([5, 1, 9, 6, 50, 0], 50) == [[0, 1, 3, 5], [2], [4]]
 
 
+@pytest.mark.parametrize("need_logprob", [False, True])
+def test_call_rows_splits_a_call_into_equal_calls_with_the_same_results(artifact: Any, need_logprob: bool) -> None:
+    """`call_rows`: a group of more rows than the cap is scored in calls of at most that many rows, as equal as can
+    be, in row order, and every row's outputs are those of the single call (bit for bit: each input is per row)."""
+    from operators.scorer import Scorer
+
+    rng = np.random.default_rng(5)
+    reqs = []
+    for _ in range(37):  # one length class (16-31 positions): one group, so the cap alone splits it
+        n = int(rng.integers(16, 32))
+        items = rng.integers(0, artifact.n_items, size=n).tolist()
+        reqs.append(ScoreRequest(items, [1 + i % 5 for i in range(n)], [T + 60_000 * i for i in range(n)],
+                                 exclude=items[:3]))  # fmt: skip
+    whole = Scorer(artifact, threads=1).score(reqs, need_logprob)
+    capped = Scorer(artifact, threads=1, call_rows=16)
+    sizes: list[int] = []
+    real = capped._graph
+
+    def graph(need: bool) -> Any:
+        session, want = real(need)
+
+        class Spy:
+            def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+                sizes.append(len(feeds["item_idx"]))
+                return session.run(names, feeds)
+
+        return Spy(), want
+
+    capped._graph = graph  # type: ignore[method-assign]
+    got = capped.score(reqs, need_logprob)
+    assert sizes == [13, 13, 11]  # 37 rows, at most 16 a call: three calls
+    for a, b in zip(got, whole, strict=True):
+        for f in ("items", "scores", "next_item_logprob", "user_vector"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    sizes.clear()
+    capped.score(reqs[:16], need_logprob)
+    assert sizes == [16]
+    with pytest.raises(ValueError, match="call_rows"):
+        Scorer(artifact, threads=1, call_rows=-1)
+
+
 def _velocity_reference(s: UserState, conf: UserFraudConf, now: int) -> int:
     """The events `fraud.velocity` counts, as it counted them before the bisection: the whole history walked."""
     codes = fraud._codes(conf.velocity_event_types)
