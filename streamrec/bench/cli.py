@@ -79,6 +79,9 @@ def register(sub: Any) -> None:
     p.add_argument("--skip", default="",
                    help="comma-separated parts to skip: e2e,cluster,profile,scorer,encoder,catalogue,growth")
     p.add_argument("--window-s", type=float, default=0, help="override the end-to-end window per phase")
+    p.add_argument("--backlog-events", type=int, default=0,
+                   help=f"override the pre-produced events of the 'max' phases (full: {FULL.backlog_events:,}, "
+                        f"quick: {QUICK.backlog_events:,})")
     p.add_argument("--startup-load-s", type=float, default=2.0,
                    help="paced phases: seconds of load at the phase's rate (other users, at most 2,000 events) that "
                         "the system just started gets before the window; their latency is reported apart (0: none, "
@@ -139,6 +142,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     if args.window_s:
         plan = dataclasses.replace(plan, window_s=args.window_s)
+    if args.backlog_events:
+        plan = dataclasses.replace(plan, backlog_events=args.backlog_events)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     work = REPO_ROOT / ".state" / "bench" / "runs" / stamp
