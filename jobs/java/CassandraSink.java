@@ -369,7 +369,7 @@ public final class CassandraSink implements Sink<String> {
             held = new HashMap<>();
             for (Held h : rows.values()) {
                 for (String r : h.rows) {
-                    BoundStatement row = bind(r);
+                    BoundStatement row = bindJson(r);
                     if (row != null) {
                         add(row);
                     }
@@ -404,6 +404,11 @@ public final class CassandraSink implements Sink<String> {
                     return null; // "KEY\n", a tombstone: the erasure's deletion record deletes the row
                 }
             }
+            return bindJson(json);
+        }
+
+        /** The row of one JSON record (null: a record with no Cassandra row). */
+        BoundStatement bindJson(String json) throws IOException {
             JsonNode r;
             try {
                 r = JSON.readTree(json);

@@ -133,6 +133,8 @@ def test_jvm_sink_writes_what_the_python_writer_writes(cassandra_up: ServicesCon
     ]
     kafka_form = [dumps(r) if r["kind"] != "recommendation" else f"{r['user_key']}\n{dumps(r)}" for r in records]
     kafka_form.insert(3, "u-tombstoned\n")  # a tombstone on the recommendations topic: no row, no error
+    u5 = next(i for i, f in enumerate(kafka_form) if f.startswith("u005\n"))
+    kafka_form[u5] = kafka_form[u5].replace("\n", "\n ", 1)  # the JSON after a space: read (and held) all the same
     kafka_form.append(dumps(notice))  # a deletion notice meant for Kafka only: no row
 
     got = run_sink(kafka_form, jvm_ks, connector_jars, tmp_path, None if coalesce else 0)
@@ -177,10 +179,13 @@ def test_coalescing_sends_only_each_users_newest_list(cassandra_up: ServicesConf
     for k, r in enumerate(spread):  # each followed by 11 lists of other users
         records += [r, *(rec(f"f{i:02d}", 10_000 + i, [f"i{i}"], f"e-f{i}") for i in range(11 * k, 11 * k + 11))]
     kafka_form = [f"{r['user_key']}\n{dumps(r)}" for r in records]
-    # lists under a key that is not their user_key are never held (held lists are coalesced by key): both written
+    # lists under a key that is not their user_key are never held (held lists are coalesced by key): both written,
+    # in different batches (11 such lists of other users after the first one fill its batch)
     keyed = [rec("u-keyed", 6000, ["k2"], "e-keyed-2"), rec("u-keyed", 5000, ["k1"], "e-keyed-1")]
-    kafka_form = [f"another-key\n{dumps(keyed[0])}", *kafka_form, f"another-key\n{dumps(keyed[1])}"]
-    records += keyed
+    fill = [rec(f"u-fill{i:02d}", 6000, ["x"], f"e-fill-{i}") for i in range(11)]
+    kafka_form = [f"another-key\n{dumps(keyed[0])}", *(f"another-key\n{dumps(r)}" for r in fill), *kafka_form,
+                  f"another-key\n{dumps(keyed[1])}"]  # fmt: skip
+    records += keyed + fill
     for ks, coalesce_ms in ((on_ks, None), (off_ks, 0)):
         got = run_sink(kafka_form, ks, connector_jars, tmp_path, coalesce_ms)
         assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
