@@ -397,13 +397,13 @@ public final class CassandraSink implements Sink<String> {
 
         BoundStatement bind(String element) throws IOException {
             String json = element;
-            if (!element.startsWith("{")) { // "KEY\nJSON", a list on the recommendations topic
-                int nl = element.indexOf('\n');
-                json = nl < 0 ? "" : element.substring(nl + 1);
+            int nl = element.startsWith("{") ? -1 : element.indexOf('\n');
+            if (nl >= 0) { // "KEY\nJSON", a list on the recommendations topic
+                json = element.substring(nl + 1);
                 if (json.isEmpty()) {
                     return null; // "KEY\n", a tombstone: the erasure's deletion record deletes the row
                 }
-            }
+            } // else one JSON record (anything else fails to parse, naming it)
             return bindJson(json);
         }
 

@@ -135,6 +135,8 @@ def test_jvm_sink_writes_what_the_python_writer_writes(cassandra_up: ServicesCon
     kafka_form.insert(3, "u-tombstoned\n")  # a tombstone on the recommendations topic: no row, no error
     u5 = next(i for i, f in enumerate(kafka_form) if f.startswith("u005\n"))
     kafka_form[u5] = kafka_form[u5].replace("\n", "\n ", 1)  # the JSON after a space: read (and held) all the same
+    f9 = next(i for i, f in enumerate(kafka_form) if '"f-item"' in f)
+    kafka_form[f9] = " " + kafka_form[f9]  # a flag's JSON after a space: one JSON record all the same
     kafka_form.append(dumps(notice))  # a deletion notice meant for Kafka only: no row
 
     got = run_sink(kafka_form, jvm_ks, connector_jars, tmp_path, None if coalesce else 0)
@@ -212,6 +214,16 @@ def test_a_record_the_jvm_sink_cannot_write_fails_the_job_naming_it(cassandra_up
     assert got.returncode != 0
     out = got.stdout + got.stderr
     assert "malformed fraud_flag record for Cassandra (score is not a number)" in out and '"flag_id":"f-bad"' in out
+
+
+def test_a_record_neither_json_nor_a_keyed_list_fails_the_job_naming_it(cassandra_up: ServicesConf,
+                                                                        keyspaces: tuple[str, str],
+                                                                        connector_jars: list[Path],
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """Without a "{" first or a key line, a record is not taken for a tombstone: it fails as the JSON it is not."""
+    got = run_sink([dumps(flag("u-ok", "f-ok", 1000)), "no json here"], keyspaces[0], connector_jars, tmp_path)
+    assert got.returncode != 0
+    assert "not a JSON record for Cassandra: no json here" in got.stdout + got.stderr
 
 
 def test_a_held_list_the_jvm_sink_cannot_write_fails_the_job_naming_it(cassandra_up: ServicesConf,
