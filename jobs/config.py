@@ -56,6 +56,8 @@ class KafkaSinkConf:
     delivery: str = "EXACTLY_ONCE"  # NONE | AT_LEAST_ONCE | EXACTLY_ONCE
     transactional_id_prefix: str = "streamrec"  # unique per job on a cluster
     transaction_timeout_ms: int = 600000  # <= broker transaction.max.timeout.ms
+    linger_ms: int = 50  # the producers' linger.ms: how long a batch waits for more records (conf/local.yaml)
+    batch_size: int = 262144  # the producers' batch.size: bytes per partition batch
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,9 @@ def kafka_sink_builder(job: Any, bootstrap: str, topic: str) -> Any:
     from pyflink.datastream.connectors.kafka import KafkaSink
 
     builder = (KafkaSink.builder().set_bootstrap_servers(bootstrap)
-               .set_delivery_guarantee(DeliveryGuarantee[job.kafka_sink.delivery]))
+               .set_delivery_guarantee(DeliveryGuarantee[job.kafka_sink.delivery])
+               .set_property("linger.ms", str(job.kafka_sink.linger_ms))
+               .set_property("batch.size", str(job.kafka_sink.batch_size)))
     if job.kafka_sink.delivery == "EXACTLY_ONCE":
         builder = (builder.set_transactional_id_prefix(f"{job.kafka_sink.transactional_id_prefix}-{topic}")
                    .set_property("transaction.timeout.ms", str(job.kafka_sink.transaction_timeout_ms)))
