@@ -276,19 +276,20 @@ public final class CassandraSink implements Sink<String> {
         @Override
         public void write(String element, Context context) throws IOException, InterruptedException {
             raise();
-            if (coalesceMs > 0 && !element.startsWith("{")) { // "KEY\nJSON": a list, held as its text
-                int nl = element.indexOf('\n');
-                if (nl >= 0 && nl + 1 < element.length()) {
-                    String user = element.substring(0, nl);
-                    String json = element.substring(nl + 1);
-                    long ts = heldTime(user, json);
-                    if (ts != NOT_HELD) {
-                        hold(user, ts, json);
-                        return;
-                    }
+            int nl = element.startsWith("{") ? -1 : element.indexOf('\n'); // "KEY\nJSON": a list on the recommendations topic
+            String json = nl < 0 ? element : element.substring(nl + 1);
+            if (nl >= 0 && json.isEmpty()) {
+                return; // "KEY\n", a tombstone: the erasure's deletion record deletes the row
+            }
+            if (nl >= 0 && coalesceMs > 0) { // a list, held as its text
+                String user = element.substring(0, nl);
+                long ts = heldTime(user, json);
+                if (ts != NOT_HELD) {
+                    hold(user, ts, json);
+                    return;
                 }
             }
-            BoundStatement row = bind(element);
+            BoundStatement row = bind(json); // anything else that is not one JSON record fails, naming it
             if (row != null) {
                 add(row);
             }
@@ -369,7 +370,7 @@ public final class CassandraSink implements Sink<String> {
             held = new HashMap<>();
             for (Held h : rows.values()) {
                 for (String r : h.rows) {
-                    BoundStatement row = bindJson(r);
+                    BoundStatement row = bind(r);
                     if (row != null) {
                         add(row);
                     }
@@ -395,20 +396,8 @@ public final class CassandraSink implements Sink<String> {
             }
         }
 
-        BoundStatement bind(String element) throws IOException {
-            String json = element;
-            int nl = element.startsWith("{") ? -1 : element.indexOf('\n');
-            if (nl >= 0) { // "KEY\nJSON", a list on the recommendations topic
-                json = element.substring(nl + 1);
-                if (json.isEmpty()) {
-                    return null; // "KEY\n", a tombstone: the erasure's deletion record deletes the row
-                }
-            } // else one JSON record (anything else fails to parse, naming it)
-            return bindJson(json);
-        }
-
         /** The row of one JSON record (null: a record with no Cassandra row). */
-        BoundStatement bindJson(String json) throws IOException {
+        BoundStatement bind(String json) throws IOException {
             JsonNode r;
             try {
                 r = JSON.readTree(json);

@@ -457,7 +457,8 @@ def test_canonical_widths_make_a_rows_results_independent_of_its_batch(artifact:
 
 
 @pytest.mark.parametrize("need_logprob", [False, True])
-def test_call_rows_splits_a_call_into_equal_calls_with_the_same_results(artifact: Any, need_logprob: bool) -> None:
+def test_call_rows_splits_a_call_into_equal_calls_with_the_same_results(artifact: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                        need_logprob: bool) -> None:  # fmt: skip
     """`call_rows`: a group of more rows than the cap is scored in calls of at most that many rows, as equal as can
     be, in row order, and every row's outputs are those of the single call (bit for bit: each input is per row)."""
     from operators.scorer import Scorer
@@ -471,28 +472,15 @@ def test_call_rows_splits_a_call_into_equal_calls_with_the_same_results(artifact
                                  exclude=items[:3]))  # fmt: skip
     whole = Scorer(artifact, threads=1).score(reqs, need_logprob)
     capped = Scorer(artifact, threads=1, call_rows=16)
-    sizes: list[int] = []
-    real = capped._graph
-
-    def graph(need: bool) -> Any:
-        session, want = real(need)
-
-        class Spy:
-            def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
-                sizes.append(len(feeds["item_idx"]))
-                return session.run(names, feeds)
-
-        return Spy(), want
-
-    capped._graph = graph  # type: ignore[method-assign]
+    fed = _spy_feeds(capped, monkeypatch)
     got = capped.score(reqs, need_logprob)
-    assert sizes == [13, 13, 11]  # 37 rows, at most 16 a call: three calls
+    assert [len(f["item_idx"]) for f in fed] == [13, 13, 11]  # 37 rows, at most 16 a call: three calls
     for a, b in zip(got, whole, strict=True):
         for f in ("items", "scores", "next_item_logprob", "user_vector"):
             assert np.array_equal(getattr(a, f), getattr(b, f)), f
-    sizes.clear()
+    fed.clear()
     capped.score(reqs[:16], need_logprob)
-    assert sizes == [16]
+    assert [len(f["item_idx"]) for f in fed] == [16]
     with pytest.raises(ValueError, match="call_rows"):
         Scorer(artifact, threads=1, call_rows=-1)
 
@@ -629,11 +617,8 @@ def _feeds_reference(scorer: Any, batch: list[ScoreRequest], width: int) -> dict
     return {"item_idx": items, "event_type": types, "ts_ms": ts, "exclude": exclude}
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_a_batchs_graph_inputs_are_its_rows_inputs(scorer: Any, artifact: Any, monkeypatch: pytest.MonkeyPatch,
-                                                   shared: bool) -> None:  # fmt: skip
-    """`_call_batch` fills every row's history at once: the very arrays the row-by-row loop built, for rows of any
-    length (none, longer than the model's input), exclusions out of range, shared or per-row extra exclusions."""
+def _spy_feeds(scorer: Any, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, np.ndarray]]:
+    """The inputs of every graph call `scorer` makes from now on, in order (the calls still run)."""
     real, fed = scorer._graph, []
 
     def graph(need_logprob: bool) -> Any:
@@ -647,6 +632,15 @@ def test_a_batchs_graph_inputs_are_its_rows_inputs(scorer: Any, artifact: Any, m
         return Spy(), want
 
     monkeypatch.setattr(scorer, "_graph", graph)
+    return fed
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_batchs_graph_inputs_are_its_rows_inputs(scorer: Any, artifact: Any, monkeypatch: pytest.MonkeyPatch,
+                                                   shared: bool) -> None:  # fmt: skip
+    """`_call_batch` fills every row's history at once: the very arrays the row-by-row loop built, for rows of any
+    length (none, longer than the model's input), exclusions out of range, shared or per-row extra exclusions."""
+    fed = _spy_feeds(scorer, monkeypatch)
     rng = np.random.default_rng(1)
     masks = [np.zeros(artifact.n_items, dtype=bool) for _ in range(2)]
     masks[0][:3], masks[1][5:9] = True, True
