@@ -247,4 +247,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for pair, d in c["paired"].items():
             lo, hi = d[f"ndcg@{k}_diff_ci95"]
             print(f"  {pair:<32} ndcg@{k} {d[f'ndcg@{k}_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        print(f"  by the target's interactions before the case (ndcg@{k}; 0 = the item's first):")
+        for age, row in c.get("by_target_age", {}).items():
+            cells = "  ".join(f"{m} {row[m][f'ndcg@{k}']:.4f}" for m in ("content", "popularity", "content+popularity")
+                              if m in row)
+            print(f"    {age:>5} ({row['cases']:>4} cases)  {cells}")
     return 0

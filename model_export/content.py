@@ -373,6 +373,28 @@ def evaluate_cold(model_dir: Path, events: Sequence[EventLike], items: Sequence[
                                   ("content+popularity", "popularity"))}  # fmt: skip
     out["popularity_note"] = ("popularity = interactions with each withheld item by anyone before the case (what "
                               "the stream has seen); popularity from training alone ranks withheld items at random")
+    out["by_target_age"] = by_target_age(ranks, pop[np.arange(len(cases)), targets], k)
+    return out
+
+
+AGE_BINS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 4), (5, 19), (20, None))
+
+
+def by_target_age(ranks: dict[str, np.ndarray], prior: np.ndarray, k: int,
+                  bins: Sequence[tuple[int, int | None]] = AGE_BINS) -> dict[str, Any]:  # fmt: skip
+    """The cases split by how many interactions the target had had from anyone before the case (0: the item's
+    first, when nothing but its text is known), each path's HR@k / NDCG@k and content − popularity per bin."""
+    out: dict[str, Any] = {}
+    for lo, hi in bins:
+        sel = (prior >= lo) & (prior <= (np.inf if hi is None else hi))
+        name = f"{lo}" if hi == lo else (f"{lo}+" if hi is None else f"{lo}-{hi}")
+        row: dict[str, Any] = {"cases": int(sel.sum())}
+        if sel.any():
+            for path, r in ranks.items():
+                row[path] = bootstrap(r[sel], k)
+            for a in ("content", "content+popularity"):
+                row[f"{a} - popularity"] = paired_difference(ranks[a][sel], ranks["popularity"][sel], k)
+        out[name] = row
     return out
 
 

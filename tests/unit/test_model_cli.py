@@ -60,3 +60,4 @@ def test_cold_items_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFix
     for path in ("content", "content_int8", "category", "popularity", "content+popularity"):
         lo, hi = cold[path]["ndcg@10_ci95"]
         assert 0.0 <= lo <= cold[path]["ndcg@10"] <= hi <= 1.0
+    assert sum(r["cases"] for r in cold["by_target_age"].values()) == cold["cases"]

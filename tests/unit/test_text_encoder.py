@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from model_export.content import bootstrap, category_scores, cold_cases, cold_split, fit_projection, item_text
+from model_export.content import (
+    bootstrap,
+    by_target_age,
+    category_scores,
+    cold_cases,
+    cold_split,
+    fit_projection,
+    item_text,
+)
 from model_export.encoder_fetch import fetch, load_encoder_conf, verify
 from model_export.text_encoder import OnnxTextEncoder, WordPiece, export_encoder, load_encoder
 
@@ -107,6 +115,20 @@ def test_cold_cases_are_causal() -> None:
     assert cases[2].seen == {"w1", "c1"} and [h[0] for h in cases[2].history] == ["w1"]
     s = category_scores(cases, ["c1", "c2"], cats)
     assert s[0, 0] > s[0, 1] == 0.0  # a likes x (w1)
+
+
+def test_cases_split_by_the_targets_interactions_before_them() -> None:
+    prior = np.array([0, 0, 1, 4, 5, 19, 20, 300])
+    ranks = {"content": np.array([0, 2, 30, 30, 30, 30, 30, 30]), "popularity": np.array([40, 40, 0, 0, 0, 0, 1, 0]),
+             "content+popularity": np.array([1, 40, 0, 0, 0, 0, 0, 0])}
+    out = by_target_age(ranks, prior, 10)
+    assert {a: r["cases"] for a, r in out.items()} == {"0": 2, "1-4": 2, "5-19": 2, "20+": 2}
+    first = out["0"]  # the items' first interactions: only their text is known
+    assert first["content"]["hr@10"] == 1.0 and first["popularity"]["hr@10"] == 0.0
+    assert first["content"]["ndcg@10"] == pytest.approx((1.0 + 1.0 / np.log2(4.0)) / 2)
+    assert first["content - popularity"]["ndcg@10_diff"] == pytest.approx(first["content"]["ndcg@10"])
+    assert out["20+"]["popularity"]["ndcg@10"] == pytest.approx((1.0 / np.log2(3.0) + 1.0) / 2)
+    assert out["20+"]["content - popularity"]["ndcg@10_diff"] < 0
 
 
 def test_projection_recovers_a_linear_map() -> None:
