@@ -345,10 +345,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         from operators.scorer import Scorer
         from operators.user import UserOperator
 
-        scorer = Scorer(artifact, int8=self.job.use_int8, threads=self.job.scorer_threads,
-                        split_cost=self.operators_conf.scorer.split_cost,
-                        canonical=self.operators_conf.scorer.canonical_widths,
-                        call_rows=self.operators_conf.scorer.call_rows)
+        scorer = Scorer.from_conf(artifact, self.operators_conf.scorer, self.job.use_int8, self.job.scorer_threads)
         return UserOperator(artifact, self.operators_conf, self.pseudonymizer, scorer)
 
     # ------------------------------------------------------------------ broadcast side (control plane)

@@ -34,6 +34,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from model_export.artifact import ModelArtifact
+    from operators.config import ScorerConf
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,13 @@ class Scorer:
         self.canonical = bool(canonical)
         self.call_rows = int(call_rows)
         release_freed_heap()
+
+    @classmethod
+    def from_conf(cls, artifact: ModelArtifact, conf: ScorerConf, int8: bool, threads: int) -> Scorer:
+        """A scorer with the call shaping of `conf` (conf/operators.yaml `scorer`); `int8` and `threads` come from
+        whoever runs it (the job's conf, the replay's flags)."""
+        return cls(artifact, int8=int8, threads=threads, split_cost=conf.split_cost, canonical=conf.canonical_widths,
+                   call_rows=conf.call_rows)  # fmt: skip
 
     def score(self, batch: Sequence[ScoreRequest], need_logprob: bool = False) -> list[ScoreResult]:
         """Top-K per request. The fast graph unless `need_logprob` (or the artefact has no fast graph): then the

@@ -127,9 +127,7 @@ def run_replay(
     elif recommender == "itemknn":
         scorer = ItemKNNScorer(art)
     else:
-        scorer = Scorer(art, int8=int8 or conf.scorer.int8, threads=conf.scorer.threads,
-                        split_cost=conf.scorer.split_cost, canonical=conf.scorer.canonical_widths,
-                        call_rows=conf.scorer.call_rows)
+        scorer = Scorer.from_conf(art, conf.scorer, int8 or conf.scorer.int8, conf.scorer.threads)
     pseud = Pseudonymizer.from_env(allow_dev_key=True)  # offline: the dev key is fine unless a key is set
     uop = UserOperator(art, conf, pseud, scorer)
     iop = ItemOperator(conf, art.version)

@@ -253,8 +253,7 @@ def build_handler(conf_path: str, operators_conf_path: str, stopwatch: Stopwatch
     ops = load_operators_conf(operators_conf_path)
     pseud = Pseudonymizer.from_env(allow_dev_key=ops.privacy.allow_dev_key)
     artifact = load_artifact(job.path(job.model_dir))
-    scorer = Scorer(artifact, int8=job.use_int8, threads=job.scorer_threads, split_cost=ops.scorer.split_cost,
-                    canonical=ops.scorer.canonical_widths, call_rows=ops.scorer.call_rows)
+    scorer = Scorer.from_conf(artifact, ops.scorer, job.use_int8, job.scorer_threads)
     handler = EventHandler(UserOperator(artifact, ops, pseud, scorer), ItemOperator(ops), job.topics.events,
                            job.watermark.out_of_orderness_ms, stopwatch)  # fmt: skip
     return handler, job

@@ -485,6 +485,15 @@ def test_call_rows_splits_a_call_into_equal_calls_with_the_same_results(artifact
         Scorer(artifact, threads=1, call_rows=-1)
 
 
+def test_a_scorer_from_the_operators_conf_takes_its_call_shaping(artifact: Any) -> None:
+    """The job, the bench's plain consumer and the replay build their scorer with `Scorer.from_conf`."""
+    from operators.config import ScorerConf
+    from operators.scorer import Scorer
+
+    s = Scorer.from_conf(artifact, ScorerConf(split_cost=3, canonical_widths=False, call_rows=7), False, 1)
+    assert (s.split_cost, s.canonical, s.call_rows, s.int8) == (3, False, 7, False)
+
+
 def _velocity_reference(s: UserState, conf: UserFraudConf, now: int) -> int:
     """The events `fraud.velocity` counts, as it counted them before the bisection: the whole history walked."""
     codes = fraud._codes(conf.velocity_event_types)
