@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
                    help="evaluate the withheld items of a `train --cold-items` model: content path vs category-only "
                         "vs popularity (under the top-level key `cold`)")
     e.add_argument("--encoder", default="", help="with --cold: also the int8 encoder (default: conf/encoder.yaml)")
+    e.add_argument("--cold-reference", default="", metavar="DIR",
+                   help="with --cold: also rank the withheld items with the learned vectors of an artefact trained "
+                        "with them (path `reference`: the content path's ceiling if text mapped perfectly)")
     e.set_defaults(func=cmd_evaluate)
 
     enc = subparsers.add_parser("encoder", help="the pretrained sentence encoder for item text (conf/encoder.yaml)")
@@ -223,7 +226,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             enc_dir = _encoder_dir(args.encoder)
             res["cold"] = evaluate_cold(Path(args.model), events, load_items(args.data), k=art.config.eval.k,
-                                        encoder_dir=enc_dir if enc_dir.exists() else None, cache=_encoder_cache())
+                                        encoder_dir=enc_dir if enc_dir.exists() else None, cache=_encoder_cache(),
+                                        reference=Path(args.cold_reference) if args.cold_reference else None)
+        elif args.cold_reference:
+            raise ValueError("--cold-reference needs --cold")
     except (ArtifactError, ValueError, DataError, FileNotFoundError, RuntimeError, OSError) as e:
         return _err(str(e))
     if args.json:
@@ -239,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         c = res["cold"]
         print(f"cold items: {c['items']} withheld, {c['cases']} test interactions ({c['skipped_no_history']} without "
               "history skipped), full ranking over the withheld items")
-        for m in ("content", "content_int8", "category", "popularity", "content+popularity"):
+        for m in ("content", "content_int8", "category", "popularity", "content+popularity", "reference"):
             if m in c:
                 r = c[m]
                 lo, hi = r[f"ndcg@{k}_ci95"]
@@ -249,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {pair:<32} ndcg@{k} {d[f'ndcg@{k}_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
         print(f"  by the target's interactions before the case (ndcg@{k}; 0 = the item's first):")
         for age, row in c.get("by_target_age", {}).items():
-            cells = "  ".join(f"{m} {row[m][f'ndcg@{k}']:.4f}" for m in ("content", "popularity", "content+popularity")
-                              if m in row)
+            cells = "  ".join(f"{m} {row[m][f'ndcg@{k}']:.4f}"
+                              for m in ("content", "popularity", "content+popularity", "reference") if m in row)
             print(f"    {age:>5} ({row['cases']:>4} cases)  {cells}")
     return 0
