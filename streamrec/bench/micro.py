@@ -113,7 +113,8 @@ def _time_score(scorer: Any, reqs: list[Any], need_logprob: bool, seconds: float
 
 def make_handler(model_dir: Path, operators_conf: str = "operators.yaml", stopwatch: Any = None,
                  int8: bool = False) -> Any:  # fmt: skip
-    """The consumer's `EventHandler` over an artefact (onnxruntime 1 thread, the bench pseudonym key)."""
+    """The consumer's `EventHandler` over an artefact (onnxruntime 1 thread, the bench pseudonym key; the scorer's
+    call shaping from the operators config, as the job and the consumer build it)."""
     from model_export.artifact import load_artifact
     from operators.config import load_operators_conf
     from operators.item import ItemOperator
@@ -124,7 +125,8 @@ def make_handler(model_dir: Path, operators_conf: str = "operators.yaml", stopwa
 
     conf = load_operators_conf(operators_conf)
     art = load_artifact(model_dir, verify=False)
-    op = UserOperator(art, conf, Pseudonymizer(BENCH_PSEUDONYM_KEY, "bench"), Scorer(art, int8=int8, threads=1))
+    scorer = Scorer.from_conf(art, conf.scorer, int8=int8, threads=1)
+    op = UserOperator(art, conf, Pseudonymizer(BENCH_PSEUDONYM_KEY, "bench"), scorer)
     return EventHandler(op, ItemOperator(conf), "bench-events", 5000, stopwatch)
 
 

@@ -68,6 +68,19 @@ def test_scorer_grid_times_both_graphs(bench_model: Path, bench_sim: Any) -> Non
     assert cat["new_item_us"] > 0
 
 
+def test_the_profiled_handler_scores_as_the_job_does(bench_model: Path) -> None:
+    """The per-event profile's scorer takes its call shaping from the operators config (as the job's and the
+    consumer's do), not the `Scorer` class defaults."""
+    from operators.config import load_operators_conf
+    from streamrec.bench import micro
+
+    conf = load_operators_conf().scorer
+    scorer = micro.make_handler(bench_model).user_op.scorer
+    assert conf.call_rows != 0  # the class default: a config equal to it would not tell them apart
+    assert (scorer.call_rows, scorer.split_cost, scorer.canonical) == (conf.call_rows, conf.split_cost,
+                                                                       conf.canonical_widths)
+
+
 def test_new_item_cost_adds_stream_items_without_copying_the_item_arrays(bench_model: Path) -> None:
     """`new_item_cost` makes every item it times a stream item of the operator, and they grow the item arrays in
     place (one buffer per growth by an eighth, not a copy per item: `operators.user._appended`)."""
