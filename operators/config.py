@@ -42,6 +42,10 @@ class RecsConf:
     # list places reserved for content items: the best content candidates (by that slot) the re-rank left out
     # replace the list's last items of other sources; 0: content items compete on their slot alone
     content_slots: int = 1
+    # weight of the stream's evidence on a content item: its relevance gains weight × log(1 + m), m its stream CF
+    # mass (the summed co-occurrence weights of its last published predecessors, decayed by cf.half_life_ms to the
+    # list's time; 0 for an item nobody has consumed, so it changes nothing before the first interaction); 0: off
+    content_evidence: float = 1.0
 
 
 @dataclass(frozen=True)

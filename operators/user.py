@@ -373,6 +373,10 @@ class UserOperator:
         self.cf_succ: dict[int, dict[int, float]] = {}
         self.cf_new: dict[int, dict[int, float]] = {}  # the same, only successors outside the model's vocabulary
         self.cf_in: dict[int, list[int]] = {}  # item index → the predecessor hashes it is a successor of
+        # content row → (summed weights of its last published predecessors, their event time): the stream's evidence
+        # on an item the model never saw (`recs.content_evidence`); `_evidence`'s arrays cached until it changes
+        self.cf_mass: dict[int, tuple[float, int]] = {}
+        self._mass_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # Catalogue updates from the `items` topic, in arrival order (re-applied when the model is swapped).
         self.catalog: dict[str, ItemMeta] = {}
         self.catalog_version = 0  # item updates applied so far (carried by every recommendation)
@@ -513,6 +517,9 @@ class UserOperator:
                 return False
             d = self.unit_emb.shape[1]
             j = self._append_item(update.item_id, np.zeros(d, np.float32), -np.inf, np.zeros(d, np.float32))
+        if j >= self.n_items:
+            self.cf_mass[j - self.n_items] = (float(sum(w for _, w in update.preds)), int(update.ts))
+            self._mass_arrays = None
         cap = self.conf.cf.max_neighbours
         if _native is not None:  # the code below in C (operators/_native.c), the same dict operations
             _native.cf_apply(self.cf_succ, self.cf_new, self.cf_in, j, update.preds, cap, self.n_items)
@@ -878,7 +885,7 @@ class UserOperator:
                     cand += more
                     rel += [lo - 1.0 - i * 1e-3 for i in range(len(more))]
                 if cand and content:
-                    for c, x in self._content_candidates(o.s, res.user_vector, cand, rel):
+                    for c, x in self._content_candidates(o.s, res.user_vector, cand, rel, o.now):
                         cand.append(c)
                         rel.append(x)
                         src[c] = "content"
@@ -1169,18 +1176,23 @@ class UserOperator:
         return rows, live_vec, live_bias
 
     def _content_candidates(self, s: _ListInput, user_vector: np.ndarray, cand: list[int],
-                            rel: list[float]) -> list[tuple[int, float]]:  # fmt: skip
+                            rel: list[float], now: int) -> list[tuple[int, float]]:  # fmt: skip
         """Up to `recs.content_candidates` content items (not consumed, not unavailable) with the relevance of the
-        slot SASRec alone would give them among the model's candidates: item j scores u · ê_j + b̂_j; if p of the
-        model's candidates score higher on the same SASRec logit (u · e_i + b_i, without the item-KNN blend, which
-        no new item can have), j gets a relevance just above the p-th candidate's; below all of them it is left
-        out. The blended scores of the model's candidates stay as they are."""
+        slot SASRec alone would give them among the model's candidates: item j scores u · ê_j + b̂_j, plus
+        `recs.content_evidence` × log(1 + m_j) once the stream has seen it consumed (`_evidence`: the text's guess
+        at its logit, corrected by what the stream saw); if p of the model's candidates score higher on the SASRec
+        logit (u · e_i + b_i, without the item-KNN blend, which no new item can have), j gets a relevance just
+        above the p-th candidate's; below all of them it is left out. The blended scores of the model's candidates
+        stay as they are."""
         k = self.conf.recs.content_candidates
         rows, vec, bias = self._content_live()  # (m,) content rows with a text embedding, ascending
         if not len(rows):
             return []
         u = np.asarray(user_vector, dtype=np.float32)
         logit = vec @ u + bias  # (m,)
+        beta = self.conf.recs.content_evidence
+        if beta and self.cf_mass:
+            logit = logit + np.float32(beta) * self._evidence(rows, now)
         banned = self.content_banned[rows]
         if banned.any():
             logit[banned] = -np.inf
@@ -1201,6 +1213,25 @@ class UserOperator:
         slots = (warm[None, :] > logit[top][:, None]).sum(axis=1)  # (len(top),) model candidates above each
         return [(self.n_items + int(j), float(rel[p]) + 1e-6)
                 for j, p in zip(rows[top].tolist(), slots.tolist(), strict=True) if p < len(rel)]
+
+    def _evidence(self, rows: np.ndarray, now: int) -> np.ndarray:
+        """(len(rows),) float32: log(1 + m) per content row, m its CF mass (`cf_mass`) decayed by `cf.half_life_ms`
+        from its publication's time to `now` (never grown: a publication after `now` counts undecayed); 0 for a row
+        with no publication."""
+        if self._mass_arrays is None:
+            keys = sorted(self.cf_mass)
+            self._mass_arrays = (np.array(keys, dtype=np.int64),
+                                 np.array([self.cf_mass[r][0] for r in keys], dtype=np.float64),
+                                 np.array([self.cf_mass[r][1] for r in keys], dtype=np.int64))  # fmt: skip
+        mrows, mass, ts = self._mass_arrays
+        out = np.zeros(len(rows), dtype=np.float32)
+        pos = np.searchsorted(rows, mrows)
+        ok = pos < len(rows)
+        ok[ok] = rows[pos[ok]] == mrows[ok]
+        if ok.any():
+            age = np.maximum(now - ts[ok], 0).astype(np.float64)
+            out[pos[ok]] = np.log1p(mass[ok] * 0.5 ** (age / max(self.conf.cf.half_life_ms, 1)))
+        return out
 
     def _cf_candidates(self, s: _ListInput, scores: dict[int, float]) -> None:
         """Add to `scores` (item index → score, item-KNN's) the best `cf.candidates` stream CF successors."""

@@ -237,3 +237,54 @@ def test_new_items_grow_the_arrays_in_place_of_copies_and_what_a_list_holds_stay
     cur_rows = cur.copy()
     grown = _appended(cur[:-1], np.full(cur.shape[1], 7.0))
     assert grown.base is not cur.base and np.array_equal(cur, cur_rows) and (grown[-1] == 7.0).all()
+
+
+
+def _lowest_bias_content_item(op: Any) -> str:
+    rows, _, bias = op._content_live()
+    return str(op.content_ids[int(rows[int(np.argmin(bias))])])
+
+
+def _content_items(rec: dict[str, Any]) -> list[str]:
+    return [i for i, s in zip(rec["items"], rec["sources"], strict=True) if s == "content"]
+
+
+def test_the_streams_evidence_lifts_a_content_item(make_cold_op: Callable[..., Any]) -> None:
+    """A content item the stream has seen consumed (its CF publication's summed weights) gains
+    `recs.content_evidence` × log(1 + mass) on its text score: the one the text ranks lowest reaches the list,
+    marked content; without the weight, or with its publication many half-lives before the list, it does not. Its
+    predecessor is an item the user never consumed, so it is no CF candidate of the user's."""
+    from operators.cf import CfUpdate
+    from operators.state import item_hash
+
+    hist = _history(op0 := make_cold_op(recs={"mmr_lambda": 1.0}))
+    weak = _lowest_bias_content_item(op0)
+    assert weak not in _last_list(op0, hist)["items"]  # the text alone does not bring it
+    now = hist[-1].ts
+    hl = op0.conf.cf.half_life_ms
+    for evidence, ts, shown in ((1.0, now, True), (0.0, now, False), (1.0, now - 40 * hl, False)):
+        op = make_cold_op(recs={"mmr_lambda": 1.0, "content_evidence": evidence})
+        op.apply_cf(CfUpdate(weak, ((item_hash("nobody-consumed-this"), 1e6),), ts))
+        rec = _last_list(op, hist)
+        assert (weak in _content_items(rec)) is shown, (evidence, ts, rec["items"], rec["sources"])
+
+
+def test_evidence_is_the_decayed_mass_of_the_last_publication(make_cold_op: Callable[..., Any]) -> None:
+    """`_evidence`: log(1 + mass × 2^(-age / half-life)) at the item's content row, the last publication replacing
+    the one before; 0 for rows without one; a publication after the list's time counts undecayed; an item of the
+    model's vocabulary has no mass (the model scores it)."""
+    from operators.cf import CfUpdate
+
+    op = make_cold_op()
+    rows = op._content_live()[0]
+    a, b = op.content_ids[int(rows[0])], op.content_ids[int(rows[-1])]
+    hl = op.conf.cf.half_life_ms
+    op.apply_cf(CfUpdate(a, ((1, 5.0), (2, 3.0)), T0))
+    op.apply_cf(CfUpdate(a, ((1, 2.0), (2, 1.0)), T0 + hl))  # replaces: mass 3 at T0 + hl
+    op.apply_cf(CfUpdate(b, ((3, 7.0),), T0 + 3 * hl))
+    op.apply_cf(CfUpdate(op.item_ids[0], ((4, 9.0),), T0))  # in the vocabulary
+    got = op._evidence(rows, T0 + 2 * hl)
+    want = np.zeros(len(rows), dtype=np.float32)
+    want[0], want[-1] = np.log1p(3.0 * 0.5), np.log1p(7.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert len(op.cf_mass) == 2
