@@ -203,6 +203,18 @@ def _encoder_cache() -> Path:
     return load_encoder_conf().onnx_cache_path
 
 
+def _stream_evidence(events: Any, ops: Any) -> Any:
+    """The content+evidence path's mass: each withheld item's stream CF mass before each case, computed by the
+    stream's own CF operator (`operators.cf.mass_at`) with conf/operators.yaml's settings."""
+
+    def mass(cases: Any, cold_ids: Any) -> Any:
+        from operators.cf import mass_at
+
+        return mass_at(events, [(c.user, c.target, c.ts) for c in cases], cold_ids, ops.cf, ops.state.history_len)
+
+    return mass
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model_export.artifact import ArtifactError, load_artifact
     from model_export.dataset import DataError
@@ -222,12 +234,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             res["_bench"] = bench_artifact(art)
         if args.cold:
             from model_export.content import evaluate_cold
+            from operators.config import load_operators_conf
             from streamrec.data import load_items
 
             enc_dir = _encoder_dir(args.encoder)
+            ops = load_operators_conf()
             res["cold"] = evaluate_cold(Path(args.model), events, load_items(args.data), k=art.config.eval.k,
                                         encoder_dir=enc_dir if enc_dir.exists() else None, cache=_encoder_cache(),
-                                        reference=Path(args.cold_reference) if args.cold_reference else None)
+                                        reference=Path(args.cold_reference) if args.cold_reference else None,
+                                        evidence=_stream_evidence(events, ops) if ops.cf.enabled else None,
+                                        evidence_weight=ops.recs.content_evidence)
         elif args.cold_reference:
             raise ValueError("--cold-reference needs --cold")
     except (ArtifactError, ValueError, DataError, FileNotFoundError, RuntimeError, OSError) as e:
@@ -245,7 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         c = res["cold"]
         print(f"cold items: {c['items']} withheld, {c['cases']} test interactions ({c['skipped_no_history']} without "
               "history skipped), full ranking over the withheld items")
-        for m in ("content", "content_int8", "category", "popularity", "content+popularity", "reference"):
+        for m in ("content", "content_int8", "category", "popularity", "content+popularity", "content+evidence",
+                  "reference"):
             if m in c:
                 r = c[m]
                 lo, hi = r[f"ndcg@{k}_ci95"]
@@ -256,6 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  by the target's interactions before the case (ndcg@{k}; 0 = the item's first):")
         for age, row in c.get("by_target_age", {}).items():
             cells = "  ".join(f"{m} {row[m][f'ndcg@{k}']:.4f}"
-                              for m in ("content", "popularity", "content+popularity", "reference") if m in row)
+                              for m in ("content", "popularity", "content+popularity", "content+evidence",
+                                        "reference") if m in row)
             print(f"    {age:>5} ({row['cases']:>4} cases)  {cells}")
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,11 +350,14 @@ def reference_scores(reference: Path, histories: Sequence[Sequence[tuple[str, st
 
 def evaluate_cold(model_dir: Path, events: Sequence[EventLike], items: Sequence[Any], k: int = 10,
                   half_life_ms: float = 7 * 86_400_000, encoder_dir: Path | None = None, cache: Path | None = None,
-                  batch: int = 256, reference: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                  batch: int = 256, reference: Path | None = None,
+                  evidence: Callable[[Sequence[ColdCase], Sequence[str]], np.ndarray] | None = None,
+                  evidence_weight: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """HR@k / NDCG@k on the first interaction of each user with each withheld item, ranked among all withheld items
     the user had not touched yet (full ranking), for the content path (fp32, and int8 when an encoder is given),
-    the category-only path and causal popularity; with `reference` also `reference_scores`' path. 95 % bootstrap
-    intervals over the cases."""
+    the category-only path and causal popularity; with `reference` also `reference_scores`' path; with `evidence`
+    (cases, withheld ids → [cases, items] stream CF mass before each case) and a weight, the content path as the
+    job scores content items: + weight × log(1 + mass). 95 % bootstrap intervals over the cases."""
     from model_export.artifact import load_artifact
     from model_export.metrics import ranks_full
 
@@ -388,6 +391,8 @@ def evaluate_cold(model_dir: Path, events: Sequence[EventLike], items: Sequence[
         scores["content_int8"] = uv @ e8.T + b8
     if reference is not None:
         scores["reference"] = reference_scores(reference, [c.history for c in cases], cold_ids, batch)
+    if evidence is not None and evidence_weight:
+        scores["content+evidence"] = scores["content"] + evidence_weight * np.log1p(evidence(cases, cold_ids))
     out: dict[str, Any] = {"items": len(cold_ids), "cases": len(cases), "skipped_no_history": skipped, "k": k,
                            "protocol": "first interaction of a user with a withheld item; full ranking over the "
                                        "withheld items the user has not touched; ties count against the target"}
@@ -404,6 +409,12 @@ def evaluate_cold(model_dir: Path, events: Sequence[EventLike], items: Sequence[
                                  "withheld items) for the same histories: the content path with a perfect text → "
                                  "item-vector mapping; an optimistic bound when that model saw the test interactions")
         out["paired"]["reference - popularity"] = paired_difference(ranks["reference"], ranks["popularity"], k)
+    if "content+evidence" in ranks:
+        out["evidence_note"] = (f"content+evidence = the content path as the job scores content items: + "
+                                f"{evidence_weight} (recs.content_evidence) × log(1 + each item's stream CF mass "
+                                "before the case: its last publication's summed weights, decayed; operators.cf)")
+        for b in ("popularity", "category"):
+            out["paired"][f"content+evidence - {b}"] = paired_difference(ranks["content+evidence"], ranks[b], k)
     out["by_target_age"] = by_target_age(ranks, pop[np.arange(len(cases)), targets], k)
     return out
 
@@ -423,8 +434,9 @@ def by_target_age(ranks: dict[str, np.ndarray], prior: np.ndarray, k: int,
         if sel.any():
             for path, r in ranks.items():
                 row[path] = bootstrap(r[sel], k)
-            for a in ("content", "content+popularity"):
-                row[f"{a} - popularity"] = paired_difference(ranks[a][sel], ranks["popularity"][sel], k)
+            for a in ("content", "content+popularity", "content+evidence"):
+                if a in ranks:
+                    row[f"{a} - popularity"] = paired_difference(ranks[a][sel], ranks["popularity"][sel], k)
         out[name] = row
     return out
 

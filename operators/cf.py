@@ -19,8 +19,11 @@ operator scales each S(i) by its largest weight); no cosine or lift.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from operators.config import CfConf
 from operators.state import NATIVE_MODULE as _native
@@ -187,3 +190,37 @@ class CfOperator:
             update = CfUpdate(str(ev["item_id"]), tuple(best), s.last_ts)
             s.published_ts, s.dirty = s.last_ts, False
         return encode_cf(s), update
+
+
+def mass_at(events: Sequence[Any], queries: Sequence[tuple[str, str, int]], items: Sequence[str], conf: CfConf,
+            history_len: int) -> np.ndarray:  # fmt: skip
+    """[len(queries), len(items)] float64: each item's stream CF mass just before each query event (user id, item id,
+    ts; its first occurrence): the summed weights of the item's last publication (`CfOperator`), decayed by
+    `conf.half_life_ms` from that publication's time to the query's, as the user operator scores content items
+    (`recs.content_evidence`). The events are replayed in time order (ties in input order) through this operator,
+    each with the `prev` the user operator would give it (`prev_items` over the user's last `history_len` events).
+    Offline no detector runs: every account feeds it (the job leaves out flagged ones)."""
+    op = CfOperator(conf)
+    col = {it: j for j, it in enumerate(items)}
+    rows = {q: r for r, q in reversed(list(enumerate(queries)))}  # a repeated query: its first row
+    out = np.zeros((len(queries), len(items)))
+    states: dict[str, bytes | None] = {}
+    last: dict[int, tuple[float, int]] = {}  # column → (mass, publication time)
+    hist: dict[str, tuple[list[int], list[int]]] = {}
+    hl = max(conf.half_life_ms, 1)
+    for k in sorted(range(len(events)), key=lambda k: (int(events[k].ts), k)):
+        e = events[k]
+        u, i, t = str(e.user_id), str(e.item_id), int(e.ts)
+        r = rows.pop((u, i, t), None)
+        if r is not None:
+            for j, (m, ts) in last.items():
+                out[r, j] = m * 0.5 ** (max(t - ts, 0) / hl)
+        h_items, h_ts = hist.setdefault(u, ([], []))
+        h = item_hash(i)
+        prev = prev_items(h_items[-history_len:], h_ts[-history_len:], t, h, conf) if conf.enabled else []
+        states[i], update = op.step(states.get(i), {"prev": prev, "ts": t, "item_id": i})
+        if update is not None and i in col:
+            last[col[i]] = (float(sum(w for _, w in update.preds)), update.ts)
+        h_items.append(h)
+        h_ts.append(t)
+    return out

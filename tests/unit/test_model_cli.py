@@ -32,7 +32,8 @@ def test_train_rejects_an_unknown_config_key(tmp_path: Path, capsys: pytest.Capt
     assert "unknown key(s) ['epoch']" in capsys.readouterr().err
 
 
-def test_cold_items_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cold_items_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --cold-items` withholds the newest items and attaches the content path; `evaluate --cold --json` reports
     each path under a top-level `cold` key (the simulator's catalogue has titles and categories)."""
     import json
@@ -61,6 +62,15 @@ def test_cold_items_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFix
         lo, hi = cold[path]["ndcg@10_ci95"]
         assert 0.0 <= lo <= cold[path]["ndcg@10"] <= hi <= 1.0
     assert sum(r["cases"] for r in cold["by_target_age"].values()) == cold["cases"]
+    # the content path as the job scores content items (conf/operators.yaml recs.content_evidence), and without it
+    lo, hi = cold["content+evidence"]["ndcg@10_ci95"]
+    assert 0.0 <= lo <= cold["content+evidence"]["ndcg@10"] <= hi <= 1.0
+    assert {"content+evidence - popularity", "content+evidence - category"} <= set(cold["paired"])
+    monkeypatch.setenv("STREAMREC_RECS_CONTENT_EVIDENCE", "0")
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--cold", "--json"]) == 0
+    off = json.loads(capsys.readouterr().out)["cold"]
+    assert "content+evidence" not in off and off["content"] == cold["content"]
+    monkeypatch.delenv("STREAMREC_RECS_CONTENT_EVIDENCE")
     # the reference path: an artefact trained with the withheld items scores them with its learned vectors
     ref = tmp_path / "ref"
     assert main(["train", "--data", str(data), "--out", str(ref), "--conf", str(tmp_path / "tiny.yaml"),

@@ -193,3 +193,35 @@ def test_stream_items_known_only_by_cf_are_never_scored_as_content(make_op: Call
         r = op.step(state, uev(i, op.item_ids[1 + i] if i < 4 else a, T0 + i * 120_000, "purchase"))
         state, rec = r.state, (r.recommendations[-1] if r.recommendations else rec)
     assert rec and "content" not in rec["sources"] and "fresh-2" in rec["items"]
+
+
+
+def test_mass_at_is_the_last_publications_decayed_weight_before_each_query() -> None:
+    """`mass_at` replays events through the CF operator with the user operator's `prev` and gives, before each query
+    event, each item's last publication's summed weights decayed to the query's time: a change inside the publish
+    interval is not seen until the next publication; an item with no publication has 0; a query is read before its
+    own event is applied; a query matching no event stays 0."""
+    from types import SimpleNamespace
+
+    from operators.cf import mass_at
+
+    def e(user: str, item: str, ts: int) -> Any:
+        return SimpleNamespace(user_id=user, item_id=item, ts=ts)
+
+    conf = CfConf(window=3, max_gap_ms=10 * H, half_life_ms=H, publish_interval_ms=60_000)
+    t0 = 100 * H
+    events = [e("u1", "a", t0), e("u1", "b", t0 + 1000),  # b: preds {a: 1}, published at t0 + 1 s
+              e("u2", "c", t0 + 2000), e("u2", "b", t0 + 3000),  # b: {a, c} inside the interval: owed, not published
+              e("u3", "b", t0 + H + 1000),  # no history: no prev, b's state unchanged
+              e("u4", "a", t0 + 2 * H), e("u4", "d", t0 + 2 * H + 500),
+              e("u4", "b", t0 + 2 * H + 1000),  # b: prev [d, a] (1, 1/2); the owed publication goes out
+              e("u5", "a", t0 + 3 * H)]
+    queries = [("u3", "b", t0 + H + 1000), ("u4", "b", t0 + 2 * H + 1000), ("u5", "a", t0 + 3 * H),
+               ("u1", "a", t0), ("u9", "b", t0)]
+    got = mass_at(events, queries, ["a", "b"], conf, history_len=50)
+    f = 0.5 ** ((2 * H - 2000) / H)  # b's weights from t0 + 3 s to t0 + 2 H + 1 s
+    published = (0.5 ** (2000 / H) * f + 0.5) + f + 1.0  # a (decayed, then + 1/2), c (decayed), d
+    assert got[0].tolist() == pytest.approx([0.0, 0.5])  # the first publication, one half-life on
+    assert got[1].tolist() == pytest.approx([0.0, 0.25])  # read before its own event: still the first publication
+    assert got[2].tolist() == pytest.approx([0.0, published * 0.5 ** ((H - 1000) / H)])
+    assert got[3].tolist() == [0.0, 0.0] and got[4].tolist() == [0.0, 0.0]
