@@ -18,6 +18,7 @@ operator scales each S(i) by its largest weight); no cosine or lift.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class CfUpdate:
         out = []
         for p in preds:
             if (not isinstance(p, list) or len(p) != 2 or not isinstance(p[0], int) or not 0 <= p[0] < 2**32
-                    or not isinstance(p[1], int | float) or not p[1] >= 0):  # fmt: skip
+                    or not isinstance(p[1], int | float) or not 0 <= p[1] < math.inf):  # fmt: skip
                 raise ValueError(f"bad predecessor {p!r}")
             out.append((p[0], float(p[1])))
         return cls(d["item_id"], tuple(out), ts)

@@ -108,6 +108,11 @@ def test_cf_batches_parse_into_updates_and_dead_letters() -> None:
     assert updates == tuple(good)
     assert [json.loads(d)["source"] for d in dead] == ["g-cf"] * 3
     assert [json.loads(d)["reason"] for d in dead] == [json.loads(dead[0])["reason"]] * 3
+    # weights JSON can carry but no publication has: infinite (Python's json reads `Infinity`), NaN, negative
+    odd = [b'{"kind": "cf_neighbours", "item_id": "i4", "ts": 1, "preds": [[7, %s]]}' % w
+           for w in (b"Infinity", b"NaN", b"-1.0")]
+    none, dead = parse_records(odd, "g-cf")
+    assert none == () and len(dead) == 3 and all("bad predecessor" in json.loads(d)["message"] for d in dead)
 
     out = list(ParseCf("g-cf", patches=False).process_element((0, batching.encode_batch(0, raw)), None))
     assert out[0] == tuple(good)
