@@ -82,6 +82,12 @@ class CfUpdate:
     preds: tuple[tuple[int, float], ...]
     ts: int
 
+    @property
+    def mass(self) -> float:
+        """The summed predecessor weights: how much the stream has seen the item consumed lately (its evidence for
+        `recs.content_evidence`; `decayed_mass` ages it)."""
+        return float(sum(w for _, w in self.preds))
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "cf_neighbours", "item_id": self.item_id, "ts": self.ts,
                 "preds": [[h, round(w, 6)] for h, w in self.preds]}  # fmt: skip
@@ -193,6 +199,12 @@ class CfOperator:
         return encode_cf(s), update
 
 
+def decayed_mass(mass: Any, published_ts: Any, now: int, half_life_ms: int) -> Any:
+    """A publication's mass (scalars or arrays) decayed from its time to `now` (never grown: a publication after
+    `now` counts undecayed), with the operator's half-life."""
+    return mass * 0.5 ** (np.maximum(now - published_ts, 0) / max(half_life_ms, 1))
+
+
 def mass_at(events: Sequence[Any], queries: Sequence[tuple[str, str, int]], items: Sequence[str], conf: CfConf,
             history_len: int) -> np.ndarray:  # fmt: skip
     """[len(queries), len(items)] float64: each item's stream CF mass just before each query event (user id, item id,
@@ -208,20 +220,19 @@ def mass_at(events: Sequence[Any], queries: Sequence[tuple[str, str, int]], item
     states: dict[str, bytes | None] = {}
     last: dict[int, tuple[float, int]] = {}  # column → (mass, publication time)
     hist: dict[str, tuple[list[int], list[int]]] = {}
-    hl = max(conf.half_life_ms, 1)
     for k in sorted(range(len(events)), key=lambda k: (int(events[k].ts), k)):
         e = events[k]
         u, i, t = str(e.user_id), str(e.item_id), int(e.ts)
         r = rows.pop((u, i, t), None)
         if r is not None:
             for j, (m, ts) in last.items():
-                out[r, j] = m * 0.5 ** (max(t - ts, 0) / hl)
+                out[r, j] = decayed_mass(m, ts, t, conf.half_life_ms)
         h_items, h_ts = hist.setdefault(u, ([], []))
         h = item_hash(i)
         prev = prev_items(h_items[-history_len:], h_ts[-history_len:], t, h, conf) if conf.enabled else []
         states[i], update = op.step(states.get(i), {"prev": prev, "ts": t, "item_id": i})
         if update is not None and i in col:
-            last[col[i]] = (float(sum(w for _, w in update.preds)), update.ts)
+            last[col[i]] = (update.mass, update.ts)
         h_items.append(h)
         h_ts.append(t)
     return out

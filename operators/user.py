@@ -41,7 +41,7 @@ import numpy as np
 
 from operators import fraud
 from operators.baserates import RatesView, ShardRates
-from operators.cf import heaviest_first, prev_items
+from operators.cf import decayed_mass, heaviest_first, prev_items
 from operators.config import OperatorsConf
 from operators.dead_letter import OPERATOR_BAD_INPUT, OPERATOR_ERROR, dead_letter, operator_dead_letter
 from operators.privacy import Pseudonymizer
@@ -518,7 +518,7 @@ class UserOperator:
             d = self.unit_emb.shape[1]
             j = self._append_item(update.item_id, np.zeros(d, np.float32), -np.inf, np.zeros(d, np.float32))
         if j >= self.n_items:
-            self.cf_mass[j - self.n_items] = (float(sum(w for _, w in update.preds)), int(update.ts))
+            self.cf_mass[j - self.n_items] = (update.mass, int(update.ts))
             self._mass_arrays = None
         cap = self.conf.cf.max_neighbours
         if _native is not None:  # the code below in C (operators/_native.c), the same dict operations
@@ -1229,8 +1229,7 @@ class UserOperator:
         ok = pos < len(rows)
         ok[ok] = rows[pos[ok]] == mrows[ok]
         if ok.any():
-            age = np.maximum(now - ts[ok], 0).astype(np.float64)
-            out[pos[ok]] = np.log1p(mass[ok] * 0.5 ** (age / max(self.conf.cf.half_life_ms, 1)))
+            out[pos[ok]] = np.log1p(decayed_mass(mass[ok], ts[ok], now, self.conf.cf.half_life_ms))
         return out
 
     def _cf_candidates(self, s: _ListInput, scores: dict[int, float]) -> None:
